@@ -1,0 +1,214 @@
+"""The one config object: every setting of a pipeline run, validated once at the edge."""
+
+import re
+from typing import Literal, Self
+
+from pydantic import Field, field_validator, model_validator
+
+from schemas.base import StrictModel
+from schemas.hyperparams import HyperParams, RebalanceStrategy
+from schemas.search_space import SearchSpace
+
+BUILTIN_DATASETS = ("digits", "breast_cancer", "iris", "wine", "synthetic_imbalanced")
+
+
+class SyntheticDataConfig(StrictModel):
+    """Settings of the `builtin:synthetic_imbalanced` generator (scikit-learn's make_classification)."""
+
+    n_samples: int = Field(default=4000, ge=20, le=10_000_000)
+    n_features: int = Field(default=20, ge=2, le=10_000)
+    n_informative: int = Field(default=8, ge=1)
+    class_weights: list[float] = Field(default=[0.95, 0.05], min_length=2)
+    class_sep: float = Field(default=1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.n_informative > self.n_features:
+            raise ValueError(f"n_informative ({self.n_informative}) exceeds n_features ({self.n_features})")
+        if any(w <= 0 for w in self.class_weights) or abs(sum(self.class_weights) - 1) > 1e-6:
+            raise ValueError(f"class_weights must be positive and sum to 1, got {self.class_weights}")
+        return self
+
+
+class DataConfig(StrictModel):
+    """Where the data comes from and how it is split."""
+
+    source: str = Field(
+        default="builtin:digits",
+        description="builtin:<name> (digits, breast_cancer, iris, wine, synthetic_imbalanced), "
+        "or a path / s3:// URI to a .csv or .parquet file",
+    )
+    target: str | None = Field(default=None, description="Label column of a CSV/Parquet source.")
+    features: list[str] | None = Field(default=None, description="Feature columns; default: all but target.")
+    categorical: list[str] | None = Field(
+        default=None, description="Columns to one-hot encode; default: non-numeric columns."
+    )
+    val_fraction: float = Field(default=0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(default=0.15, gt=0, lt=0.5)
+    synthetic: SyntheticDataConfig = SyntheticDataConfig()
+
+    @field_validator("source")
+    @classmethod
+    def _check_source(cls, value: str) -> str:
+        if value.startswith("builtin:"):
+            name = value.removeprefix("builtin:")
+            if name not in BUILTIN_DATASETS:
+                raise ValueError(f"unknown builtin dataset {name!r}: use one of {', '.join(BUILTIN_DATASETS)}")
+            return value
+        if not re.search(r"\.(csv|parquet|pq)(\.gz)?$", value, flags=re.IGNORECASE):
+            raise ValueError(f"{value!r} is neither builtin:<name> nor a .csv/.parquet path or s3:// URI")
+        return value
+
+    @model_validator(mode="after")
+    def _check_target(self) -> Self:
+        if not self.source.startswith("builtin:") and not self.target:
+            raise ValueError("data.target is required for a file source: name the label column")
+        if self.val_fraction + self.test_fraction >= 0.8:
+            raise ValueError("val_fraction + test_fraction must leave at least 20% of the rows for training")
+        return self
+
+
+class SampleConfig(StrictModel):
+    """Stage 1: the reduced problem the search tunes on, and how classes are rebalanced."""
+
+    fraction: float = Field(default=1.0, gt=0, le=1, description="Share of training rows kept (stratified).")
+    max_rows: int | None = Field(default=10_000, ge=10, description="Cap on sampled training rows.")
+    classes: list[str] | None = Field(
+        default=None, min_length=2, description="Tune on these classes only (labels as strings)."
+    )
+    rebalance: RebalanceStrategy = "none"
+    oversample_ratio: float = Field(
+        default=1.0, gt=0, le=1, description="oversample: each class grows to this share of the largest."
+    )
+
+
+class ModelConfig(StrictModel):
+    """The model family and the baseline hyperparameters used before (and outside) the search."""
+
+    family: Literal["mlp", "cnn", "custom"] = "mlp"
+    import_path: str | None = Field(
+        default=None, description="custom family: 'package.module:factory', called as factory(hp, input_shape, num_classes)"
+    )
+    baseline: HyperParams = HyperParams()
+
+    @model_validator(mode="after")
+    def _check_custom(self) -> Self:
+        if self.family == "custom":
+            if not self.import_path or not re.fullmatch(r"[\w.]+:[\w.]+", self.import_path):
+                raise ValueError("family 'custom' needs import_path as 'package.module:factory'")
+        elif self.import_path is not None:
+            raise ValueError(f"import_path is only used with family 'custom', not {self.family!r}: remove it")
+        return self
+
+
+class TrainingConfig(StrictModel):
+    """Settings shared by every training run (sanity, trials, final)."""
+
+    grad_clip_norm: float | None = Field(default=5.0, gt=0, description="Clip the global gradient norm.")
+    max_batches_per_epoch: int | None = Field(default=None, ge=1, description="Debug: cut epochs short.")
+
+
+class SanityConfig(StrictModel):
+    """Stage 2: checks that must pass before any search burns compute."""
+
+    enabled: bool = True
+    init_loss_rel_tolerance: float = Field(
+        default=0.5, gt=0, description="Allowed |initial loss - ln(C)| / ln(C)."
+    )
+    overfit_samples: int = Field(default=100, ge=2)
+    overfit_batch_size: int = Field(default=50, ge=1)
+    overfit_max_steps: int = Field(default=500, ge=1)
+    overfit_target_acc: float = Field(default=0.99, gt=0, le=1)
+    overfit_width: int = Field(default=512, ge=1)
+    overfit_depth: int = Field(default=3, ge=1)
+    overfit_learning_rate: float = Field(default=1e-3, gt=0)
+    lr_range_test: bool = True
+    lr_range_min: float = Field(default=1e-6, gt=0)
+    lr_range_max: float = Field(default=1.0, gt=0)
+    lr_range_steps: int = Field(default=100, ge=10)
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.lr_range_min >= self.lr_range_max:
+            raise ValueError("lr_range_min must be below lr_range_max")
+        return self
+
+
+class CoarseConfig(StrictModel):
+    """Stage 3: wide random or quasi-random search with few epochs."""
+
+    n_trials: int = Field(default=20, ge=1, le=100_000)
+    epochs: int = Field(default=3, ge=1, le=10_000)
+    sampler: Literal["random", "qmc"] = "random"
+    center_lr_on_range_test: bool = False
+
+
+class RefineConfig(StrictModel):
+    """Stage 4: narrowed, warm-started Bayesian search with pruning."""
+
+    n_trials: int = Field(default=20, ge=0, le=100_000)
+    epochs: int = Field(default=8, ge=1, le=10_000)
+    sampler: Literal["tpe", "gp"] = "tpe"
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    top_k: int = Field(default=5, ge=1)
+
+
+class FinalConfig(StrictModel):
+    """Stage 5: training on the full data with early stopping and LR decay."""
+
+    max_epochs: int = Field(default=50, ge=1, le=100_000)
+    early_stopping_patience: int = Field(default=5, ge=1)
+    lr_plateau_factor: float = Field(default=0.5, gt=0, lt=1)
+    lr_plateau_patience: int = Field(default=2, ge=0)
+
+
+class TrackingConfig(StrictModel):
+    """Where MLflow records runs. None: a local SQLite store under execution.workdir."""
+
+    uri: str | None = None
+    experiment: str = Field(default="stagetune", min_length=1)
+
+
+class ExecutionConfig(StrictModel):
+    """Where and how work runs."""
+
+    device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
+    concurrency: int = Field(default=1, ge=1, le=256)
+    amp_bf16: bool = Field(default=False, description="bf16 autocast on CUDA.")
+    workdir: str = Field(default="stagetune-runs", min_length=1, description="Local stores and stage outputs.")
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
+            raise ValueError(f"device {value!r} is not one of auto, cpu, cuda, cuda:N, mps")
+        return value
+
+
+class PipelineConfig(StrictModel):
+    """Every setting of one pipeline run."""
+
+    name: str = Field(default="stagetune", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+    data: DataConfig = DataConfig()
+    sample: SampleConfig = SampleConfig()
+    model: ModelConfig = ModelConfig()
+    space: SearchSpace = SearchSpace()
+    training: TrainingConfig = TrainingConfig()
+    sanity: SanityConfig = SanityConfig()
+    coarse: CoarseConfig = CoarseConfig()
+    refine: RefineConfig = RefineConfig()
+    final: FinalConfig = FinalConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    execution: ExecutionConfig = ExecutionConfig()
+
+    @model_validator(mode="after")
+    def _check_cross_fields(self) -> Self:
+        if self.model.family == "cnn" and self.data.source != "builtin:digits":
+            raise ValueError("model.family 'cnn' needs image-shaped data: only builtin:digits (8x8) is supported")
+        if self.refine.top_k > self.coarse.n_trials:
+            raise ValueError(
+                f"refine.top_k ({self.refine.top_k}) exceeds coarse.n_trials ({self.coarse.n_trials}): "
+                "lower top_k or run more coarse trials"
+            )
+        return self

@@ -1,0 +1,97 @@
+"""What each stage returns: the only thing a later stage (or a person) reads of it."""
+
+from typing import Literal
+
+from pydantic import Field
+
+from schemas.base import StrictModel
+from schemas.hyperparams import RebalanceStrategy
+
+
+class EpochRecord(StrictModel):
+    """One epoch of a training run, as logged."""
+
+    epoch: int = Field(ge=0)
+    train_loss: float
+    train_acc: float
+    val_loss: float | None = None
+    val_acc: float | None = None
+    lr: float
+    seconds: float = Field(ge=0)
+
+
+class SampleResult(StrictModel):
+    """Stage 1 output: the prepared data on disk plus the figures that describe it."""
+
+    source: str
+    data_path: str = Field(description="npz file with the preprocessed full and sampled splits.")
+    fingerprint: str = Field(description="sha256 of the raw table and the preprocessing settings.")
+    sampled_fingerprint: str = Field(description="sha256 of the sampled training and validation arrays.")
+    class_names: list[str]
+    num_classes: int = Field(ge=2)
+    input_shape: list[int] = Field(description="Shape of one example after preprocessing, e.g. [64] or [1, 8, 8].")
+    feature_names: list[str]
+    n_rows: int = Field(description="Rows in the source table.")
+    n_train: int
+    n_val: int
+    n_test: int
+    n_train_sampled: int
+    n_val_sampled: int
+    class_counts_train: dict[str, int] = Field(description="Full training split, per class.")
+    class_counts_sampled: dict[str, int] = Field(description="After subsampling (and class subset).")
+    class_counts_rebalanced: dict[str, int] = Field(
+        description="Effective per-class examples one epoch sees under the configured strategy."
+    )
+    rebalance: RebalanceStrategy
+    class_weights: list[float] | None = Field(default=None, description="Loss weights (class_weights strategy).")
+
+
+class Diagnosis(StrictModel):
+    """A failed check, what it most likely means, and what to do about it."""
+
+    check: Literal["initial_loss", "overfit"]
+    code: Literal["nan_loss", "flat_loss", "initial_loss_off", "not_overfit"]
+    message: str
+    next_action: str
+    rule_source: str = Field(description="Where the practitioner rule comes from (TUNING-RULES.md).")
+
+
+class LrRangePoint(StrictModel):
+    """One step of the LR range test."""
+
+    lr: float
+    loss: float
+    smoothed_loss: float
+
+
+class SanityResult(StrictModel):
+    """Stage 2 output."""
+
+    passed: bool
+    num_classes: int
+    expected_initial_loss: float = Field(description="ln(num_classes)")
+    initial_loss: float
+    initial_loss_ok: bool
+    overfit_samples: int
+    overfit_steps: int
+    overfit_train_acc: float
+    overfit_ok: bool
+    overfit_losses: list[float] = Field(description="Training loss per step of the overfit test.")
+    lr_suggestion: float | None = None
+    lr_range: list[LrRangePoint] = Field(default_factory=list)
+    diagnoses: list[Diagnosis] = Field(default_factory=list)
+    seconds: float = Field(ge=0)
+
+
+class PipelineResult(StrictModel):
+    """What `stagetune run --summary PATH` writes."""
+
+    name: str
+    status: Literal["completed", "sanity_failed", "stopped_after_sanity"]
+    message: str
+    mlflow_parent_run_id: str
+    mlflow_experiment_id: str
+    tracking_uri: str
+    stages_completed: list[str]
+    sample: SampleResult
+    sanity: SanityResult | None = None

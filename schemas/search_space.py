@@ -1,0 +1,112 @@
+"""The search space as data: each hyperparameter's kind, range or choices, and scale.
+
+Defaults follow ../shared/TUNING-RULES.md: learning rate and weight decay on a log scale with
+per-optimizer learning-rate ranges (widened for the coarse stage), dropout linear in [0, 0.5],
+batch sizes that are multiples of 32, widths 32..512, one to three hidden layers.
+"""
+
+from typing import Annotated, Literal, Self
+
+from pydantic import Field, model_validator
+
+from schemas.base import StrictModel
+from schemas.hyperparams import OptimizerName
+
+Scale = Literal["linear", "log"]
+Choice = bool | int | float | str
+
+
+class FloatParam(StrictModel):
+    """A real-valued parameter sampled in [low, high] on a linear or log scale."""
+
+    kind: Literal["float"] = "float"
+    low: float
+    high: float
+    scale: Scale = "linear"
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> Self:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) is greater than high ({self.high}): swap them")
+        if self.scale == "log" and self.low <= 0:
+            raise ValueError(f"a log-scale range needs low > 0, got low={self.low}: use e.g. 1e-6 or scale: linear")
+        return self
+
+
+class IntParam(StrictModel):
+    """An integer parameter sampled in [low, high] on a linear or log scale."""
+
+    kind: Literal["int"] = "int"
+    low: int
+    high: int
+    scale: Scale = "linear"
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> Self:
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) is greater than high ({self.high}): swap them")
+        if self.scale == "log" and self.low < 1:
+            raise ValueError(f"a log-scale integer range needs low >= 1, got low={self.low}")
+        return self
+
+
+class CategoricalParam(StrictModel):
+    """A parameter chosen among a fixed list of values."""
+
+    kind: Literal["categorical"] = "categorical"
+    choices: list[Choice] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _check_unique(self) -> Self:
+        if len(set(map(repr, self.choices))) != len(self.choices):
+            raise ValueError(f"choices contain duplicates: {self.choices}")
+        return self
+
+
+Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="kind")]
+
+
+def _lr(low: float, high: float) -> FloatParam:
+    return FloatParam(low=low, high=high, scale="log")
+
+
+def _default_learning_rates() -> dict[OptimizerName, FloatParam]:
+    # Practitioner ranges (SGD 1e-2..1e-1, Adam family 1e-3..1e-2), widened ~3x each way for the
+    # coarse stage; the refinement stage narrows them around what worked.
+    return {"sgd": _lr(3e-3, 3e-1), "adam": _lr(3e-4, 3e-2), "adamw": _lr(3e-4, 3e-2)}
+
+
+class SearchSpace(StrictModel):
+    """Every tunable hyperparameter; a fixed value is a one-element categorical or low == high."""
+
+    optimizer: CategoricalParam = CategoricalParam(choices=["adamw", "adam", "sgd"])
+    learning_rate: dict[OptimizerName, FloatParam] = Field(default_factory=_default_learning_rates)
+    weight_decay: FloatParam = FloatParam(low=1e-6, high=1e-3, scale="log")
+    momentum: FloatParam = FloatParam(low=0.9, high=0.9)
+    dropout: FloatParam = FloatParam(low=0.0, high=0.5)
+    batch_size: CategoricalParam = CategoricalParam(choices=[32, 64, 128, 256])
+    width: IntParam = IntParam(low=32, high=512, scale="log")
+    depth: IntParam = IntParam(low=1, high=3)
+    channels: CategoricalParam = CategoricalParam(choices=[16, 32, 64])
+    activation: CategoricalParam = CategoricalParam(choices=["relu", "gelu"])
+    batch_norm: CategoricalParam = CategoricalParam(choices=[False, True])
+    rebalance: CategoricalParam = CategoricalParam(choices=["none"])
+
+    @model_validator(mode="after")
+    def _check_choices(self) -> Self:
+        optimizers = {"adam", "adamw", "sgd"}
+        unknown = [c for c in self.optimizer.choices if c not in optimizers]
+        if unknown:
+            raise ValueError(f"optimizer choices {unknown} are not supported: use {sorted(optimizers)}")
+        missing = [c for c in self.optimizer.choices if c not in self.learning_rate]
+        if missing:
+            raise ValueError(f"learning_rate has no range for optimizer(s) {missing}: add learning_rate.<name>")
+        strategies = {"none", "oversample", "balanced_batches", "class_weights"}
+        bad = [c for c in self.rebalance.choices if c not in strategies]
+        if bad:
+            raise ValueError(f"rebalance choices {bad} are not strategies: use {sorted(strategies)}")
+        for name in ("batch_size", "channels"):
+            values = getattr(self, name).choices
+            if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+                raise ValueError(f"{name} choices must be positive integers, got {values}")
+        return self

@@ -1,0 +1,1 @@
+"""stagetune: staged hyperparameter tuning for PyTorch models."""

@@ -1,0 +1,21 @@
+"""The errors stagetune turns into exit codes; everything else is a bug (exit 1)."""
+
+
+class InputError(Exception):
+    """Bad input from the user (config, data, arguments, environment): exit code 2.
+
+    `field` names what is wrong (e.g. ``data.target``), `message` says what and how to fix it.
+    """
+
+    exit_code = 2
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class SanityGateFailed(Exception):
+    """The sanity stage found the model/data/code unfit for a search: exit code 3."""
+
+    exit_code = 3
