@@ -64,6 +64,8 @@ class CategoricalParam(StrictModel):
 
 
 Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="kind")]
+RealParam = Annotated[FloatParam | CategoricalParam, Field(discriminator="kind")]
+WholeParam = Annotated[IntParam | CategoricalParam, Field(discriminator="kind")]
 
 
 def _lr(low: float, high: float) -> FloatParam:
@@ -77,17 +79,20 @@ def _default_learning_rates() -> dict[OptimizerName, FloatParam]:
 
 
 class SearchSpace(StrictModel):
-    """Every tunable hyperparameter; a fixed value is a one-element categorical or low == high."""
+    """Every tunable hyperparameter; a fixed value is a one-element categorical or low == high.
+
+    Numeric parameters take a range (float/int) or an explicit list of values (categorical).
+    """
 
     optimizer: CategoricalParam = CategoricalParam(choices=["adamw", "adam", "sgd"])
     learning_rate: dict[OptimizerName, FloatParam] = Field(default_factory=_default_learning_rates)
-    weight_decay: FloatParam = FloatParam(low=1e-6, high=1e-3, scale="log")
-    momentum: FloatParam = FloatParam(low=0.9, high=0.9)
-    dropout: FloatParam = FloatParam(low=0.0, high=0.5)
-    batch_size: CategoricalParam = CategoricalParam(choices=[32, 64, 128, 256])
-    width: IntParam = IntParam(low=32, high=512, scale="log")
-    depth: IntParam = IntParam(low=1, high=3)
-    channels: CategoricalParam = CategoricalParam(choices=[16, 32, 64])
+    weight_decay: RealParam = FloatParam(low=1e-6, high=1e-3, scale="log")
+    momentum: RealParam = FloatParam(low=0.9, high=0.9)
+    dropout: RealParam = FloatParam(low=0.0, high=0.5)
+    batch_size: WholeParam = CategoricalParam(choices=[32, 64, 128, 256])
+    width: WholeParam = IntParam(low=32, high=512, scale="log")
+    depth: WholeParam = IntParam(low=1, high=3)
+    channels: WholeParam = CategoricalParam(choices=[16, 32, 64])
     activation: CategoricalParam = CategoricalParam(choices=["relu", "gelu"])
     batch_norm: CategoricalParam = CategoricalParam(choices=[False, True])
     rebalance: CategoricalParam = CategoricalParam(choices=["none"])
@@ -105,8 +110,14 @@ class SearchSpace(StrictModel):
         bad = [c for c in self.rebalance.choices if c not in strategies]
         if bad:
             raise ValueError(f"rebalance choices {bad} are not strategies: use {sorted(strategies)}")
-        for name in ("batch_size", "channels"):
-            values = getattr(self, name).choices
+        for name in ("batch_size", "width", "depth", "channels"):
+            param = getattr(self, name)
+            values = param.choices if isinstance(param, CategoricalParam) else [param.low, param.high]
             if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
-                raise ValueError(f"{name} choices must be positive integers, got {values}")
+                raise ValueError(f"{name} values must be positive integers, got {values}")
+        for name, upper in (("weight_decay", 1.0), ("momentum", 0.999), ("dropout", 0.95)):
+            param = getattr(self, name)
+            values = param.choices if isinstance(param, CategoricalParam) else [param.low, param.high]
+            if any(isinstance(v, bool | str) or not 0 <= v <= upper for v in values):
+                raise ValueError(f"{name} values must be numbers in [0, {upper}], got {values}")
         return self

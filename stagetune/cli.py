@@ -1,0 +1,149 @@
+"""The `stagetune` command: run, validate, schema.
+
+Exit codes: 0 success, 1 unexpected error, 2 invalid input (config, data, arguments), 3 sanity gate
+failed. Invalid input is reported as one paragraph naming the field and the fix, never a traceback.
+"""
+
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+import yaml
+from rich.console import Console
+
+from schemas.config import PipelineConfig
+from schemas.results import PipelineResult
+from stagetune.config_loading import load_config
+from stagetune.errors import InputError
+from stagetune.runtime import configure_process
+
+EXIT_OK, EXIT_ERROR, EXIT_INPUT, EXIT_SANITY = 0, 1, 2, 3
+T = TypeVar("T")
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Staged hyperparameter tuning for PyTorch models.",
+)
+ConfigArg = Annotated[
+    Path | None, typer.Argument(help="YAML config file; omitted: the embedded defaults (digits, MLP).")
+]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", "-s", help="Override a setting: dotted.key=value (repeatable).")
+]
+
+
+@app.command()
+def run(
+    config: ConfigArg = None,
+    overrides: SetOpt = None,
+    summary: Annotated[Path | None, typer.Option(help="Write the pipeline result as JSON to this path.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect logs and tracebacks.")] = False,
+) -> None:
+    """Run the pipeline on CONFIG and record everything in MLflow."""
+    console = Console(stderr=True)
+    configure_process(verbose)
+    settings = _guarded(console, verbose, lambda: load_config(config, overrides or []))
+    if summary is not None:
+        _guarded(console, verbose, lambda: _check_writable(summary))
+    result = _guarded(console, verbose, lambda: _run_flow(settings, console))
+    if summary is not None:
+        write_json_atomically(summary, result.model_dump_json(indent=2))
+    _print_result(console, result)
+    raise typer.Exit(EXIT_SANITY if result.status == "sanity_failed" else EXIT_OK)
+
+
+@app.command()
+def validate(
+    config: ConfigArg = None,
+    overrides: SetOpt = None,
+    show: Annotated[bool, typer.Option(help="Print the resolved config (defaults filled in) as YAML.")] = False,
+) -> None:
+    """Check CONFIG (and overrides) without running anything."""
+    console = Console(stderr=True)
+    settings = _guarded(console, False, lambda: load_config(config, overrides or []))
+    if show:
+        typer.echo(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False))
+    console.print(f"[green]valid[/green]: {config or 'embedded defaults'}")
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON schema of the config."""
+    typer.echo(json.dumps(PipelineConfig.model_json_schema(), indent=2))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+def _run_flow(settings: PipelineConfig, console: Console) -> PipelineResult:
+    # Imported here: Prefect reads its settings at import, after configure_process set them.
+    from flows.tune_pipeline import tune_pipeline
+    from stagetune.progress import RichReporter, use
+
+    with RichReporter(console) as reporter, use(reporter):
+        return tune_pipeline(settings)
+
+
+def _guarded(console: Console, verbose: bool, action: Callable[[], T]) -> T:
+    """Run `action`; turn known failures into a message and an exit code."""
+    try:
+        return action()
+    except InputError as error:
+        console.print(f"[red]error[/red] in [bold]{error.field}[/bold]: {error.message}", highlight=False)
+        raise typer.Exit(EXIT_INPUT) from None
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]")
+        raise typer.Exit(130) from None
+    except Exception as error:
+        if verbose:
+            console.print_exception()
+        else:
+            console.print(
+                f"[red]failed[/red]: {type(error).__name__}: {error}\n(run again with --verbose for the traceback)",
+                highlight=False,
+            )
+        raise typer.Exit(EXIT_ERROR) from None
+
+
+def _check_writable(path: Path) -> None:
+    if not path.parent.resolve().is_dir():
+        raise InputError("--summary", f"folder {str(path.parent)!r} does not exist: create it or pick another path")
+    if path.is_dir():
+        raise InputError("--summary", f"{str(path)!r} is a folder: give a file path such as summary.json")
+
+
+def write_json_atomically(path: Path, text: str) -> None:
+    """Write `text` to `path` via a temporary file in the same folder, so readers never see half a file."""
+    handle, temporary = tempfile.mkstemp(dir=path.parent.resolve(), prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def _print_result(console: Console, result: PipelineResult) -> None:
+    out = Console(file=sys.stdout, highlight=False)
+    if result.status == "sanity_failed" and result.sanity is not None:
+        console.print("[red]sanity gate failed[/red] — no search was started.", highlight=False)
+        for diagnosis in result.sanity.diagnoses:
+            console.print(
+                f"  [bold]{diagnosis.code}[/bold] ({diagnosis.check}): {diagnosis.message} "
+                f"Next: {diagnosis.next_action} [dim](rule: {diagnosis.rule_source})[/dim]",
+                highlight=False,
+            )
+    else:
+        out.print(result.message)
+    out.print(f"MLflow run: {result.mlflow_parent_run_id} (experiment {result.mlflow_experiment_id})")
+    out.print(f"Browse: mlflow ui --backend-store-uri {result.tracking_uri}")

@@ -1,0 +1,48 @@
+"""Stage 1 in MLflow: the sample-and-rebalance result, its figures and a class-distribution chart."""
+
+from matplotlib.figure import Figure
+
+from schemas.results import SampleResult
+from stagetune.tracking.run_tree import RunTree, end_run, log_metrics, log_model_json, log_params, log_tags
+
+
+def record_sample_stage(tree: RunTree, result: SampleResult, started_ms: int, ended_ms: int) -> str:
+    """Create the `sample` stage run (timed as the stage ran) with params, counts and artifacts."""
+    run_id = tree.start_stage("sample", start_time_ms=started_ms)
+    client = tree.client
+    log_params(client, run_id, {"source": result.source, "rebalance": result.rebalance})
+    log_tags(client, run_id, {"stagetune.data_fingerprint": result.fingerprint})
+    sizes = {
+        "rows": result.n_rows,
+        "train_rows": result.n_train,
+        "val_rows": result.n_val,
+        "test_rows": result.n_test,
+        "train_rows_sampled": result.n_train_sampled,
+        "val_rows_sampled": result.n_val_sampled,
+        "num_classes": result.num_classes,
+    }
+    log_metrics(client, run_id, [(f"data/{name}", value, 0) for name, value in sizes.items()])
+    log_model_json(client, run_id, result, "results/sample.json")
+    client.log_figure(run_id, class_distribution_figure(result), "plots/class_distribution.png")
+    end_run(client, run_id, "FINISHED", end_time_ms=ended_ms)
+    return run_id
+
+
+def class_distribution_figure(result: SampleResult) -> Figure:
+    """Per-class rows: full training split, after sampling, and what one epoch sees after rebalancing."""
+    figure = Figure(figsize=(max(5.0, 0.6 * len(result.class_counts_train) + 2), 3.6), layout="constrained")
+    axes = figure.subplots()
+    series = {
+        "train (full)": result.class_counts_train,
+        "sampled": result.class_counts_sampled,
+        f"per epoch ({result.rebalance})": result.class_counts_rebalanced,
+    }
+    labels = list(result.class_counts_train)
+    width = 0.8 / len(series)
+    for offset, (name, counts) in enumerate(series.items()):
+        positions = [i + (offset - 1) * width for i in range(len(labels))]
+        axes.bar(positions, [counts.get(label, 0) for label in labels], width=width, label=name)
+    axes.set_xticks(range(len(labels)), labels)
+    axes.set(xlabel="class", ylabel="rows", title="class distribution")
+    axes.legend()
+    return figure

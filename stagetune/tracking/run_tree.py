@@ -1,0 +1,166 @@
+"""The MLflow run tree of one pipeline run: one parent, a child per stage, a grandchild per trial.
+
+Everything goes through `MlflowClient` with explicit run ids: `mlflow.start_run(nested=True)` keeps
+its active-run stack per thread, so inside Prefect's worker threads it would create top-level runs.
+Metrics are sent with `log_batch` (one call per flush): per-metric calls are ~50x slower on a server.
+"""
+
+import json
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from pydantic import BaseModel
+
+from schemas.results import EpochRecord
+
+Stage = Literal["sample", "sanity", "coarse", "refine", "final"]
+RunEnd = Literal["FINISHED", "FAILED", "KILLED"]
+
+STAGE_TAG = "stagetune.stage"
+TRIAL_TAG = "stagetune.trial"
+PIPELINE_TAG = "stagetune.pipeline"
+_MAX_PARAMS_PER_CALL = 100
+_MAX_METRICS_PER_CALL = 1000
+_MAX_PARAM_LENGTH = 6000
+
+
+@dataclass(frozen=True)
+class RunTree:
+    """Handle on one pipeline's runs in one experiment (plain strings: safe to pass to tasks)."""
+
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+
+    @property
+    def client(self) -> MlflowClient:
+        """A client for this tree's tracking store (cheap to create; safe to use from any thread)."""
+        return MlflowClient(tracking_uri=self.tracking_uri)
+
+    def start_stage(self, stage: Stage, start_time_ms: int | None = None) -> str:
+        """Create the nested run of one stage and return its id."""
+        tags = {STAGE_TAG: stage}
+        return start_child_run(self.client, self.experiment_id, self.parent_run_id, stage, tags, start_time_ms)
+
+    def start_trial(self, stage_run_id: str, stage: Stage, number: int, study: str) -> str:
+        """Create the nested run of one trial under its stage run and return its id."""
+        tags = {STAGE_TAG: stage, TRIAL_TAG: str(number), "stagetune.study": study}
+        return start_child_run(self.client, self.experiment_id, stage_run_id, f"{stage}-trial-{number}", tags)
+
+
+def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
+    """The id of experiment `name`, created (with `artifact_location`, if given) when missing."""
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return str(experiment.experiment_id)
+    return str(client.create_experiment(name, artifact_location=artifact_location))
+
+
+def start_parent_run(
+    tracking_uri: str, experiment_id: str, name: str, params: Mapping[str, Any], tags: Mapping[str, str]
+) -> RunTree:
+    """Create the pipeline's parent run with its params and tags; return the tree handle."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    run = client.create_run(experiment_id, run_name=name, tags={PIPELINE_TAG: name, **tags})
+    tree = RunTree(tracking_uri, experiment_id, run.info.run_id)
+    log_params(client, tree.parent_run_id, params)
+    return tree
+
+
+def start_child_run(
+    client: MlflowClient,
+    experiment_id: str,
+    parent_run_id: str,
+    name: str,
+    tags: Mapping[str, str],
+    start_time_ms: int | None = None,
+) -> str:
+    """Create a run nested under `parent_run_id` (MLflow's parent tag) and return its id."""
+    all_tags = {MLFLOW_PARENT_RUN_ID: parent_run_id, MLFLOW_RUN_NAME: name, **tags}
+    run = client.create_run(experiment_id, start_time=start_time_ms, run_name=name, tags=all_tags)
+    return str(run.info.run_id)
+
+
+def end_run(client: MlflowClient, run_id: str, status: RunEnd = "FINISHED", end_time_ms: int | None = None) -> None:
+    """Close a run with a final status."""
+    client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.from_string(status)), end_time=end_time_ms)
+
+
+def now_ms() -> int:
+    """Wall-clock time in MLflow's unit."""
+    return int(time.time() * 1000)
+
+
+def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
+    """Log params in batches of 100 (the server's limit), values cut to MLflow's maximum length."""
+    items = [Param(key, _param_value(value)) for key, value in params.items()]
+    for start in range(0, len(items), _MAX_PARAMS_PER_CALL):
+        client.log_batch(run_id, params=items[start : start + _MAX_PARAMS_PER_CALL], synchronous=True)
+
+
+def log_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None:
+    """Set several tags in one call."""
+    client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()], synchronous=True)
+
+
+def log_metrics(client: MlflowClient, run_id: str, rows: Iterable[tuple[str, float, int]]) -> None:
+    """Log (name, value, step) rows with as few `log_batch` calls as MLflow's limits allow."""
+    now = int(time.time() * 1000)
+    metrics = [Metric(name, float(value), now, step) for name, value, step in rows]
+    for start in range(0, len(metrics), _MAX_METRICS_PER_CALL):
+        client.log_batch(run_id, metrics=metrics[start : start + _MAX_METRICS_PER_CALL], synchronous=True)
+
+
+def epoch_metric_rows(history: Sequence[EpochRecord], prefix: str = "") -> list[tuple[str, float, int]]:
+    """The per-epoch metrics of a training history: train/loss, train/acc, val/loss, val/acc, lr."""
+    rows: list[tuple[str, float, int]] = []
+    for record in history:
+        values = {
+            "train/loss": record.train_loss,
+            "train/acc": record.train_acc,
+            "val/loss": record.val_loss,
+            "val/acc": record.val_acc,
+            "lr": record.lr,
+        }
+        rows.extend((prefix + name, value, record.epoch) for name, value in values.items() if value is not None)
+    return rows
+
+
+def log_model_json(client: MlflowClient, run_id: str, model: BaseModel, artifact_file: str) -> None:
+    """Write a result model as an indented JSON artifact."""
+    client.log_text(run_id, model.model_dump_json(indent=2), artifact_file)
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as dotted keys: {"a": {"b": 1}} -> {"a.b": 1}."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _param_value(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text[:_MAX_PARAM_LENGTH]
+
+
+@contextmanager
+def stage_run(tree: RunTree, stage: Stage) -> Iterator[str]:
+    """A stage's nested run, ended FINISHED on success and FAILED (then re-raised) on an exception."""
+    run_id = tree.start_stage(stage)
+    try:
+        yield run_id
+    except BaseException:
+        end_run(tree.client, run_id, "FAILED")
+        raise
+    end_run(tree.client, run_id, "FINISHED")

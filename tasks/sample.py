@@ -1,0 +1,25 @@
+"""Prefect task wrappers of stage 1."""
+
+from pathlib import Path
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from schemas.config import PipelineConfig
+from schemas.results import SampleResult
+from stagetune.data.stage import run_sample_stage
+from stagetune.stages.sample_stage import record_sample_stage
+from stagetune.tracking.run_tree import RunTree
+
+
+@task(name="sample-and-rebalance", cache_policy=NO_CACHE)
+def sample_data(config: PipelineConfig, run_dir: Path) -> SampleResult:
+    """Load, split, preprocess and subsample the data; write the arrays under `run_dir`."""
+    return run_sample_stage(config, run_dir / "sample")
+
+
+# Not retried: a retry after a partial failure would create a second stage run.
+@task(name="record-sample-stage", cache_policy=NO_CACHE)
+def record_sample(tree: RunTree, result: SampleResult, started_ms: int, ended_ms: int) -> str:
+    """Log stage 1's result to its own MLflow run."""
+    return record_sample_stage(tree, result, started_ms, ended_ms)
