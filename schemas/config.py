@@ -87,7 +87,8 @@ class ModelConfig(StrictModel):
 
     family: Literal["mlp", "cnn", "custom"] = "mlp"
     import_path: str | None = Field(
-        default=None, description="custom family: 'package.module:factory', called as factory(hp, input_shape, num_classes)"
+        default=None,
+        description="custom family: 'package.module:factory', called as factory(hp, input_shape, num_classes)",
     )
     baseline: HyperParams = HyperParams()
 
@@ -112,9 +113,7 @@ class SanityConfig(StrictModel):
     """Stage 2: checks that must pass before any search burns compute."""
 
     enabled: bool = True
-    init_loss_rel_tolerance: float = Field(
-        default=0.5, gt=0, description="Allowed |initial loss - ln(C)| / ln(C)."
-    )
+    init_loss_rel_tolerance: float = Field(default=0.5, gt=0, description="Allowed |initial loss - ln(C)| / ln(C).")
     overfit_samples: int = Field(default=100, ge=2)
     overfit_batch_size: int = Field(default=50, ge=1)
     overfit_max_steps: int = Field(default=500, ge=1)

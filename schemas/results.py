@@ -1,8 +1,8 @@
 """What each stage returns: the only thing a later stage (or a person) reads of it."""
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import ConfigDict, Field, model_validator
 
 from schemas.base import StrictModel
 from schemas.hyperparams import RebalanceStrategy
@@ -44,6 +44,21 @@ class SampleResult(StrictModel):
     )
     rebalance: RebalanceStrategy
     class_weights: list[float] | None = Field(default=None, description="Loss weights (class_weights strategy).")
+    sampled_class_names: list[str] = Field(
+        default_factory=list,
+        description="Classes of the *_sampled arrays (labels 0..K-1): sample.classes if set, else class_names.",
+    )
+    dropped_columns: list[str] = Field(default_factory=list, description="Constant or all-missing feature columns.")
+    dropped_label_rows: int = Field(default=0, ge=0, description="Rows dropped because their label was missing.")
+    warnings: list[str] = Field(default_factory=list, description="Data problems fixed on the way, one per line.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_sampled_class_names(cls, data: Any) -> Any:
+        # Without a class subset the sampled arrays use the full label set; say so explicitly.
+        if isinstance(data, dict) and not data.get("sampled_class_names") and "class_names" in data:
+            return {**data, "sampled_class_names": data["class_names"]}
+        return data
 
 
 class Diagnosis(StrictModel):
@@ -66,6 +81,9 @@ class LrRangePoint(StrictModel):
 
 class SanityResult(StrictModel):
     """Stage 2 output."""
+
+    # A broken model's initial loss can be NaN/inf: write it as "NaN"/"Infinity" so the JSON reads back.
+    model_config = ConfigDict(**StrictModel.model_config, ser_json_inf_nan="strings")
 
     passed: bool
     num_classes: int

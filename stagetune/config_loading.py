@@ -56,8 +56,10 @@ def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
     result = dict(base)
     for key, value in update.items():
         old = result.get(key)
-        if isinstance(old, Mapping) and isinstance(value, Mapping) and old.get("kind", value.get("kind")) == value.get(
-            "kind", old.get("kind")
+        if (
+            isinstance(old, Mapping)
+            and isinstance(value, Mapping)
+            and old.get("kind", value.get("kind")) == value.get("kind", old.get("kind"))
         ):
             result[key] = merge(old, value)
         else:

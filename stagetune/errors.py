@@ -1,4 +1,4 @@
-"""The errors stagetune turns into exit codes; everything else is a bug (exit 1)."""
+"""The error stagetune turns into exit code 2; a failed sanity gate is a result (exit 3), anything else exit 1."""
 
 
 class InputError(Exception):
@@ -13,9 +13,3 @@ class InputError(Exception):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
-
-
-class SanityGateFailed(Exception):
-    """The sanity stage found the model/data/code unfit for a search: exit code 3."""
-
-    exit_code = 3

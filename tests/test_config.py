@@ -33,8 +33,10 @@ def test_defaults_follow_the_practitioner_rules() -> None:
     # SGD gets higher rates than the Adam family (TUNING-RULES: SGD 1e-2..1e-1, Adam 1e-3..1e-2).
     assert space.learning_rate["sgd"].low > space.learning_rate["adam"].low
     assert space.learning_rate["adam"].low <= 1e-3 <= 1e-2 <= space.learning_rate["adam"].high
-    assert space.learning_rate["sgd"].low <= 1e-2 and space.learning_rate["sgd"].high >= 1e-1
-    assert isinstance(space.weight_decay, FloatParam) and space.weight_decay.scale == "log"
+    assert space.learning_rate["sgd"].low <= 1e-2
+    assert space.learning_rate["sgd"].high >= 1e-1
+    assert isinstance(space.weight_decay, FloatParam)
+    assert space.weight_decay.scale == "log"
     assert isinstance(space.dropout, FloatParam)
     assert (space.dropout.low, space.dropout.high, space.dropout.scale) == (0.0, 0.5, "linear")
     assert isinstance(space.batch_size, CategoricalParam)

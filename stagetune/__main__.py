@@ -1,0 +1,5 @@
+"""`python -m stagetune` is the `stagetune` command."""
+
+from stagetune.cli import main
+
+main()

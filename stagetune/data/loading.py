@@ -1,0 +1,161 @@
+"""Stage 1 input: a scikit-learn bundled data set or a CSV/Parquet file, read into a checked `RawTable`."""
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from schemas.config import DataConfig, SyntheticDataConfig
+from stagetune.data.cleaning import clean_features, encode_labels, resolve_columns
+from stagetune.data.fingerprint import frame_content_hash
+from stagetune.errors import InputError
+
+BUILTIN_TARGET = "target"
+"""Label column of the builtin data sets (data.target may be left unset for them)."""
+
+DIGITS_IMAGE_SHAPE = (1, 8, 8)
+
+
+@dataclass(frozen=True)
+class RawTable:
+    """A table ready to split: typed feature columns, integer labels, and what was fixed on the way."""
+
+    source: str
+    features: pd.DataFrame
+    """Numeric columns as float64 (NaN where missing), categorical ones as str objects (NaN where missing)."""
+    labels: np.ndarray
+    """int64 codes 0..C-1 indexing `class_names`."""
+    class_names: tuple[str, ...]
+    numeric_columns: tuple[str, ...]
+    categorical_columns: tuple[str, ...]
+    image_shape: tuple[int, ...] | None
+    n_rows: int
+    """Rows in the source, before rows with a missing label were dropped."""
+    content_hash: str
+    """sha256 of the source table as read (see `fingerprint.frame_content_hash`)."""
+    dropped_columns: tuple[str, ...]
+    dropped_label_rows: int
+    warnings: tuple[str, ...]
+
+
+def load_table(cfg: DataConfig, seed: int) -> RawTable:
+    """Read `cfg.source`, check it, and type its columns; `seed` drives the synthetic generator.
+
+    Raises `InputError` for anything wrong with the data: missing or unreadable file, no rows, unknown
+    columns, a single class or classes too small to split, text in numeric columns, no usable feature.
+    """
+    image_shape: tuple[int, ...] | None = None
+    if cfg.source.startswith("builtin:"):
+        name = cfg.source.removeprefix("builtin:")
+        frame = load_builtin_frame(name, cfg.synthetic, seed)
+        target = cfg.target or BUILTIN_TARGET
+        if name == "digits" and cfg.features is None:
+            image_shape = DIGITS_IMAGE_SHAPE
+    else:
+        frame = read_table_file(cfg.source)
+        if cfg.target is None:  # DataConfig already demands it; keeps this function safe on its own
+            raise InputError("data.target", "a file source needs data.target: name its label column")
+        target = cfg.target
+    if frame.empty:
+        raise InputError("data.source", f"{cfg.source!r} has no rows: point data.source at a table with data")
+    frame.columns = [str(c) for c in frame.columns]
+    content_hash = frame_content_hash(frame)
+    numeric, categorical = resolve_columns(frame, target, cfg.features, cfg.categorical)
+    labels, class_names, keep = encode_labels(frame[target], target)
+    dropped_label_rows = int((~keep).sum())
+    features, numeric, categorical, dropped, warnings = clean_features(
+        frame.loc[keep], numeric, categorical, drop_constant=image_shape is None
+    )
+    if dropped_label_rows:
+        warnings.insert(0, f"dropped {dropped_label_rows} row(s) whose label in {target!r} is missing")
+    return RawTable(
+        source=cfg.source,
+        features=features.reset_index(drop=True),
+        labels=labels,
+        class_names=tuple(class_names),
+        numeric_columns=tuple(numeric),
+        categorical_columns=tuple(categorical),
+        image_shape=image_shape,
+        n_rows=len(frame),
+        content_hash=content_hash,
+        dropped_columns=tuple(dropped),
+        dropped_label_rows=dropped_label_rows,
+        warnings=tuple(warnings),
+    )
+
+
+def load_builtin_frame(name: str, synthetic: SyntheticDataConfig, seed: int) -> pd.DataFrame:
+    """A builtin data set as one frame with its label in column `target`; no network is touched."""
+    from sklearn import datasets  # deferred: importing it takes ~1 s, which file sources need not pay
+
+    if name == "synthetic_imbalanced":
+        return _synthetic_frame(synthetic, seed)
+    loaders = {
+        "digits": datasets.load_digits,
+        "breast_cancer": datasets.load_breast_cancer,
+        "iris": datasets.load_iris,
+        "wine": datasets.load_wine,
+    }
+    if name not in loaders:
+        raise InputError("data.source", f"unknown builtin data set {name!r}: use one of {sorted(loaders)}")
+    bunch = loaders[name]()
+    frame = pd.DataFrame(bunch.data, columns=[str(n) for n in bunch.feature_names])
+    frame[BUILTIN_TARGET] = bunch.target
+    return frame
+
+
+def _synthetic_frame(cfg: SyntheticDataConfig, seed: int) -> pd.DataFrame:
+    from sklearn.datasets import make_classification
+
+    n_classes = len(cfg.class_weights)
+    # make_classification needs n_classes * clusters <= 2 ** n_informative.
+    clusters = 2 if n_classes * 2 <= 2**cfg.n_informative else 1
+    if n_classes > 2**cfg.n_informative:
+        raise InputError(
+            "data.synthetic.n_informative",
+            f"{cfg.n_informative} informative features cannot separate {n_classes} classes: "
+            f"use at least {int(np.ceil(np.log2(n_classes)))}",
+        )
+    x, y = make_classification(
+        n_samples=cfg.n_samples,
+        n_features=cfg.n_features,
+        n_informative=cfg.n_informative,
+        n_redundant=min(2, cfg.n_features - cfg.n_informative),
+        n_classes=n_classes,
+        n_clusters_per_class=clusters,
+        weights=cfg.class_weights,
+        class_sep=cfg.class_sep,
+        flip_y=0.0,  # keep the configured class ratio exact instead of adding label noise
+        random_state=seed,
+    )
+    frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(cfg.n_features)])
+    frame[BUILTIN_TARGET] = y
+    return frame
+
+
+def read_table_file(source: str) -> pd.DataFrame:
+    """Read a local or remote (s3://, via fsspec/s3fs and the standard AWS_* variables) CSV or Parquet file."""
+    remote = "://" in source
+    if not remote and not Path(source).expanduser().is_file():
+        raise InputError(
+            "data.source", f"file {source!r} does not exist (relative to {str(Path.cwd())!r}): check the path"
+        )
+    location = source if remote else str(Path(source).expanduser())
+    is_parquet = re.search(r"\.(parquet|pq)(\.gz)?$", source, flags=re.IGNORECASE) is not None
+    kind = "Parquet" if is_parquet else "CSV"
+    if not remote and Path(location).stat().st_size == 0:
+        raise InputError("data.source", f"{source!r} is empty (0 bytes): point data.source at a {kind} file with data")
+    try:
+        return pd.read_parquet(location) if is_parquet else pd.read_csv(location)
+    except pd.errors.EmptyDataError:
+        raise InputError("data.source", f"{source!r} is empty: point data.source at a {kind} file with data") from None
+    except FileNotFoundError:
+        raise InputError("data.source", f"{source!r} does not exist: check the path or URI") from None
+    except (OSError, ValueError, pa.ArrowException) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(
+            "data.source", f"{source!r} cannot be read as {kind} ({reason}): check the file and its extension"
+        ) from exc
