@@ -125,6 +125,9 @@ class SanityConfig(StrictModel):
     lr_range_min: float = Field(default=1e-6, gt=0)
     lr_range_max: float = Field(default=1.0, gt=0)
     lr_range_steps: int = Field(default=100, ge=10)
+    baseline_epochs: int = Field(
+        default=5, ge=0, le=1000, description="Train the baseline hyperparameters this long as a reference (0: skip)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Self:

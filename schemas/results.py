@@ -5,7 +5,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, model_validator
 
 from schemas.base import StrictModel
-from schemas.hyperparams import RebalanceStrategy
+from schemas.hyperparams import HyperParams, RebalanceStrategy
 
 
 class EpochRecord(StrictModel):
@@ -79,6 +79,15 @@ class LrRangePoint(StrictModel):
     smoothed_loss: float
 
 
+class BaselineFit(StrictModel):
+    """A short training of the configured baseline hyperparameters: the reference the search must beat."""
+
+    hyperparams: HyperParams
+    status: Literal["completed", "diverged", "early_stopped", "stopped"]
+    reason: str | None = None
+    history: list[EpochRecord] = Field(default_factory=list)
+
+
 class SanityResult(StrictModel):
     """Stage 2 output."""
 
@@ -99,6 +108,7 @@ class SanityResult(StrictModel):
     lr_range: list[LrRangePoint] = Field(default_factory=list)
     diagnoses: list[Diagnosis] = Field(default_factory=list)
     seconds: float = Field(ge=0)
+    baseline: BaselineFit | None = Field(default=None, description="Set when the gate passed and baseline_epochs > 0.")
 
 
 class PipelineResult(StrictModel):

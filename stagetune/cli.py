@@ -47,7 +47,7 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect logs and tracebacks.")] = False,
 ) -> None:
     """Run the pipeline on CONFIG and record everything in MLflow."""
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     configure_process(verbose)
     settings = _guarded(console, verbose, lambda: load_config(config, overrides or []))
     if summary is not None:
@@ -134,7 +134,7 @@ def write_json_atomically(path: Path, text: str) -> None:
 
 
 def _print_result(console: Console, result: PipelineResult) -> None:
-    out = Console(file=sys.stdout, highlight=False)
+    out = Console(file=sys.stdout, highlight=False, soft_wrap=True)
     if result.status == "sanity_failed" and result.sanity is not None:
         console.print("[red]sanity gate failed[/red] — no search was started.", highlight=False)
         for diagnosis in result.sanity.diagnoses:

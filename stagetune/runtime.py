@@ -18,6 +18,7 @@ QUIET_DEFAULTS = {
     "PREFECT_LOGGING_SERVER_LEVEL": "ERROR",
     "PREFECT_UI_ENABLED": "false",
     "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
     "MLFLOW_ENABLE_ASYNC_LOGGING": "false",
     "GIT_PYTHON_REFRESH": "quiet",
 }
@@ -26,7 +27,11 @@ QUIET_DEFAULTS = {
 def configure_process(verbose: bool = False) -> None:
     """Quiet third-party noise for a command; call before Prefect or MLflow are imported."""
     for key, value in QUIET_DEFAULTS.items():
-        if verbose and key in ("PREFECT_LOGGING_LEVEL", "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL"):
+        if verbose and key in (
+            "PREFECT_LOGGING_LEVEL",
+            "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL",
+            "MLFLOW_LOGGING_LEVEL",
+        ):
             continue
         os.environ.setdefault(key, value)
     for name in ("mlflow", "alembic", "optuna", "urllib3", "botocore"):

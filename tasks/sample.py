@@ -8,14 +8,19 @@ from prefect.cache_policies import NO_CACHE
 from schemas.config import PipelineConfig
 from schemas.results import SampleResult
 from stagetune.data.stage import run_sample_stage
-from stagetune.stages.sample_stage import record_sample_stage
+from stagetune import progress
+from stagetune.stages.sample_stage import record_sample_stage, sample_summary
 from stagetune.tracking.run_tree import RunTree
 
 
 @task(name="sample-and-rebalance", cache_policy=NO_CACHE)
 def sample_data(config: PipelineConfig, run_dir: Path) -> SampleResult:
     """Load, split, preprocess and subsample the data; write the arrays under `run_dir`."""
-    return run_sample_stage(config, run_dir / "sample")
+    reporter = progress.current()
+    reporter.stage_started("sample", f"loading {config.data.source}")
+    result = run_sample_stage(config, run_dir / "sample")
+    reporter.stage_finished("sample", sample_summary(result))
+    return result
 
 
 # Not retried: a retry after a partial failure would create a second stage run.

@@ -28,6 +28,15 @@ def record_sample_stage(tree: RunTree, result: SampleResult, started_ms: int, en
     return run_id
 
 
+def sample_summary(result: SampleResult) -> str:
+    """One line for the console: sizes, classes, strategy."""
+    return (
+        f"{result.n_rows} rows -> train {result.n_train} / val {result.n_val} / test {result.n_test}; "
+        f"tuning on {result.n_train_sampled} rows of {len(result.sampled_class_names)} classes, "
+        f"rebalance={result.rebalance}"
+    )
+
+
 def class_distribution_figure(result: SampleResult) -> Figure:
     """Per-class rows: full training split, after sampling, and what one epoch sees after rebalancing."""
     figure = Figure(figsize=(max(5.0, 0.6 * len(result.class_counts_train) + 2), 3.6), layout="constrained")
@@ -44,5 +53,5 @@ def class_distribution_figure(result: SampleResult) -> Figure:
         axes.bar(positions, [counts.get(label, 0) for label in labels], width=width, label=name)
     axes.set_xticks(range(len(labels)), labels)
     axes.set(xlabel="class", ylabel="rows", title="class distribution")
-    axes.legend()
+    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncols=len(series), frameon=False)
     return figure

@@ -46,6 +46,8 @@ def lr_range_figure(points: Sequence[LrRangePoint], suggestion: float | None) ->
     if suggestion is not None:
         axes.axvline(suggestion, color="tab:red", linestyle="--", label=f"suggested {suggestion:.2g}")
     axes.set(xscale="log", xlabel="learning rate", ylabel="loss", title="LR range test")
+    if points:  # the raw loss explodes at the end of the ramp: keep the informative part in view
+        axes.set_ylim(0, 2 * max(p.smoothed_loss for p in points[: max(1, len(points) // 2)]))
     axes.grid(alpha=0.3)
     axes.legend()
     return figure

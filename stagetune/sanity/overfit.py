@@ -1,0 +1,120 @@
+"""Check (b) of the sanity gate: a large unregularised model must memorise a tiny stratified subset."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from schemas.config import SanityConfig
+from schemas.hyperparams import HyperParams
+from stagetune.data.sampling import stratified_subsample
+from stagetune.sanity.lr_range import StepCallback
+from stagetune.training.loaders import endless_batches, make_eval_loader, make_train_loader
+from stagetune.training.loop import evaluate, train_step
+from stagetune.training.models import build_model
+from stagetune.training.optim import build_optimizer
+
+# Accuracy on the subset is measured once per pass over it, but at least this often (in steps).
+MAX_STEPS_BETWEEN_CHECKS = 10
+
+
+@dataclass(frozen=True)
+class OverfitOutcome:
+    """What the overfit run did: losses per step, steps taken, accuracy reached, and the label-prior loss.
+
+    `nonfinite_step`: updates made before the loss went NaN/inf (0: on the very first batch).
+    """
+
+    samples: int
+    steps: int
+    train_acc: float
+    reached: bool
+    losses: list[float]
+    prior_loss: float
+    nonfinite_step: int | None = None
+
+
+def overfit_hyperparams(family: str, hp: HyperParams, cfg: SanityConfig) -> HyperParams:
+    """The baseline made large and unregularised: no dropout, weight decay or batch norm, Adam.
+
+    MLP: cfg.overfit_width x cfg.overfit_depth. CNN: cfg.overfit_depth blocks starting at
+    max(hp.channels, cfg.overfit_width // 8) filters (512 // 8 = 64, doubling per block).
+    Custom: the factory decides the size and batch norm; only dropout and weight decay are zeroed.
+    """
+    update: dict[str, object] = {
+        "dropout": 0.0,
+        "weight_decay": 0.0,
+        "optimizer": "adam",
+        "learning_rate": cfg.overfit_learning_rate,
+        "rebalance": "none",
+        "batch_size": cfg.overfit_batch_size,
+    }
+    if family == "mlp":
+        update |= {"width": cfg.overfit_width, "depth": cfg.overfit_depth, "batch_norm": False}
+    elif family == "cnn":
+        channels = max(hp.channels, cfg.overfit_width // 8)
+        update |= {"channels": channels, "depth": cfg.overfit_depth, "batch_norm": False}
+    return hp.model_copy(update=update)
+
+
+def label_prior_loss(y: np.ndarray) -> float:
+    """Cross-entropy of always predicting the class frequencies: the best loss without using the inputs."""
+    frequencies = np.unique(y, return_counts=True)[1] / len(y)
+    return float(-(frequencies * np.log(frequencies)).sum())
+
+
+def overfit_tiny_subset(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    family: str,
+    hp: HyperParams,
+    input_shape: Sequence[int],
+    num_classes: int,
+    cfg: SanityConfig,
+    device: torch.device,
+    seed: int,
+    import_path: str | None = None,
+    grad_clip_norm: float | None = None,
+    on_step: StepCallback | None = None,
+) -> OverfitOutcome:
+    """Train the overfit model on cfg.overfit_samples rows until its eval-mode accuracy on them reaches the target."""
+    rows = stratified_subsample(y, cfg.overfit_samples, np.random.default_rng(seed))
+    x_small, y_small = x[rows], y[rows]
+    overfit_hp = overfit_hyperparams(family, hp, cfg)
+    model = build_model(family, overfit_hp, input_shape, num_classes, import_path, seed=seed).to(device)
+    optimizer = build_optimizer(overfit_hp, model.parameters())
+    loader = make_train_loader(x_small, y_small, overfit_hp, num_classes, seed).loader
+    batches, subset = endless_batches(loader), make_eval_loader(x_small, y_small, batch_size=len(rows))
+    check_every = min(len(loader), MAX_STEPS_BETWEEN_CHECKS)
+    loss_fn = nn.CrossEntropyLoss()
+    losses: list[float] = []
+    accuracy = 0.0
+    step = 0
+    for step in range(1, cfg.overfit_max_steps + 1):
+        model.train()
+        inputs, targets = next(batches)
+        result = train_step(model, inputs, targets, optimizer, loss_fn, device, grad_clip_norm)
+        if not result.finite:
+            return OverfitOutcome(
+                samples=len(rows),
+                steps=step - 1,
+                train_acc=accuracy,
+                reached=False,
+                losses=losses,
+                prior_loss=label_prior_loss(y_small),
+                nonfinite_step=step - 1,
+            )
+        losses.append(result.loss)
+        metrics = {"loss": result.loss}
+        if step % check_every == 0 or step == cfg.overfit_max_steps:
+            accuracy = evaluate(model, subset, loss_fn, device).accuracy
+            metrics["train_acc"] = accuracy
+        if on_step is not None:
+            on_step("overfit", step, metrics)
+        if accuracy >= cfg.overfit_target_acc:
+            break
+    reached = accuracy >= cfg.overfit_target_acc
+    return OverfitOutcome(len(rows), step, accuracy, reached, losses, label_prior_loss(y_small))

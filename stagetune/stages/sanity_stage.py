@@ -1,0 +1,124 @@
+"""Stage 2 in MLflow: the sanity gate, then a short baseline fit of the configured hyperparameters."""
+
+import math
+
+from mlflow.tracking import MlflowClient
+
+from schemas.config import PipelineConfig
+from schemas.results import BaselineFit, SampleResult, SanityResult
+from stagetune import progress
+from stagetune.data.stage import StageArrays, load_stage_arrays
+from stagetune.sanity import run_sanity_gate
+from stagetune.tracking.plots import learning_curve_figure, lr_range_figure, step_curve_figure
+from stagetune.tracking.run_tree import (
+    RunTree,
+    epoch_metric_rows,
+    log_metrics,
+    log_model_json,
+    log_params,
+    log_tags,
+    stage_run,
+)
+from stagetune.training.device import resolve_device
+from stagetune.training.loaders import make_eval_loader, make_train_loader
+from stagetune.training.loop import fit
+from stagetune.training.models import build_model
+
+
+def sanity_stage(config: PipelineConfig, sample: SampleResult, tree: RunTree) -> SanityResult:
+    """Run the gate on the sampled training data; when it passes, fit the baseline briefly."""
+    arrays = load_stage_arrays(sample)
+    num_classes = len(sample.sampled_class_names)
+    device = resolve_device(config.execution.device)
+    reporter = progress.current()
+    with stage_run(tree, "sanity") as run_id:
+        reporter.stage_started("sanity", "initial loss, overfit test, LR range test")
+        result = run_sanity_gate(
+            arrays.X_train_sampled,
+            arrays.y_train_sampled,
+            family=config.model.family,
+            hp=config.model.baseline,
+            input_shape=sample.input_shape,
+            num_classes=num_classes,
+            cfg=config.sanity,
+            device=device,
+            seed=config.seed,
+            import_path=config.model.import_path,
+            grad_clip_norm=config.training.grad_clip_norm,
+            oversample_ratio=config.sample.oversample_ratio,
+            on_step=lambda phase, step, metrics: reporter.stage_advanced("sanity", f"{phase} step {step}"),
+        )
+        if result.passed and config.sanity.baseline_epochs > 0:
+            result = result.model_copy(update={"baseline": fit_baseline(config, arrays, sample, num_classes)})
+        record_sanity(tree.client, run_id, config, result)
+    summary = (
+        f"initial loss {result.initial_loss:.3f} (ln C = {result.expected_initial_loss:.3f}), "
+        f"overfit {result.overfit_train_acc:.2f} in {result.overfit_steps} steps"
+    )
+    if result.lr_suggestion is not None:
+        summary += f", suggested lr {result.lr_suggestion:.2g}"
+    if result.baseline is not None and result.baseline.history:
+        summary += f", baseline val acc {result.baseline.history[-1].val_acc:.3f}"
+    reporter.stage_finished("sanity", ("passed: " if result.passed else "FAILED: ") + summary)
+    return result
+
+
+def fit_baseline(config: PipelineConfig, arrays: StageArrays, sample: SampleResult, num_classes: int) -> BaselineFit:
+    """Train the baseline hyperparameters for `sanity.baseline_epochs` epochs on the sampled data."""
+    hp = config.model.baseline
+    device = resolve_device(config.execution.device)
+    model = build_model(
+        config.model.family, hp, sample.input_shape, num_classes, config.model.import_path, seed=config.seed
+    )
+    feed = make_train_loader(
+        arrays.X_train_sampled, arrays.y_train_sampled, hp, num_classes, config.seed, config.sample.oversample_ratio
+    )
+    val_loader = make_eval_loader(arrays.X_val_sampled, arrays.y_val_sampled, batch_size=512)
+    reporter = progress.current()
+    reporter.stage_started("baseline", "baseline fit", total=config.sanity.baseline_epochs)
+    outcome = fit(
+        model,
+        feed,
+        val_loader,
+        hp,
+        config.sanity.baseline_epochs,
+        device,
+        on_epoch=lambda r: reporter.stage_advanced("baseline", f"val acc {r.val_acc:.3f}"),
+        grad_clip_norm=config.training.grad_clip_norm,
+        amp_bf16=config.execution.amp_bf16,
+        max_batches_per_epoch=config.training.max_batches_per_epoch,
+    )
+    reporter.stage_finished("baseline", f"{len(outcome.history)} epochs, {outcome.status}")
+    return BaselineFit(hyperparams=hp, status=outcome.status, reason=outcome.reason, history=outcome.history)
+
+
+def record_sanity(client: MlflowClient, run_id: str, config: PipelineConfig, result: SanityResult) -> None:
+    """Params, figures, curves and the result JSON of the sanity stage."""
+    log_params(client, run_id, {f"sanity.{k}": v for k, v in config.sanity.model_dump(mode="json").items()})
+    log_params(client, run_id, {f"baseline.{k}": v for k, v in config.model.baseline.model_dump(mode="json").items()})
+    tags = {"stagetune.sanity.passed": str(result.passed).lower()}
+    if result.diagnoses:
+        tags["stagetune.diagnosis"] = ",".join(d.code for d in result.diagnoses)
+    log_tags(client, run_id, tags)
+    rows: list[tuple[str, float, int]] = [
+        ("sanity/initial_loss", result.initial_loss, 0),
+        ("sanity/expected_initial_loss", result.expected_initial_loss, 0),
+        ("sanity/overfit_train_acc", result.overfit_train_acc, 0),
+        ("sanity/overfit_steps", result.overfit_steps, 0),
+        ("sanity/passed", float(result.passed), 0),
+    ]
+    rows += [("overfit/loss", loss, step) for step, loss in enumerate(result.overfit_losses) if math.isfinite(loss)]
+    for step, point in enumerate(result.lr_range):
+        rows += [("lr_range/lr", point.lr, step), ("lr_range/smoothed_loss", point.smoothed_loss, step)]
+    if result.lr_suggestion is not None:
+        rows.append(("sanity/lr_suggestion", result.lr_suggestion, 0))
+    if result.baseline is not None:
+        rows += epoch_metric_rows(result.baseline.history)
+    log_metrics(client, run_id, [row for row in rows if math.isfinite(row[1])])
+    log_model_json(client, run_id, result, "results/sanity.json")
+    client.log_figure(run_id, step_curve_figure(result.overfit_losses, "overfit test"), "plots/overfit_loss.png")
+    if result.lr_range:
+        client.log_figure(run_id, lr_range_figure(result.lr_range, result.lr_suggestion), "plots/lr_range.png")
+    if result.baseline is not None and result.baseline.history:
+        figure = learning_curve_figure(result.baseline.history, "baseline fit")
+        client.log_figure(run_id, figure, "plots/learning_curve.png")
