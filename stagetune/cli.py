@@ -66,7 +66,7 @@ def validate(
     show: Annotated[bool, typer.Option(help="Print the resolved config (defaults filled in) as YAML.")] = False,
 ) -> None:
     """Check CONFIG (and overrides) without running anything."""
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
     settings = _guarded(console, False, lambda: load_config(config, overrides or []))
     if show:
         typer.echo(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False))

@@ -7,8 +7,8 @@ from prefect.cache_policies import NO_CACHE
 
 from schemas.config import PipelineConfig
 from schemas.results import SampleResult
-from stagetune.data.stage import run_sample_stage
 from stagetune import progress
+from stagetune.data.stage import run_sample_stage
 from stagetune.stages.sample_stage import record_sample_stage, sample_summary
 from stagetune.tracking.run_tree import RunTree
 
