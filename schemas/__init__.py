@@ -2,6 +2,7 @@
 
 from schemas.config import PipelineConfig
 from schemas.hyperparams import HyperParams
-from schemas.results import PipelineResult, SampleResult, SanityResult
+from schemas.pipeline import PipelineResult
+from schemas.results import SampleResult, SanityResult
 
 __all__ = ["HyperParams", "PipelineConfig", "PipelineResult", "SampleResult", "SanityResult"]

@@ -7,6 +7,7 @@ from pydantic import Field, field_validator, model_validator
 
 from schemas.base import StrictModel
 from schemas.hyperparams import HyperParams, RebalanceStrategy
+from schemas.search import NarrowingSettings
 from schemas.search_space import SearchSpace
 
 BUILTIN_DATASETS = ("digits", "breast_cancer", "iris", "wine", "synthetic_imbalanced")
@@ -136,13 +137,36 @@ class SanityConfig(StrictModel):
         return self
 
 
+class SearchConfig(StrictModel):
+    """What the searches optimise and where Optuna keeps its studies."""
+
+    objective: Literal["val_loss", "val_acc", "val_balanced_acc"] = Field(
+        default="val_loss",
+        description="Validation metric a trial is judged by (its best epoch). Loss is smoother than accuracy; "
+        "use val_balanced_acc for imbalanced classes.",
+    )
+    storage: str | None = Field(default=None, description="Optuna storage URL; None: SQLite at <workdir>/optuna.db.")
+
+    @property
+    def direction(self) -> Literal["minimize", "maximize"]:
+        """Optuna's direction for the objective."""
+        return "minimize" if self.objective == "val_loss" else "maximize"
+
+
 class CoarseConfig(StrictModel):
     """Stage 3: wide random or quasi-random search with few epochs."""
 
     n_trials: int = Field(default=20, ge=1, le=100_000)
     epochs: int = Field(default=3, ge=1, le=10_000)
     sampler: Literal["random", "qmc"] = "random"
-    center_lr_on_range_test: bool = False
+    train_fraction: float = Field(
+        default=0.5, gt=0, le=1, description="Share of the sampled training rows a coarse trial trains on."
+    )
+    center_lr_on_range_test: bool = Field(
+        default=False,
+        description="Centre each optimizer's learning-rate range on the sanity stage's LR suggestion "
+        "(same width in log space).",
+    )
 
 
 class RefineConfig(StrictModel):
@@ -152,13 +176,22 @@ class RefineConfig(StrictModel):
     epochs: int = Field(default=8, ge=1, le=10_000)
     sampler: Literal["tpe", "gp"] = "tpe"
     pruner: Literal["median", "hyperband", "none"] = "median"
-    top_k: int = Field(default=5, ge=1)
+    narrowing: NarrowingSettings = NarrowingSettings()
+    warm_start: int = Field(
+        default=3, ge=0, description="Enqueue this many of the best coarse trials as the first refinement trials."
+    )
+    train_data: Literal["sampled", "full"] = Field(
+        default="sampled", description="Refinement trials train on all sampled rows, or the full training split."
+    )
 
 
 class FinalConfig(StrictModel):
     """Stage 5: training on the full data with early stopping and LR decay."""
 
     max_epochs: int = Field(default=50, ge=1, le=100_000)
+    champion_metric: Literal["accuracy", "balanced_accuracy", "macro_f1"] = Field(
+        default="accuracy", description="Test metric that decides whether the new model becomes the champion."
+    )
     early_stopping_patience: int = Field(default=5, ge=1)
     lr_plateau_factor: float = Field(default=0.5, gt=0, lt=1)
     lr_plateau_patience: int = Field(default=2, ge=0)
@@ -169,6 +202,8 @@ class TrackingConfig(StrictModel):
 
     uri: str | None = None
     experiment: str = Field(default="stagetune", min_length=1)
+    registered_model: str | None = Field(default=None, description="Model Registry name; None: the config's name.")
+    trial_plots: bool = Field(default=True, description="Log a learning-curve PNG for every trial.")
 
 
 class ExecutionConfig(StrictModel):
@@ -196,6 +231,7 @@ class PipelineConfig(StrictModel):
     sample: SampleConfig = SampleConfig()
     model: ModelConfig = ModelConfig()
     space: SearchSpace = SearchSpace()
+    search: SearchConfig = SearchConfig()
     training: TrainingConfig = TrainingConfig()
     sanity: SanityConfig = SanityConfig()
     coarse: CoarseConfig = CoarseConfig()
@@ -208,9 +244,14 @@ class PipelineConfig(StrictModel):
     def _check_cross_fields(self) -> Self:
         if self.model.family == "cnn" and self.data.source != "builtin:digits":
             raise ValueError("model.family 'cnn' needs image-shaped data: only builtin:digits (8x8) is supported")
-        if self.refine.top_k > self.coarse.n_trials:
+        if self.refine.narrowing.top_k > self.coarse.n_trials:
             raise ValueError(
-                f"refine.top_k ({self.refine.top_k}) exceeds coarse.n_trials ({self.coarse.n_trials}): "
-                "lower top_k or run more coarse trials"
+                f"refine.narrowing.top_k ({self.refine.narrowing.top_k}) exceeds coarse.n_trials "
+                f"({self.coarse.n_trials}): lower top_k or run more coarse trials"
+            )
+        if self.refine.warm_start > min(self.refine.n_trials, self.coarse.n_trials):
+            raise ValueError(
+                f"refine.warm_start ({self.refine.warm_start}) exceeds refine.n_trials ({self.refine.n_trials}) "
+                f"or coarse.n_trials ({self.coarse.n_trials}): enqueue fewer coarse trials"
             )
         return self

@@ -16,6 +16,7 @@ class EpochRecord(StrictModel):
     train_acc: float
     val_loss: float | None = None
     val_acc: float | None = None
+    val_balanced_acc: float | None = None
     lr: float
     seconds: float = Field(ge=0)
 
@@ -109,17 +110,3 @@ class SanityResult(StrictModel):
     diagnoses: list[Diagnosis] = Field(default_factory=list)
     seconds: float = Field(ge=0)
     baseline: BaselineFit | None = Field(default=None, description="Set when the gate passed and baseline_epochs > 0.")
-
-
-class PipelineResult(StrictModel):
-    """What `stagetune run --summary PATH` writes."""
-
-    name: str
-    status: Literal["completed", "sanity_failed", "stopped_after_sanity"]
-    message: str
-    mlflow_parent_run_id: str
-    mlflow_experiment_id: str
-    tracking_uri: str
-    stages_completed: list[str]
-    sample: SampleResult
-    sanity: SanityResult | None = None

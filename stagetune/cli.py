@@ -17,7 +17,7 @@ import yaml
 from rich.console import Console
 
 from schemas.config import PipelineConfig
-from schemas.results import PipelineResult
+from schemas.pipeline import PipelineResult
 from stagetune.config_loading import load_config
 from stagetune.errors import InputError
 from stagetune.runtime import configure_process

@@ -6,7 +6,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from schemas.config import PipelineConfig
-from schemas.results import PipelineResult
+from schemas.pipeline import PipelineResult
 from stagetune.stages.pipeline_run import close_pipeline_run, open_pipeline_run
 from stagetune.tracking.run_tree import RunEnd, RunTree
 

@@ -84,7 +84,10 @@ def test_defaults_follow_the_practitioner_rules() -> None:
         ("coarse.sampler=grid", "coarse.sampler"),
         ("refine.epochs=0", "refine.epochs"),
         ("refine.pruner=asha", "refine.pruner"),
-        ("refine.top_k=100", "refine.top_k"),
+        ("refine.narrowing.top_k=100", "refine.narrowing.top_k"),
+        ("refine.warm_start=50", "refine.warm_start"),
+        ("refine.narrowing.margin=-1", "refine.narrowing.margin"),
+        ("search.objective=val_f1", "search.objective"),
         ("final.max_epochs=0", "final.max_epochs"),
         ("final.lr_plateau_factor=1.5", "final.lr_plateau_factor"),
         ("tracking.experiment=", "tracking.experiment"),
@@ -103,8 +106,8 @@ def test_invalid_values_name_their_field(override: str, field: str) -> None:
 
 def test_cross_field_error_names_the_field() -> None:
     with pytest.raises(InputError) as caught:
-        load_config(None, ["coarse.n_trials=3", "refine.top_k=5"])
-    assert caught.value.field == "refine.top_k"
+        load_config(None, ["coarse.n_trials=3", "refine.narrowing.top_k=5"])
+    assert caught.value.field == "refine.narrowing.top_k"
 
 
 def test_cnn_needs_image_data() -> None:

@@ -10,14 +10,16 @@ from pathlib import Path
 from mlflow.tracking import MlflowClient
 
 from schemas.config import PipelineConfig
-from schemas.results import PipelineResult
+from schemas.pipeline import PipelineResult
 from stagetune.tracking.run_tree import (
     RunEnd,
     RunTree,
     end_run,
     ensure_experiment,
     flatten,
+    log_metrics,
     log_model_json,
+    log_params,
     log_tags,
     start_parent_run,
 )
@@ -72,4 +74,15 @@ def close_pipeline_run(tree: RunTree, result: PipelineResult, status: RunEnd) ->
     client = tree.client
     log_model_json(client, tree.parent_run_id, result, "results/pipeline.json")
     log_tags(client, tree.parent_run_id, {"stagetune.status": result.status})
+    if result.best_hyperparams is not None:
+        best = {f"best.{k}": v for k, v in result.best_hyperparams.model_dump(mode="json").items()}
+        log_params(client, tree.parent_run_id, best)
+    log_metrics(client, tree.parent_run_id, [(f"test/{k}", v, 0) for k, v in result.test_metrics.items()])
+    if result.registered_model is not None:
+        model = result.registered_model
+        log_tags(
+            client,
+            tree.parent_run_id,
+            {"stagetune.model": f"{model.name}/{model.version}", "stagetune.alias": model.alias},
+        )
     end_run(client, tree.parent_run_id, status)

@@ -126,6 +126,7 @@ def epoch_metric_rows(history: Sequence[EpochRecord], prefix: str = "") -> list[
             "train/acc": record.train_acc,
             "val/loss": record.val_loss,
             "val/acc": record.val_acc,
+            "val/balanced_acc": record.val_balanced_acc,
             "lr": record.lr,
         }
         rows.extend((prefix + name, value, record.epoch) for name, value in values.items() if value is not None)

@@ -53,13 +53,14 @@ class EpochStats:
 
 @dataclass(frozen=True)
 class EvalStats:
-    """Mean loss over samples, accuracy, and the predicted classes when asked for."""
+    """Mean loss over samples, accuracy, balanced accuracy, and the predicted classes when asked for."""
 
     loss: float
     accuracy: float
     samples: int
     finite: bool
     predictions: np.ndarray | None = None
+    balanced_accuracy: float = math.nan
 
 
 @dataclass
@@ -148,10 +149,13 @@ def evaluate(
     amp_bf16: bool = False,
     return_predictions: bool = False,
 ) -> EvalStats:
-    """Mean loss over samples and accuracy in eval mode; `loss_fn` must average over its batch."""
+    """Mean loss over samples, accuracy and balanced accuracy (mean per-class recall over the classes
+    present) in eval mode; `loss_fn` must average over its batch."""
     model.eval()
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
+    per_class_total: torch.Tensor | None = None
+    per_class_hit: torch.Tensor | None = None
     samples = 0
     predictions: list[torch.Tensor] = []
     for inputs, targets in loader:
@@ -160,15 +164,23 @@ def evaluate(
             logits = model(inputs)
         predicted = logits.argmax(dim=1)
         total_loss += loss_fn(logits.float(), targets) * len(targets)
-        correct += (predicted == targets).sum()
+        hits = predicted == targets
+        correct += hits.sum()
+        classes = logits.shape[1]
+        totals = torch.bincount(targets, minlength=classes)
+        hit_counts = torch.bincount(targets[hits], minlength=classes)
+        per_class_total = totals if per_class_total is None else per_class_total + totals
+        per_class_hit = hit_counts if per_class_hit is None else per_class_hit + hit_counts
         samples += len(targets)
         if return_predictions:
             predictions.append(predicted.cpu())
-    if samples == 0:
+    if per_class_total is None or per_class_hit is None:
         raise ValueError("the evaluation loader yielded no batches")
     loss = total_loss.item() / samples
     predicted_all = torch.cat(predictions).numpy() if return_predictions else None
-    return EvalStats(loss, correct.item() / samples, samples, math.isfinite(loss), predicted_all)
+    present = per_class_total > 0
+    balanced = (per_class_hit[present].float() / per_class_total[present].float()).mean().item()
+    return EvalStats(loss, correct.item() / samples, samples, math.isfinite(loss), predicted_all, balanced)
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
@@ -239,6 +251,7 @@ def fit(
             train_acc=train.accuracy,
             val_loss=None if val is None else val.loss,
             val_acc=None if val is None else val.accuracy,
+            val_balanced_acc=None if val is None else val.balanced_accuracy,
             lr=lr,
             seconds=time.perf_counter() - started,
         )

@@ -1,0 +1,112 @@
+"""Stage 5 contracts: test-set metrics, learning-curve diagnosis, registry decisions, the final result."""
+
+from typing import Literal, Self
+
+from pydantic import ConfigDict, Field, model_validator
+
+from schemas.base import StrictModel
+from schemas.hyperparams import HyperParams
+from schemas.results import EpochRecord
+
+# A diverged model's loss is NaN/inf: such floats are written as "NaN"/"Infinity" so the JSON reads back.
+_NAN_SAFE = ConfigDict(**StrictModel.model_config, ser_json_inf_nan="strings")
+
+CurveCode = Literal["diverged", "overfitting", "underfitting", "not_converged", "ok", "insufficient"]
+
+
+class ClassReport(StrictModel):
+    """Test-set precision, recall and F1 of one class (0 where undefined), and its number of true examples."""
+
+    name: str
+    precision: float = Field(ge=0, le=1)
+    recall: float = Field(ge=0, le=1)
+    f1: float = Field(ge=0, le=1)
+    support: int = Field(ge=0)
+
+
+class TestMetrics(StrictModel):
+    """A classifier's metrics on the held-out test split."""
+
+    model_config = _NAN_SAFE
+    __test__ = False  # not a pytest test class, despite the name
+
+    loss: float = Field(description="Mean (unweighted) cross-entropy; NaN/inf if the model's outputs are.")
+    accuracy: float = Field(ge=0, le=1)
+    balanced_accuracy: float = Field(ge=0, le=1, description="Mean recall over the classes present in the test set.")
+    macro_f1: float = Field(ge=0, le=1, description="Mean F1 over the classes that are true or predicted.")
+    per_class: list[ClassReport]
+    confusion_matrix: list[list[int]] = Field(description="Counts; row = true class, column = predicted class.")
+    class_names: list[str] = Field(min_length=2)
+    n_samples: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> Self:
+        size = len(self.class_names)
+        if len(self.per_class) != size or [r.name for r in self.per_class] != self.class_names:
+            raise ValueError("per_class must hold one row per class, in class_names order")
+        if len(self.confusion_matrix) != size or any(len(row) != size for row in self.confusion_matrix):
+            raise ValueError(f"confusion_matrix must be {size} x {size}")
+        if sum(map(sum, self.confusion_matrix)) != self.n_samples:
+            raise ValueError("confusion_matrix counts must add up to n_samples")
+        return self
+
+
+class CurveDiagnosisSettings(StrictModel):
+    """Thresholds of the learning-curve diagnosis (practitioners' defaults, TUNING-RULES.md)."""
+
+    overfit_gap: float = Field(default=0.1, gt=0, lt=1, description="Train minus validation accuracy above this.")
+    val_rise: float = Field(default=0.1, gt=0, description="Final val loss this share above its minimum.")
+    underfit_train_acc: float = Field(default=0.9, gt=0, le=1, description="Final train accuracy below this.")
+    still_improving: float = Field(default=0.01, ge=0, description="Relative val-loss drop over the last epoch.")
+    explode_ratio: float = Field(default=3.0, gt=1, description="Final train loss this many times the first.")
+
+
+class CurveDiagnosis(StrictModel):
+    """What the learning curves of one run say, and what to try next."""
+
+    code: CurveCode
+    message: str
+    next_action: str
+    rule_source: str = Field(description="Where the practitioner rule comes from (TUNING-RULES.md).")
+
+
+class StageDiagnosisSummary(StrictModel):
+    """The curve diagnoses of a stage's runs, counted, with the most common problem and its remedy."""
+
+    counts: dict[str, int]
+    dominant: str | None = Field(description="Most common problem code (not ok/insufficient); None if none.")
+    message: str
+
+
+class ChampionDecision(StrictModel):
+    """Where a newly registered model version stands against the registered model's champion."""
+
+    model_config = _NAN_SAFE
+
+    model_name: str
+    version: int = Field(ge=1)
+    alias: Literal["champion", "challenger"]
+    decision: Literal["promoted", "kept_challenger"]
+    reason: str
+    previous_champion_version: int | None = None
+    previous_metric: float | None = None
+    metric_name: str
+    metric_value: float
+
+
+class FinalResult(StrictModel):
+    """Stage 5 output: the final training run, its test metrics, diagnosis, checkpoint and registry decision."""
+
+    model_config = _NAN_SAFE
+
+    hyperparams: HyperParams
+    epochs_run: int = Field(ge=0)
+    stopped: Literal["completed", "early_stopped", "diverged", "stopped"]
+    stop_reason: str | None = None
+    best_epoch: int | None = None
+    history: list[EpochRecord] = Field(default_factory=list)
+    test: TestMetrics
+    diagnosis: CurveDiagnosis
+    checkpoint_artifact: str = Field(description="Artifact path of the checkpoint in the final run.")
+    registry: ChampionDecision | None = None
+    mlflow_run_id: str | None = None

@@ -1,0 +1,68 @@
+"""The pipeline's own results: each search stage's and the whole run's (what --summary writes)."""
+
+from typing import Literal
+
+from pydantic import ConfigDict, Field
+
+from schemas.base import StrictModel
+from schemas.final import FinalResult, StageDiagnosisSummary
+from schemas.hyperparams import HyperParams
+from schemas.results import SampleResult, SanityResult
+from schemas.search import NarrowingReport, TrialRecord
+from schemas.search_space import SearchSpace
+
+
+class SearchStageResult(StrictModel):
+    """Stage 3 or 4 output: the study, every trial, the best one, and what the curves say."""
+
+    model_config = ConfigDict(**StrictModel.model_config, ser_json_inf_nan="strings")
+
+    stage: Literal["coarse", "refine"]
+    study_name: str
+    sampler: str
+    pruner: str
+    objective: str
+    direction: Literal["minimize", "maximize"]
+    epochs: int
+    n_train_rows: int
+    space: SearchSpace
+    enqueued: list[int] = Field(default_factory=list, description="Trial numbers seeded with known points.")
+    counts: dict[str, int] = Field(description="Trials per final state (COMPLETE, PRUNED, FAIL).")
+    best: TrialRecord | None
+    trials: list[TrialRecord]
+    diagnosis: StageDiagnosisSummary
+    mlflow_run_id: str
+    seconds: float = Field(ge=0)
+
+
+class RegisteredModel(StrictModel):
+    """Where the final model went in the Model Registry."""
+
+    name: str
+    version: int
+    alias: Literal["champion", "challenger"]
+    decision: str
+
+
+class PipelineResult(StrictModel):
+    """What `stagetune run --summary PATH` writes: every stage's result and the headline figures."""
+
+    model_config = ConfigDict(**StrictModel.model_config, ser_json_inf_nan="strings")
+
+    name: str
+    status: Literal["completed", "sanity_failed", "search_failed"]
+    message: str
+    mlflow_parent_run_id: str
+    mlflow_experiment_id: str
+    tracking_uri: str
+    stages_completed: list[str]
+    best_hyperparams: HyperParams | None = None
+    test_metrics: dict[str, float] = Field(default_factory=dict, description="accuracy, balanced_accuracy, ...")
+    registered_model: RegisteredModel | None = None
+    narrowed_space: SearchSpace | None = None
+    narrowing: NarrowingReport | None = None
+    sample: SampleResult
+    sanity: SanityResult | None = None
+    coarse: SearchStageResult | None = None
+    refine: SearchStageResult | None = None
+    final: FinalResult | None = None

@@ -1,0 +1,119 @@
+"""Test-set evaluation of a classifier: loss, accuracy, balanced accuracy, per-class report, confusion matrix.
+
+Plain PyTorch, numpy and scikit-learn: nothing here knows about a tuner or a tracker. Classes that are
+never predicted (or absent from the test set) get 0 for the undefined precision/recall/F1 instead of
+a warning per call (scikit-learn's zero_division=0).
+"""
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+from torch import nn
+
+from schemas.final import ClassReport, TestMetrics
+from stagetune.training.loaders import make_eval_loader
+from stagetune.training.loop import evaluate
+
+# Cells whose row share is above this get white text (the colour map is dark there).
+_DARK_CELL = 0.5
+
+
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
+    """Mean recall over the classes that occur in `y_true` (scikit-learn's balanced_accuracy_score).
+
+    Labels are integers in [0, num_classes); a class absent from `y_true` is left out of the mean.
+    """
+    true = np.asarray(y_true, dtype=np.int64)
+    pred = np.asarray(y_pred, dtype=np.int64)
+    if true.shape != pred.shape or true.ndim != 1 or len(true) == 0:
+        raise ValueError(
+            f"y_true and y_pred must be non-empty 1-d arrays of one length, got {true.shape}, {pred.shape}"
+        )
+    support = np.bincount(true, minlength=num_classes)
+    hits = np.bincount(true[true == pred], minlength=num_classes)
+    present = support > 0
+    return float(np.mean(hits[present] / support[present]))
+
+
+def evaluate_classifier(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    class_names: Sequence[str],
+    device: torch.device,
+    batch_size: int = 1024,
+) -> TestMetrics:
+    """Run `model` once in eval mode over (x, y) on `device` (the model is moved there) and score it.
+
+    `y` holds integer labels in [0, len(class_names)); the loss is plain mean cross-entropy.
+    """
+    names = [str(name) for name in class_names]
+    num_classes = len(names)
+    labels = np.asarray(y, dtype=np.int64)
+    if len(labels) == 0:
+        raise ValueError("the test split is empty")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"labels must lie in [0, {num_classes}) for {num_classes} class names")
+    model.to(device)
+    stats = evaluate(
+        model, make_eval_loader(x, labels, batch_size), nn.CrossEntropyLoss(), device, return_predictions=True
+    )
+    assert stats.predictions is not None  # asked for with return_predictions=True
+    predicted = np.asarray(stats.predictions, dtype=np.int64)
+    all_labels = list(range(num_classes))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, predicted, labels=all_labels, zero_division=0
+    )
+    # Macro F1 over the classes that are true or predicted (scikit-learn's default label set), so a
+    # class missing from the test split and never predicted does not count as an F1 of 0.
+    seen = sorted(set(labels.tolist()) | set(predicted.tolist()))
+    per_class = [
+        ClassReport(name=name, precision=float(p), recall=float(r), f1=float(f), support=int(s))
+        for name, p, r, f, s in zip(names, precision, recall, f1, support, strict=True)
+    ]
+    return TestMetrics(
+        loss=stats.loss,
+        accuracy=float(np.mean(predicted == labels)),
+        balanced_accuracy=balanced_accuracy(labels, predicted, num_classes),
+        macro_f1=float(f1_score(labels, predicted, labels=seen, average="macro", zero_division=0)),
+        per_class=per_class,
+        confusion_matrix=confusion_matrix(labels, predicted, labels=all_labels).tolist(),
+        class_names=names,
+        n_samples=len(labels),
+    )
+
+
+def confusion_matrix_figure(metrics: TestMetrics) -> Figure:
+    """The confusion matrix with counts in the cells, coloured by share of the true class (row).
+
+    Built on `matplotlib.figure.Figure` directly (no pyplot state), so it is safe from worker threads.
+    """
+    counts = np.asarray(metrics.confusion_matrix, dtype=np.int64)
+    row_totals = counts.sum(axis=1, keepdims=True)
+    shares = np.divide(counts, row_totals, out=np.zeros(counts.shape), where=row_totals > 0)
+    size = len(metrics.class_names)
+    side = min(max(4.0, 0.6 * size + 2.5), 16.0)
+    figure = Figure(figsize=(side + 1.0, side), layout="constrained")
+    axes = figure.subplots()
+    image = axes.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    figure.colorbar(image, ax=axes, label="share of the true class")
+    font_size = 10 if size <= 10 else max(5, 10 - (size - 10) // 3)
+    for row in range(size):
+        for column in range(size):
+            colour = "white" if shares[row, column] > _DARK_CELL else "black"
+            axes.text(column, row, str(counts[row, column]), ha="center", va="center", color=colour, fontsize=font_size)
+    ticks = list(range(size))
+    axes.set_xticks(
+        ticks, labels=metrics.class_names, rotation=45 if size > 6 else 0, ha="right" if size > 6 else "center"
+    )
+    axes.set_yticks(ticks, labels=metrics.class_names)
+    axes.set(xlabel="predicted class", ylabel="true class")
+    axes.set_title(
+        f"test: accuracy {metrics.accuracy:.3f}, balanced accuracy {metrics.balanced_accuracy:.3f}, "
+        f"macro F1 {metrics.macro_f1:.3f} (n={metrics.n_samples})",
+        fontsize=9,
+    )
+    return figure

@@ -1,0 +1,65 @@
+"""Optuna studies of the two search stages: storage, samplers, pruners, and trials as records."""
+
+import warnings
+from pathlib import Path
+from typing import Literal
+
+import optuna
+from optuna.pruners import BasePruner, HyperbandPruner, MedianPruner, NopPruner
+from optuna.samplers import BaseSampler, GPSampler, QMCSampler, RandomSampler, TPESampler
+
+from schemas.config import PipelineConfig
+
+SamplerKind = Literal["random", "qmc", "tpe", "gp"]
+PrunerKind = Literal["median", "hyperband", "none"]
+
+
+def storage_url(config: PipelineConfig) -> str:
+    """`search.storage`, else a SQLite file next to the local MLflow store."""
+    if config.search.storage:
+        return config.search.storage
+    workdir = Path(config.execution.workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{workdir / 'optuna.db'}"
+
+
+def make_sampler(kind: SamplerKind, seed: int, n_startup_trials: int = 10) -> BaseSampler:
+    """A seeded sampler: random / Sobol QMC for the coarse stage, multivariate TPE / GP for refinement."""
+    if kind == "random":
+        return RandomSampler(seed=seed)
+    if kind == "qmc":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            # Conditional parameters (the per-optimizer learning rate) fall back to random sampling.
+            return QMCSampler(
+                qmc_type="sobol",
+                scramble=True,
+                seed=seed,
+                independent_sampler=RandomSampler(seed=seed),
+                warn_independent_sampling=False,
+            )
+    if kind == "tpe":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # `group` is experimental
+            # group=True: the per-optimizer learning rates are conditional parameters.
+            return TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=n_startup_trials)
+    return GPSampler(seed=seed, n_startup_trials=n_startup_trials, warn_independent_sampling=False)
+
+
+def make_pruner(kind: PrunerKind, max_epochs: int) -> BasePruner:
+    """Pruning on per-epoch validation: median rule, Hyperband, or none."""
+    if kind == "median":
+        return MedianPruner(n_startup_trials=4, n_warmup_steps=1)
+    if kind == "hyperband":
+        return HyperbandPruner(min_resource=1, max_resource=max_epochs, reduction_factor=3)
+    return NopPruner()
+
+
+def open_study(
+    name: str, storage: str, direction: Literal["minimize", "maximize"], sampler: BaseSampler, pruner: BasePruner
+) -> optuna.Study:
+    """Create the study, or load it when it exists (same name and storage)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna.create_study(
+        study_name=name, storage=storage, direction=direction, sampler=sampler, pruner=pruner, load_if_exists=True
+    )

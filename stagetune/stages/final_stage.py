@@ -1,0 +1,146 @@
+"""Stage 5: the chosen hyperparameters on the full training data, then one test evaluation, then the registry."""
+
+import math
+from pathlib import Path
+
+from schemas.config import PipelineConfig
+from schemas.final import FinalResult
+from schemas.hyperparams import HyperParams
+from schemas.results import SampleResult
+from stagetune import progress
+from stagetune.data.fingerprint import arrays_fingerprint
+from stagetune.data.stage import load_stage_arrays
+from stagetune.diagnosis import diagnose_curves
+from stagetune.evaluation import confusion_matrix_figure, evaluate_classifier
+from stagetune.registry import register_and_promote, save_checkpoint
+from stagetune.tracking.plots import learning_curve_figure
+from stagetune.tracking.run_tree import (
+    RunTree,
+    epoch_metric_rows,
+    log_metrics,
+    log_model_json,
+    log_params,
+    log_tags,
+    stage_run,
+)
+from stagetune.training.device import resolve_device
+from stagetune.training.loaders import make_eval_loader, make_train_loader
+from stagetune.training.loop import fit
+from stagetune.training.models import build_model
+
+CHECKPOINT_ARTIFACT = "model/checkpoint.pt"
+
+
+class FinalTrainingError(RuntimeError):
+    """The final training produced no usable epoch (exit 1: the search's best point does not train)."""
+
+
+def final_stage(
+    config: PipelineConfig, sample: SampleResult, hp: HyperParams, tree: RunTree, run_dir: Path
+) -> FinalResult:
+    """Train `hp` on the full training split with early stopping and LR decay; evaluate once on test; register."""
+    arrays = load_stage_arrays(sample)
+    device = resolve_device(config.execution.device)
+    final = config.final
+    reporter = progress.current()
+    with stage_run(tree, "final") as run_id:
+        log_params(
+            tree.client,
+            run_id,
+            {**hp.model_dump(mode="json"), **{f"final.{k}": v for k, v in final.model_dump().items()}},
+        )
+        model = build_model(
+            config.model.family, hp, sample.input_shape, sample.num_classes, config.model.import_path, seed=config.seed
+        )
+        feed = make_train_loader(
+            arrays.X_train, arrays.y_train, hp, sample.num_classes, config.seed, config.sample.oversample_ratio
+        )
+        reporter.stage_started(
+            "final", f"up to {final.max_epochs} epochs on {len(arrays.y_train)} rows", total=final.max_epochs
+        )
+        outcome = fit(
+            model,
+            feed,
+            make_eval_loader(arrays.X_val, arrays.y_val, batch_size=1024),
+            hp,
+            final.max_epochs,
+            device,
+            on_epoch=lambda r: reporter.stage_advanced("final", f"val loss {r.val_loss:.4f} acc {r.val_acc:.3f}"),
+            grad_clip_norm=config.training.grad_clip_norm,
+            amp_bf16=config.execution.amp_bf16,
+            lr_plateau_patience=final.lr_plateau_patience,
+            lr_plateau_factor=final.lr_plateau_factor,
+            early_stopping_patience=final.early_stopping_patience,
+            max_batches_per_epoch=config.training.max_batches_per_epoch,
+            keep_best_state=True,
+        )
+        if outcome.best_epoch is None:
+            raise FinalTrainingError(f"final training produced no finite epoch: {outcome.reason}")
+        # The model now holds the best validation epoch's weights; the test split is used once, here.
+        test = evaluate_classifier(model, arrays.X_test, arrays.y_test, sample.class_names, device)
+        test_fingerprint = arrays_fingerprint({"X_test": arrays.X_test, "y_test": arrays.y_test})
+        checkpoint = run_dir / "final" / "checkpoint.pt"
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(
+            checkpoint,
+            model,
+            family=config.model.family,
+            hp=hp,
+            input_shape=sample.input_shape,
+            num_classes=sample.num_classes,
+            class_names=sample.class_names,
+            import_path=config.model.import_path,
+            data_fingerprint=test_fingerprint,
+            metrics=test,
+        )
+        decision = register_and_promote(
+            tree.client,
+            run_id=run_id,
+            model_name=config.tracking.registered_model or config.name,
+            checkpoint_path=checkpoint,
+            metric_name=final.champion_metric,
+            metric_value=getattr(test, final.champion_metric),
+            data_fingerprint=test_fingerprint,
+        )
+        result = FinalResult(
+            hyperparams=hp,
+            epochs_run=len(outcome.history),
+            stopped=outcome.status,
+            stop_reason=outcome.reason,
+            best_epoch=outcome.best_epoch,
+            history=outcome.history,
+            test=test,
+            diagnosis=diagnose_curves(outcome.history, outcome.status),
+            checkpoint_artifact=CHECKPOINT_ARTIFACT,
+            registry=decision,
+            mlflow_run_id=run_id,
+        )
+        _record(tree, run_id, result)
+    reporter.stage_finished(
+        "final",
+        f"{result.epochs_run} epochs ({result.stopped}); test accuracy {test.accuracy:.4f}, balanced "
+        f"{test.balanced_accuracy:.4f}, macro F1 {test.macro_f1:.4f}; {decision.model_name} v{decision.version} "
+        f"-> {decision.alias}",
+    )
+    return result
+
+
+def _record(tree: RunTree, run_id: str, result: FinalResult) -> None:
+    client, test = tree.client, result.test
+    rows = epoch_metric_rows(result.history)
+    step = max(result.epochs_run - 1, 0)
+    for name in ("loss", "accuracy", "balanced_accuracy", "macro_f1"):
+        rows.append((f"test/{name}", getattr(test, name), step))
+    log_metrics(client, run_id, [row for row in rows if math.isfinite(row[1])])
+    log_tags(
+        client,
+        run_id,
+        {
+            "stagetune.diagnosis": result.diagnosis.code,
+            "stagetune.stopped": result.stopped,
+            "stagetune.best_epoch": str(result.best_epoch),
+        },
+    )
+    log_model_json(client, run_id, result, "results/final.json")
+    client.log_figure(run_id, learning_curve_figure(result.history, "final training"), "plots/learning_curve.png")
+    client.log_figure(run_id, confusion_matrix_figure(test), "plots/confusion_matrix.png")

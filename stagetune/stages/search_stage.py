@@ -1,0 +1,256 @@
+"""Stages 3 and 4 without the executor: open the study and its MLflow run, ask, tell, summarise.
+
+The flow owns the loop that submits trials (so trials run as Prefect tasks, concurrently); this
+module owns everything else and never imports Prefect.
+"""
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from schemas.config import PipelineConfig
+from schemas.hyperparams import HyperParams
+from schemas.pipeline import SearchStageResult
+from schemas.results import SampleResult, SanityResult
+from schemas.search import NarrowingReport, TrialRecord
+from schemas.search_space import FloatParam, SearchSpace
+from stagetune.data.sampling import stratified_subsample
+from stagetune.data.stage import load_stage_arrays
+from stagetune.diagnosis import summarise_diagnoses
+from stagetune.search.space import optuna_params, suggest_hyperparams
+from stagetune.search.study import make_pruner, make_sampler, open_study, storage_url
+from stagetune.stages.trial import TrialContext, TrialData
+from stagetune.tracking.run_tree import RunTree, end_run, log_metrics, log_model_json, log_params, log_tags
+from stagetune.tracking.study_plots import history_figure, importances_figure, parallel_coordinates_figure
+
+SearchStage = Literal["coarse", "refine"]
+
+
+@dataclass
+class SearchPlan:
+    """A search stage in progress: its study, space, budget, trial context and finished trials."""
+
+    stage: SearchStage
+    study: optuna.Study
+    space: SearchSpace
+    n_trials: int
+    context: TrialContext
+    sampler: str
+    pruner: str
+    enqueued: list[int] = field(default_factory=list)
+    records: list[TrialRecord] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+
+def start_coarse(
+    config: PipelineConfig, sample: SampleResult, sanity: SanityResult | None, tree: RunTree, run_name: str
+) -> SearchPlan:
+    """Stage 3: a random/QMC study over the wide space, few epochs, a stratified share of the sampled rows."""
+    space = config.space
+    if config.coarse.center_lr_on_range_test and sanity is not None and sanity.lr_suggestion:
+        space = centre_learning_rates(space, config.model.baseline.optimizer, sanity.lr_suggestion)
+    data = trial_data(sample, config.coarse.train_fraction, config.seed, full=False)
+    sampler = make_sampler(config.coarse.sampler, config.seed)
+    study = open_study(
+        f"{run_name}-coarse", storage_url(config), config.search.direction, sampler, make_pruner("none", 1)
+    )
+    return _plan(config, tree, "coarse", study, space, config.coarse.n_trials, config.coarse.epochs, data, "none")
+
+
+def start_refine(
+    config: PipelineConfig,
+    sample: SampleResult,
+    tree: RunTree,
+    run_name: str,
+    space: SearchSpace,
+    coarse: SearchStageResult,
+) -> SearchPlan:
+    """Stage 4: TPE/GP over the narrowed space, warm-started with the best coarse trials, with pruning."""
+    data = trial_data(sample, 1.0, config.seed, full=config.refine.train_data == "full")
+    seeds = top_trials(coarse.trials, config.search.direction, config.refine.warm_start)
+    startup = max(len(seeds), min(10, max(1, config.refine.n_trials // 3)))
+    sampler = make_sampler(config.refine.sampler, config.seed + 1, n_startup_trials=startup)
+    pruner = make_pruner(config.refine.pruner, config.refine.epochs)
+    study = open_study(f"{run_name}-refine", storage_url(config), config.search.direction, sampler, pruner)
+    plan = _plan(
+        config, tree, "refine", study, space, config.refine.n_trials, config.refine.epochs, data, config.refine.pruner
+    )
+    for record in seeds:
+        plan.study.enqueue_trial(optuna_params(record.hyperparams, space, config.model.family), skip_if_exists=True)
+        plan.enqueued.append(len(plan.enqueued))  # enqueued trials are asked first: numbers 0..k-1
+    if seeds:
+        log_tags(
+            tree.client, plan.context.stage_run_id, {"stagetune.warm_start": ",".join(str(r.number) for r in seeds)}
+        )
+    return plan
+
+
+def ask(plan: SearchPlan) -> tuple[optuna.Trial, HyperParams, dict[str, object]]:
+    """The next trial and its typed hyperparameters (enqueued points first)."""
+    config = plan.context.config
+    trial = plan.study.ask()
+    hp = suggest_hyperparams(trial, plan.space, config.model.baseline, family=config.model.family)
+    return trial, hp, dict(trial.params)
+
+
+def tell(plan: SearchPlan, trial: optuna.Trial, record: TrialRecord) -> None:
+    """Report a finished trial to the study (pruned/failed as such) and keep its record."""
+    if record.mlflow_run_id:
+        trial.set_user_attr("mlflow_run_id", record.mlflow_run_id)
+    if record.state == "COMPLETE":
+        plan.study.tell(trial, record.value)
+    elif record.state == "PRUNED":
+        plan.study.tell(trial, state=TrialState.PRUNED)
+    else:
+        trial.set_user_attr("fail_reason", record.fail_reason or "unknown")
+        plan.study.tell(trial, state=TrialState.FAIL)
+    plan.records.append(record)
+
+
+def pruning_reporter(trial: optuna.Trial) -> "PruningReporter":
+    """The `report(epoch, value) -> should_prune` callback a trial gets instead of the Optuna trial."""
+    return PruningReporter(trial)
+
+
+@dataclass(frozen=True)
+class PruningReporter:
+    """Forwards per-epoch values to Optuna and asks its pruner whether to stop."""
+
+    trial: optuna.Trial
+
+    def __call__(self, epoch: int, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        self.trial.report(value, epoch)
+        return self.trial.should_prune()
+
+
+def finish(plan: SearchPlan) -> SearchStageResult:
+    """Summarise the stage in its MLflow run (best trial, counts, plots) and end that run."""
+    records = sorted(plan.records, key=lambda r: r.number)
+    config, client, run_id = plan.context.config, plan.context.tree.client, plan.context.stage_run_id
+    complete = [r for r in records if r.state == "COMPLETE" and r.value is not None and math.isfinite(r.value)]
+    best = top_trials(complete, config.search.direction, 1)
+    counts = {state: sum(r.state == state for r in records) for state in ("COMPLETE", "PRUNED", "FAIL")}
+    result = SearchStageResult(
+        stage=plan.stage,
+        study_name=plan.study.study_name,
+        sampler=plan.sampler,
+        pruner=plan.pruner,
+        objective=config.search.objective,
+        direction=config.search.direction,
+        epochs=plan.context.epochs,
+        n_train_rows=len(plan.context.data.y_train),
+        space=plan.space,
+        enqueued=plan.enqueued,
+        counts=counts,
+        best=best[0] if best else None,
+        trials=records,
+        diagnosis=summarise_diagnoses([r.diagnosis for r in records if r.diagnosis]),
+        mlflow_run_id=run_id,
+        seconds=time.perf_counter() - plan.started,
+    )
+    rows = [(f"trials/{state.lower()}", float(n), 0) for state, n in counts.items()]
+    if result.best is not None and result.best.value is not None:
+        rows.append(("best/objective", result.best.value, 0))
+        log_params(client, run_id, {f"best.{k}": v for k, v in result.best.hyperparams.model_dump().items()})
+        log_tags(client, run_id, {"stagetune.best_trial": str(result.best.number)})
+    log_metrics(client, run_id, rows)
+    log_model_json(client, run_id, result, f"results/{plan.stage}.json")
+    _log_study_plots(plan, records)
+    end_run(client, run_id, "FINISHED")
+    return result
+
+
+def top_trials(records: list[TrialRecord], direction: str, k: int) -> list[TrialRecord]:
+    """The k best COMPLETE trials (ties broken by trial number)."""
+    complete = [r for r in records if r.state == "COMPLETE" and r.value is not None and math.isfinite(r.value)]
+    sign = 1.0 if direction == "minimize" else -1.0
+    return sorted(complete, key=lambda r: (sign * (r.value or 0.0), r.number))[:k]
+
+
+def trial_data(sample: SampleResult, fraction: float, seed: int, full: bool) -> TrialData:
+    """The rows a stage's trials train on: all or a stratified share of the sampled rows, or the full split."""
+    arrays = load_stage_arrays(sample)
+    if full:
+        return TrialData(
+            arrays.X_train, arrays.y_train, arrays.X_val, arrays.y_val, sample.input_shape, sample.num_classes
+        )
+    x, y = arrays.X_train_sampled, arrays.y_train_sampled
+    if fraction < 1.0:
+        keep = stratified_subsample(y, max(1, round(fraction * len(y))), np.random.default_rng(seed))
+        x, y = x[keep], y[keep]
+    classes = len(sample.sampled_class_names)
+    return TrialData(x, y, arrays.X_val_sampled, arrays.y_val_sampled, sample.input_shape, classes)
+
+
+def centre_learning_rates(space: SearchSpace, optimizer: str, suggestion: float) -> SearchSpace:
+    """Shift every optimizer's log learning-rate range so the baseline optimizer's is centred on `suggestion`."""
+    reference = space.learning_rate.get(optimizer)  # type: ignore[call-overload]
+    if reference is None:
+        return space
+    shift = math.log10(suggestion) - (math.log10(reference.low) + math.log10(reference.high)) / 2
+    moved = {
+        name: FloatParam(low=max(1e-6, param.low * 10**shift), high=min(1.0, param.high * 10**shift), scale=param.scale)
+        for name, param in space.learning_rate.items()
+    }
+    return space.model_copy(update={"learning_rate": moved})
+
+
+def _plan(
+    config: PipelineConfig,
+    tree: RunTree,
+    stage: SearchStage,
+    study: optuna.Study,
+    space: SearchSpace,
+    n_trials: int,
+    epochs: int,
+    data: TrialData,
+    pruner: str,
+) -> SearchPlan:
+    run_id = tree.start_stage(stage)
+    sampler = type(study.sampler).__name__
+    log_params(
+        tree.client,
+        run_id,
+        {"study": study.study_name, "sampler": sampler, "pruner": pruner, "n_trials": n_trials, "epochs": epochs},
+    )
+    log_params(tree.client, run_id, {"objective": config.search.objective, "train_rows": len(data.y_train)})
+    log_tags(tree.client, run_id, {"stagetune.study": study.study_name})
+    context = TrialContext(config, tree, stage, run_id, study.study_name, epochs, data)
+    return SearchPlan(stage, study, space, n_trials, context, sampler, pruner)
+
+
+def _log_study_plots(plan: SearchPlan, records: list[TrialRecord]) -> None:
+    config, client, run_id = plan.context.config, plan.context.tree.client, plan.context.stage_run_id
+    minimize = config.search.direction == "minimize"
+    client.log_figure(run_id, history_figure(records, config.search.objective, minimize), "plots/history.png")
+    figure = parallel_coordinates_figure(records, config.search.objective, minimize)
+    client.log_figure(run_id, figure, "plots/parallel_coordinates.png")
+    if sum(r.state == "COMPLETE" for r in records) >= 3:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                importances = optuna.importance.get_param_importances(plan.study)
+        except (ValueError, RuntimeError) as error:  # e.g. a single parameter varied, or all values equal
+            log_tags(client, run_id, {"stagetune.importances": f"not computed: {error}"[:500]})
+        else:
+            if importances:
+                client.log_figure(run_id, importances_figure(importances), "plots/param_importances.png")
+
+
+def record_narrowing(plan: SearchPlan, report: NarrowingReport) -> None:
+    """The narrowing explanation and the narrowed space, in the refinement stage's run."""
+    client, run_id = plan.context.tree.client, plan.context.stage_run_id
+    log_model_json(client, run_id, report, "results/narrowing.json")
+    log_model_json(client, run_id, plan.space, "results/narrowed_space.json")
+    log_tags(client, run_id, {"stagetune.narrowing": "fallback" if report.fallback else "narrowed"})
+    if not report.fallback:
+        params = {f"space.{c.name}": c.new.model_dump(mode="json") for c in report.changes}
+        log_params(client, run_id, params)
