@@ -18,7 +18,6 @@ from tasks.sanity import sanity_check
 from tasks.stages import narrow_space, open_coarse, open_refine, train_final
 from tasks.tracking import close_tracking, open_tracking
 
-
 # Threads for trial tasks; the search loop itself keeps at most `execution.concurrency` in flight.
 TRIAL_THREADS: ThreadPoolTaskRunner[Any] = ThreadPoolTaskRunner(max_workers=64)
 

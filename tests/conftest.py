@@ -22,6 +22,13 @@ TINY_OVERRIDES = (
     "sanity.lr_range_steps=30",
     "sanity.baseline_epochs=2",
     "execution.device=cpu",
+    "coarse.n_trials=4",
+    "coarse.epochs=2",
+    "refine.n_trials=4",
+    "refine.epochs=3",
+    "refine.narrowing.top_k=2",
+    "refine.warm_start=2",
+    "final.max_epochs=3",
 )
 
 

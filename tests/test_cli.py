@@ -73,7 +73,14 @@ def test_run_end_to_end_writes_the_summary(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr + done.stdout
     assert "database is locked" not in done.stderr
     summary = json.loads((tmp_path / "s.json").read_text())
-    assert summary["status"] == "stopped_after_sanity"
+    assert summary["status"] == "completed"
+    assert summary["stages_completed"] == ["sample", "sanity", "coarse", "refine", "final"]
+    assert summary["best_hyperparams"]["learning_rate"] > 0
+    assert set(summary["test_metrics"]) >= {"accuracy", "balanced_accuracy", "macro_f1"}
+    assert summary["registered_model"]["alias"] == "champion"
+    assert summary["narrowing"]["changes"]
+    assert summary["narrowed_space"]["dropout"]
+    assert len(summary["coarse"]["trials"]) == 4
     assert summary["name"] == "digits"
     assert summary["mlflow_parent_run_id"] in done.stdout
     assert summary["sanity"]["passed"] is True

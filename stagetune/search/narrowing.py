@@ -54,7 +54,7 @@ def _ranked(trials: Sequence[TrialRecord], direction: str) -> list[TrialRecord]:
 def _top_count(n_completed: int, settings: NarrowingSettings) -> int:
     if settings.top_quantile is None:
         return min(settings.top_k, n_completed)
-    # _EPS: 0.1 * 30 is 3.0000000000000004 in floats, which must not round up to 4.
+    # _EPS: 0.28 * 25 is 7.000000000000001 in floats, which must not round up to 8.
     return min(n_completed, max(2, math.ceil(settings.top_quantile * n_completed - _EPS)))
 
 
@@ -87,7 +87,8 @@ def _window(xs: list[float], old_lo: float, old_hi: float, s: NarrowingSettings)
     if b - a >= min_width:
         return a, b, False
     centre = min(max((lo + hi) / 2, old_lo + min_width / 2), old_hi - min_width / 2)
-    return centre - min_width / 2, centre + min_width / 2, True
+    # max/min: by construction inside the old range; this only removes float rounding at the bounds.
+    return max(old_lo, centre - min_width / 2), min(old_hi, centre + min_width / 2), True
 
 
 def _clip(name: str, low: float, high: float, limit: Limit, hits: list[str]) -> tuple[float, float]:
@@ -134,6 +135,8 @@ def _narrow_range(
     # Exact numbers where a bound is an old bound or a top value: 10**log10(x) may differ from x by an ulp.
     exact = {old_lo: param.low, old_hi: param.high, min(xs): min(values), max(xs): max(values)}
     low, high = (exact.get(x, _tidy(10**x if log else x)) for x in (a, b))
+    # Beyond an old bound only through the boundary rule (tidying or 10**log10 may step over it).
+    low, high = (low if at_low else max(low, param.low)), (high if at_high else min(high, param.high))
     # Every top value the old range held stays inside (guards rounding and far-outside top values).
     inside = [v for v in values if param.low <= v <= param.high]
     if inside:

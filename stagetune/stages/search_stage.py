@@ -23,7 +23,7 @@ from schemas.search_space import FloatParam, SearchSpace
 from stagetune.data.sampling import stratified_subsample
 from stagetune.data.stage import load_stage_arrays
 from stagetune.diagnosis import summarise_diagnoses
-from stagetune.search.space import optuna_params, suggest_hyperparams
+from stagetune.search.space import optuna_params, space_violations, suggest_hyperparams
 from stagetune.search.study import make_pruner, make_sampler, open_study, storage_url
 from stagetune.stages.trial import TrialContext, TrialData
 from stagetune.tracking.run_tree import RunTree, end_run, log_metrics, log_model_json, log_params, log_tags
@@ -81,6 +81,8 @@ def start_refine(
     plan = _plan(
         config, tree, "refine", study, space, config.refine.n_trials, config.refine.epochs, data, config.refine.pruner
     )
+    # A seed outside the narrowed space (e.g. a range clipped at a hard limit) is not enqueued.
+    seeds = [r for r in seeds if not space_violations(r.hyperparams, space, config.model.family)]
     for record in seeds:
         plan.study.enqueue_trial(optuna_params(record.hyperparams, space, config.model.family), skip_if_exists=True)
         plan.enqueued.append(len(plan.enqueued))  # enqueued trials are asked first: numbers 0..k-1
@@ -128,7 +130,7 @@ class PruningReporter:
         if not math.isfinite(value):
             return False
         self.trial.report(value, epoch)
-        return self.trial.should_prune()
+        return bool(self.trial.should_prune())
 
 
 def finish(plan: SearchPlan) -> SearchStageResult:
@@ -162,6 +164,7 @@ def finish(plan: SearchPlan) -> SearchStageResult:
         log_params(client, run_id, {f"best.{k}": v for k, v in result.best.hyperparams.model_dump().items()})
         log_tags(client, run_id, {"stagetune.best_trial": str(result.best.number)})
     log_metrics(client, run_id, rows)
+    log_tags(client, run_id, {"stagetune.diagnosis_summary": result.diagnosis.message[:5000]})
     log_model_json(client, run_id, result, f"results/{plan.stage}.json")
     _log_study_plots(plan, records)
     end_run(client, run_id, "FINISHED")
