@@ -213,6 +213,14 @@ class ExecutionConfig(StrictModel):
     concurrency: int = Field(default=1, ge=1, le=256)
     amp_bf16: bool = Field(default=False, description="bf16 autocast on CUDA.")
     workdir: str = Field(default="stagetune-runs", min_length=1, description="Local stores and stage outputs.")
+    task_runner: Literal["threads", "dask"] = Field(
+        default="threads", description="Where trial tasks run: a thread pool, or a Dask cluster."
+    )
+    dask_address: str | None = Field(
+        default=None, description="Dask scheduler address (tcp://host:8786); None: a LocalCluster."
+    )
+    dask_workers: int = Field(default=2, ge=1, le=1024, description="Workers of the LocalCluster.")
+    gpus_per_trial: int = Field(default=0, ge=0, le=16, description="Dask resource annotation per trial task.")
 
     @field_validator("device")
     @classmethod

@@ -9,15 +9,17 @@ from optuna.pruners import BasePruner, HyperbandPruner, MedianPruner, NopPruner
 from optuna.samplers import BaseSampler, GPSampler, QMCSampler, RandomSampler, TPESampler
 
 from schemas.config import PipelineConfig
+from stagetune.settings import load_settings
 
 SamplerKind = Literal["random", "qmc", "tpe", "gp"]
 PrunerKind = Literal["median", "hyperband", "none"]
 
 
 def storage_url(config: PipelineConfig) -> str:
-    """`search.storage`, else a SQLite file next to the local MLflow store."""
-    if config.search.storage:
-        return config.search.storage
+    """`search.storage`, else the runtime settings' Optuna storage, else SQLite next to the local MLflow store."""
+    configured = config.search.storage or load_settings().optuna_storage
+    if configured:
+        return configured
     workdir = Path(config.execution.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{workdir / 'optuna.db'}"

@@ -1,7 +1,6 @@
 """Opening and closing a pipeline's parent MLflow run; where its local files go."""
 
 import datetime as dt
-import os
 import platform
 import secrets
 from dataclasses import dataclass
@@ -11,6 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from schemas.config import PipelineConfig
 from schemas.pipeline import PipelineResult
+from stagetune.settings import load_settings
 from stagetune.tracking.run_tree import (
     RunEnd,
     RunTree,
@@ -34,8 +34,8 @@ class TrackingTarget:
 
 
 def resolve_tracking(config: PipelineConfig) -> TrackingTarget:
-    """`tracking.uri`, else $MLFLOW_TRACKING_URI, else a local SQLite store under `execution.workdir`."""
-    uri = config.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+    """`tracking.uri`, else the runtime settings' tracking URI, else a local SQLite store in the workdir."""
+    uri = config.tracking.uri or load_settings().tracking_uri
     if uri:
         return TrackingTarget(uri, None)
     workdir = Path(config.execution.workdir).resolve()

@@ -1,0 +1,116 @@
+"""Runtime settings from the environment (and an optional env file), read when a command starts.
+
+Connection details and secrets live here, never in the config YAML: tracking URI, Optuna storage,
+S3 endpoint and credentials. Precedence: the config's explicit value, then these settings, then
+the local defaults under `execution.workdir`.
+"""
+
+import os
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from stagetune.errors import InputError
+
+SETTINGS_FILE_VARIABLE = "STAGETUNE_SETTINGS_FILE"
+_TRACKING_SCHEMES = {"http", "https", "file", "sqlite", "postgresql", "postgresql+psycopg", "mysql", "databricks"}
+_STORAGE_SCHEMES = {"sqlite", "postgresql", "postgresql+psycopg", "postgresql+psycopg2", "mysql", "mysql+pymysql"}
+
+
+class RuntimeSettings(BaseSettings):
+    """Where runs, studies and artifacts go, and the credentials to get there."""
+
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    tracking_uri: str | None = Field(
+        default=None, validation_alias=AliasChoices("STAGETUNE_TRACKING_URI", "MLFLOW_TRACKING_URI")
+    )
+    optuna_storage: str | None = Field(default=None, validation_alias=AliasChoices("STAGETUNE_OPTUNA_STORAGE"))
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("STAGETUNE_S3_ENDPOINT_URL", "MLFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL"),
+    )
+    aws_access_key_id: SecretStr | None = Field(default=None, validation_alias=AliasChoices("AWS_ACCESS_KEY_ID"))
+    aws_secret_access_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("AWS_SECRET_ACCESS_KEY")
+    )
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _check_tracking(cls, value: str | None) -> str | None:
+        if value is not None and urlparse(value).scheme not in _TRACKING_SCHEMES:
+            raise ValueError(f"{value!r} is not a tracking URI: use http(s)://host:port or sqlite:///path.db")
+        return value
+
+    @field_validator("optuna_storage")
+    @classmethod
+    def _check_storage(cls, value: str | None) -> str | None:
+        if value is not None and urlparse(value).scheme not in _STORAGE_SCHEMES:
+            raise ValueError(
+                f"{value!r} is not an Optuna storage URL: use sqlite:///path.db or postgresql+psycopg://user@host/db"
+            )
+        return value
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        if value is not None and urlparse(value).scheme not in {"http", "https"}:
+            raise ValueError(f"{value!r} is not an S3 endpoint: use http(s)://host:port")
+        return value
+
+    def secrets(self) -> list[str]:
+        """The secret values, for masking."""
+        return [s.get_secret_value() for s in (self.aws_access_key_id, self.aws_secret_access_key) if s is not None]
+
+
+def load_settings(environ: dict[str, str] | None = None) -> RuntimeSettings:
+    """Settings from `environ` (default: the process environment), over the env file it names, if any."""
+    environ = dict(os.environ if environ is None else environ)
+    values: dict[str, Any] = {}
+    file_name = environ.get(SETTINGS_FILE_VARIABLE)
+    if file_name:
+        values.update(_read_env_file(Path(file_name)))
+    values.update({k: v for k, v in environ.items() if v != ""})
+    try:
+        return RuntimeSettings.model_validate(values)
+    except ValidationError as error:
+        item = error.errors()[0]
+        name = _variable_name(str(item["loc"][0]))
+        raise InputError(name, str(item["msg"]).removeprefix("Value error, ")) from None
+
+
+def export_s3_environment(settings: RuntimeSettings) -> None:
+    """Make the S3 endpoint and credentials visible to boto3/s3fs/MLflow in this process."""
+    if settings.s3_endpoint_url:
+        os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", settings.s3_endpoint_url)
+        os.environ.setdefault("AWS_ENDPOINT_URL", settings.s3_endpoint_url)
+    if settings.aws_access_key_id and settings.aws_secret_access_key:
+        os.environ.setdefault("AWS_ACCESS_KEY_ID", settings.aws_access_key_id.get_secret_value())
+        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", settings.aws_secret_access_key.get_secret_value())
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        raise InputError(
+            SETTINGS_FILE_VARIABLE, f"settings file {str(path)!r} does not exist: fix the path or unset it"
+        )
+    values: dict[str, str] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.removeprefix("export ").partition("=")
+        if not sep:
+            raise InputError(SETTINGS_FILE_VARIABLE, f"line {number} of {str(path)!r} is not KEY=VALUE")
+        values[key.strip()] = value.strip().strip("'\"")
+    return values
+
+
+def _variable_name(field: str) -> str:
+    alias = RuntimeSettings.model_fields[field].validation_alias if field in RuntimeSettings.model_fields else None
+    if isinstance(alias, AliasChoices):
+        return str(alias.choices[0])
+    return field
