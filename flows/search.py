@@ -8,29 +8,37 @@ from schemas.search import TrialRecord
 from stagetune import progress
 from stagetune.stages import search_stage
 from stagetune.stages.search_stage import SearchPlan
+from stagetune.stages.shared_study import wait_until_finished
 from tasks.search import train_trial
 
 
 def run_search(plan: SearchPlan, concurrency: int) -> SearchStageResult:
     """Ask the study for trials, run up to `concurrency` at once as tasks, tell it each outcome.
 
-    Exactly `plan.n_trials` trials are asked, so the stage's budget is never overshot.
+    The study's budget is shared with any `stagetune worker` processes on the same storage: exactly
+    `plan.n_trials` trials are created between them, never more.
     """
     reporter = progress.current()
     reporter.stage_started(plan.stage, f"{plan.sampler}, {plan.context.epochs} epochs", total=plan.n_trials)
     pending: dict[PrefectFuture[TrialRecord], optuna.Trial] = {}
-    asked = 0
-    while asked < plan.n_trials or pending:
-        while asked < plan.n_trials and len(pending) < concurrency:
-            trial, hp, params = search_stage.ask(plan)
+    exhausted = False
+    while True:
+        while not exhausted and len(pending) < concurrency:
+            asked = search_stage.ask(plan)
+            if asked is None:
+                exhausted = True
+                break
+            trial, hp, params = asked
             report = search_stage.pruning_reporter(trial)
             pending[train_trial.submit(plan.context, trial.number, hp, params, report)] = trial
-            asked += 1
+        if not pending:
+            break
         future = next(as_completed(list(pending)))
         trial = pending.pop(future)
         record = future.result()
         search_stage.tell(plan, trial, record)
         reporter.stage_advanced(plan.stage, f"#{record.number} {record.state.lower()} {_value(record)}")
+    wait_until_finished(plan.study)  # trials that `stagetune worker` processes are still running
     result = search_stage.finish(plan)
     best = result.best
     summary = f"{result.counts['COMPLETE']} complete, {result.counts['PRUNED']} pruned, {result.counts['FAIL']} failed"

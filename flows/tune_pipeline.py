@@ -13,6 +13,7 @@ from schemas.pipeline import PipelineResult, RegisteredModel, SearchStageResult
 from schemas.results import SampleResult
 from stagetune.stages.pipeline_run import new_run_dir
 from stagetune.tracking.run_tree import RunTree, end_run, now_ms
+from tasks.report import publish_tuning_report
 from tasks.sample import record_sample, sample_data
 from tasks.sanity import sanity_check
 from tasks.stages import narrow_space, open_coarse, open_refine, train_final
@@ -43,6 +44,8 @@ def tune_pipeline(config: PipelineConfig) -> PipelineResult:
         end_run(tree.client, tree.parent_run_id, "FAILED")
         raise
     close_tracking(tree, result, "FINISHED" if result.status == "completed" else "FAILED")
+    if config.tracking.report:
+        publish_tuning_report(result, tree)
     return result
 
 

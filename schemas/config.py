@@ -146,6 +146,12 @@ class SearchConfig(StrictModel):
         "use val_balanced_acc for imbalanced classes.",
     )
     storage: str | None = Field(default=None, description="Optuna storage URL; None: SQLite at <workdir>/optuna.db.")
+    study_name: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$",
+        description="Studies are <study_name>-coarse and <study_name>-refine (so `stagetune worker --study` "
+        "can join them); None: a fresh name per run.",
+    )
 
     @property
     def direction(self) -> Literal["minimize", "maximize"]:
@@ -204,6 +210,7 @@ class TrackingConfig(StrictModel):
     experiment: str = Field(default="stagetune", min_length=1)
     registered_model: str | None = Field(default=None, description="Model Registry name; None: the config's name.")
     trial_plots: bool = Field(default=True, description="Log a learning-curve PNG for every trial.")
+    report: bool = Field(default=True, description="Write the tuning report at the end of every run.")
 
 
 class ExecutionConfig(StrictModel):

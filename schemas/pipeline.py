@@ -35,6 +35,26 @@ class SearchStageResult(StrictModel):
     seconds: float = Field(ge=0)
 
 
+class SharedStudyPlan(StrictModel):
+    """What a search stage publishes on its Optuna study, so `stagetune worker` processes can join it."""
+
+    stage: Literal["coarse", "refine"]
+    n_trials: int = Field(ge=0)
+    epochs: int = Field(ge=1)
+    space: SearchSpace
+    train_fraction: float = Field(gt=0, le=1)
+    full_data: bool
+    sampler: str
+    pruner: str
+    objective: str
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    stage_run_id: str
+    sample_fingerprint: str
+    sampled_fingerprint: str
+
+
 class RegisteredModel(StrictModel):
     """Where the final model went in the Model Registry."""
 

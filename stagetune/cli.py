@@ -18,6 +18,7 @@ from rich.console import Console
 
 from schemas.config import PipelineConfig
 from schemas.pipeline import PipelineResult
+from stagetune.cli_report import compare, report
 from stagetune.config_loading import load_config
 from stagetune.errors import InputError
 from stagetune.runtime import configure_process
@@ -60,6 +61,33 @@ def run(
 
 
 @app.command()
+def worker(
+    config: ConfigArg = None,
+    study: Annotated[
+        str, typer.Option(help="The pipeline's search.study_name: joins <study>-coarse, <study>-refine.")
+    ] = ...,  # type: ignore[assignment]
+    overrides: SetOpt = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for each study to appear.", min=0)] = 600.0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show tracebacks.")] = False,
+) -> None:
+    """Run trials of a running pipeline's shared studies (same CONFIG, shared Optuna storage)."""
+    console = Console(stderr=True, soft_wrap=True)
+    configure_process(verbose)
+    settings = _guarded(console, verbose, lambda: load_config(config, overrides or []))
+
+    def work() -> int:
+        from stagetune.progress import RichReporter, use
+        from stagetune.worker import run_worker
+
+        with RichReporter(console) as reporter, use(reporter):
+            summary = run_worker(settings, study, wait_seconds=wait)
+        return sum(len(records) for records in summary.trials.values())
+
+    ran = _guarded(console, verbose, work)
+    Console(file=sys.stdout, soft_wrap=True).print(f"worker done: {ran} trial(s) run for study {study!r}")
+
+
+@app.command()
 def validate(
     config: ConfigArg = None,
     overrides: SetOpt = None,
@@ -77,6 +105,10 @@ def validate(
 def schema() -> None:
     """Print the JSON schema of the config."""
     typer.echo(json.dumps(PipelineConfig.model_json_schema(), indent=2))
+
+
+app.command()(report)
+app.command()(compare)
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ TINY_OVERRIDES = (
     "refine.narrowing.top_k=2",
     "refine.warm_start=2",
     "final.max_epochs=3",
+    "tracking.report=false",  # the report tests switch it on
 )
 
 

@@ -1,6 +1,7 @@
 """Optuna studies of the two search stages: storage, samplers, pruners, and trials as records."""
 
 import warnings
+from functools import cache
 from pathlib import Path
 from typing import Literal
 
@@ -57,11 +58,23 @@ def make_pruner(kind: PrunerKind, max_epochs: int) -> BasePruner:
     return NopPruner()
 
 
+@cache
+def rdb_storage(url: str) -> optuna.storages.RDBStorage:
+    """One storage (one connection pool) per URL per process: a URL string passed to Optuna builds a
+    new engine every time, and a polling worker would exhaust the database's connections."""
+    return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+
+
 def open_study(
     name: str, storage: str, direction: Literal["minimize", "maximize"], sampler: BaseSampler, pruner: BasePruner
 ) -> optuna.Study:
     """Create the study, or load it when it exists (same name and storage)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.create_study(
-        study_name=name, storage=storage, direction=direction, sampler=sampler, pruner=pruner, load_if_exists=True
+        study_name=name,
+        storage=rdb_storage(storage),
+        direction=direction,
+        sampler=sampler,
+        pruner=pruner,
+        load_if_exists=True,
     )

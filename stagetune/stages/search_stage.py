@@ -23,8 +23,10 @@ from schemas.search_space import FloatParam, SearchSpace
 from stagetune.data.sampling import stratified_subsample
 from stagetune.data.stage import load_stage_arrays
 from stagetune.diagnosis import summarise_diagnoses
+from stagetune.search.budget import claim_trial
 from stagetune.search.space import optuna_params, space_violations, suggest_hyperparams
 from stagetune.search.study import make_pruner, make_sampler, open_study, storage_url
+from stagetune.stages.shared_study import RECORD_ATTR, WORKER_ID, publish_plan, study_records
 from stagetune.stages.trial import TrialContext, TrialData
 from stagetune.tracking.run_tree import RunTree, end_run, log_metrics, log_model_json, log_params, log_tags
 from stagetune.tracking.study_plots import history_figure, importances_figure, parallel_coordinates_figure
@@ -43,6 +45,7 @@ class SearchPlan:
     context: TrialContext
     sampler: str
     pruner: str
+    storage: str
     enqueued: list[int] = field(default_factory=list)
     records: list[TrialRecord] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
@@ -57,10 +60,11 @@ def start_coarse(
         space = centre_learning_rates(space, config.model.baseline.optimizer, sanity.lr_suggestion)
     data = trial_data(sample, config.coarse.train_fraction, config.seed, full=False)
     sampler = make_sampler(config.coarse.sampler, config.seed)
-    study = open_study(
-        f"{run_name}-coarse", storage_url(config), config.search.direction, sampler, make_pruner("none", 1)
-    )
-    return _plan(config, tree, "coarse", study, space, config.coarse.n_trials, config.coarse.epochs, data, "none")
+    name = f"{config.search.study_name or run_name}-coarse"
+    study = open_study(name, storage_url(config), config.search.direction, sampler, make_pruner("none", 1))
+    plan = _plan(config, tree, "coarse", study, space, config.coarse.n_trials, config.coarse.epochs, data, "none")
+    publish_plan(plan, sample, config.coarse.train_fraction, False, config.coarse.sampler)
+    return plan
 
 
 def start_refine(
@@ -77,7 +81,8 @@ def start_refine(
     startup = max(len(seeds), min(10, max(1, config.refine.n_trials // 3)))
     sampler = make_sampler(config.refine.sampler, config.seed + 1, n_startup_trials=startup)
     pruner = make_pruner(config.refine.pruner, config.refine.epochs)
-    study = open_study(f"{run_name}-refine", storage_url(config), config.search.direction, sampler, pruner)
+    name = f"{config.search.study_name or run_name}-refine"
+    study = open_study(name, storage_url(config), config.search.direction, sampler, pruner)
     plan = _plan(
         config, tree, "refine", study, space, config.refine.n_trials, config.refine.epochs, data, config.refine.pruner
     )
@@ -90,21 +95,25 @@ def start_refine(
         log_tags(
             tree.client, plan.context.stage_run_id, {"stagetune.warm_start": ",".join(str(r.number) for r in seeds)}
         )
+    publish_plan(plan, sample, 1.0, config.refine.train_data == "full", config.refine.sampler)
     return plan
 
 
-def ask(plan: SearchPlan) -> tuple[optuna.Trial, HyperParams, dict[str, object]]:
-    """The next trial and its typed hyperparameters (enqueued points first)."""
+def ask(plan: SearchPlan) -> tuple[optuna.Trial, HyperParams, dict[str, object]] | None:
+    """The next trial and its typed hyperparameters (enqueued points first); None once the study's
+    budget is used up, counting every process's trials."""
     config = plan.context.config
-    trial = plan.study.ask()
+    trial = claim_trial(plan.study, plan.storage, plan.n_trials)
+    if trial is None:
+        return None
+    trial.set_user_attr("worker", WORKER_ID)
     hp = suggest_hyperparams(trial, plan.space, config.model.baseline, family=config.model.family)
     return trial, hp, dict(trial.params)
 
 
 def tell(plan: SearchPlan, trial: optuna.Trial, record: TrialRecord) -> None:
     """Report a finished trial to the study (pruned/failed as such) and keep its record."""
-    if record.mlflow_run_id:
-        trial.set_user_attr("mlflow_run_id", record.mlflow_run_id)
+    trial.set_user_attr(RECORD_ATTR, record.model_dump(mode="json"))
     if record.state == "COMPLETE":
         plan.study.tell(trial, record.value)
     elif record.state == "PRUNED":
@@ -135,7 +144,7 @@ class PruningReporter:
 
 def finish(plan: SearchPlan) -> SearchStageResult:
     """Summarise the stage in its MLflow run (best trial, counts, plots) and end that run."""
-    records = sorted(plan.records, key=lambda r: r.number)
+    records = study_records(plan)
     config, client, run_id = plan.context.config, plan.context.tree.client, plan.context.stage_run_id
     complete = [r for r in records if r.state == "COMPLETE" and r.value is not None and math.isfinite(r.value)]
     best = top_trials(complete, config.search.direction, 1)
@@ -227,7 +236,7 @@ def _plan(
     log_params(tree.client, run_id, {"objective": config.search.objective, "train_rows": len(data.y_train)})
     log_tags(tree.client, run_id, {"stagetune.study": study.study_name})
     context = TrialContext(config, tree, stage, run_id, study.study_name, epochs, data)
-    return SearchPlan(stage, study, space, n_trials, context, sampler, pruner)
+    return SearchPlan(stage, study, space, n_trials, context, sampler, pruner, storage_url(config))
 
 
 def _log_study_plots(plan: SearchPlan, records: list[TrialRecord]) -> None:

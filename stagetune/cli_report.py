@@ -1,0 +1,104 @@
+"""`stagetune report RUN_ID` and `stagetune compare RUN_A RUN_B`: typer command functions.
+
+Wired into the main app in stagetune/cli.py. Exit codes as there: 0 success, 2 invalid input (an
+unknown run, no tracking store), 1 anything else. MLflow is imported when a command runs, so
+`stagetune --help` stays fast.
+"""
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from stagetune.errors import InputError
+from stagetune.runtime import configure_process
+
+if TYPE_CHECKING:
+    from stagetune.report.compare import Comparison
+
+T = TypeVar("T")
+TrackingOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri",
+        help="MLflow tracking URI; default: MLFLOW_TRACKING_URI or the settings, else ./stagetune-runs/mlflow.db.",
+    ),
+]
+OutOpt = Annotated[Path | None, typer.Option("--out", help="Folder to write into (created if missing).")]
+
+
+def report(
+    run_id: Annotated[str, typer.Argument(help="MLflow id of the pipeline's parent run.")],
+    out: OutOpt = None,
+    tracking_uri: TrackingOpt = None,
+    log: Annotated[bool, typer.Option("--log/--no-log", help="Attach the report to the parent MLflow run.")] = True,
+) -> None:
+    """Write the tuning report of RUN_ID (HTML, Markdown, summary JSON); default folder ./report-RUN_ID."""
+    configure_process()
+    from stagetune.report.commands import quiet_artifact_downloads, write_run_report
+
+    quiet_artifact_downloads()
+    console = Console(stderr=True, soft_wrap=True, highlight=False)
+    folder = out or Path(f"report-{run_id}")
+    files = _guarded(console, lambda: write_run_report(run_id, folder, tracking_uri, log))
+    stdout = Console(file=sys.stdout, soft_wrap=True, highlight=False)
+    stdout.print(f"report: {files.html}\nmarkdown: {files.markdown}\nnumbers: {files.summary}")
+    if log:
+        stdout.print(f"attached to MLflow run {run_id} as report/{files.html.name} and report/{files.markdown.name}")
+
+
+def compare(
+    run_a: Annotated[str, typer.Argument(help="MLflow parent run id of run A (the reference).")],
+    run_b: Annotated[str, typer.Argument(help="MLflow parent run id of run B.")],
+    out: OutOpt = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Compare two pipeline runs: config diff, best parameters, test metrics, the stage that moved most."""
+    configure_process()
+    from stagetune.report.commands import quiet_artifact_downloads, write_comparison
+
+    quiet_artifact_downloads()
+    console = Console(stderr=True, soft_wrap=True, highlight=False)
+    folder = out or Path(f"compare-{run_a[:8]}-{run_b[:8]}")
+    comparison, path = _guarded(console, lambda: write_comparison(run_a, run_b, folder, tracking_uri))
+    print_comparison(Console(file=sys.stdout, soft_wrap=True, highlight=False), comparison)
+    console.print(f"written: {path}")
+
+
+def print_comparison(console: Console, comparison: "Comparison") -> None:
+    """The comparison as rich tables: stages, test metrics, best parameters, config diff, then the verdict."""
+    from stagetune.report.markup import format_value
+
+    stages = Table("stage", "number", "A", "B", "B vs A", "B is", title="stage by stage")
+    for move in comparison.moves:
+        relative = "n/a" if move.relative is None else f"{move.relative:+.1%}"
+        stages.add_row(move.stage, move.metric, format_value(move.a), format_value(move.b), relative, move.verdict)
+    metrics = Table("metric", "A", "B", title="test metrics")
+    for name, a, b in comparison.test_metrics:
+        metrics.add_row(name, format_value(a), format_value(b))
+    params = Table("parameter", "A", "B", title="best hyperparameters")
+    for row in comparison.best_params:
+        params.add_row(*row)
+    diff = Table("key", "A", "B", title=f"config diff ({len(comparison.config_diff)} keys)")
+    for row in comparison.config_diff:
+        diff.add_row(*row)
+    for table in (stages, metrics, params, diff):
+        console.print(table)
+    for line in comparison.verdict:
+        console.print(line)
+
+
+def _guarded(console: Console, action: Callable[[], T]) -> T:
+    """Run `action`; bad input exits 2 with one paragraph, anything else exits 1."""
+    try:
+        return action()
+    except InputError as error:
+        console.print(f"[red]error[/red] in [bold]{error.field}[/bold]: {error.message}")
+        raise typer.Exit(InputError.exit_code) from None
+    except Exception as error:
+        console.print(f"[red]failed[/red]: {type(error).__name__}: {error}")
+        raise typer.Exit(1) from None

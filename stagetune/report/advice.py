@@ -1,0 +1,154 @@
+"""Section 7: per stage, what the curves say, the concrete next change, and the rule it comes from.
+
+The diagnoses themselves come from the stage results (stagetune.diagnosis made them); this module
+only turns a diagnosis code into a concrete `--set` override for the next run, checked against the
+config schema so a suggestion is never an invalid setting.
+"""
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from schemas.config import PipelineConfig
+from schemas.pipeline import PipelineResult, SearchStageResult
+from stagetune.config_loading import parse_override, with_value
+from stagetune.diagnosis import (
+    NEXT_ACTIONS,
+    SOURCE_DIVERGED,
+    SOURCE_NONE,
+    SOURCE_NOT_CONVERGED,
+    SOURCE_OVERFITTING,
+    SOURCE_UNDERFITTING,
+)
+from stagetune.errors import InputError
+
+RULE_SOURCES = {
+    "diverged": SOURCE_DIVERGED,
+    "overfitting": SOURCE_OVERFITTING,
+    "underfitting": SOURCE_UNDERFITTING,
+    "not_converged": SOURCE_NOT_CONVERGED,
+}
+SOURCE_BOUNDARY = (
+    "google-research/tuning_playbook: a search space is suspicious if the best point is near its boundary "
+    "(refine.narrowing.boundary_fraction)"
+)
+_EPOCH_KEYS = {"coarse": "coarse.epochs", "refine": "refine.epochs", "final": "final.max_epochs"}
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One stage's diagnosis and what to do about it."""
+
+    stage: str
+    code: str
+    evidence: str
+    next_action: str
+    overrides: list[str]
+    rule_source: str
+
+
+def findings(result: PipelineResult, config: Mapping[str, Any] | None) -> list[Finding]:
+    """Every stage's finding, in pipeline order (stages that did not run are left out)."""
+    found: list[Finding] = []
+    sanity = result.sanity
+    if sanity is not None:
+        for d in sanity.diagnoses:
+            found.append(Finding("sanity", d.code, d.message, d.next_action, [], d.rule_source))
+        if not sanity.diagnoses:
+            found.append(Finding("sanity", "ok", "the gate passed", "nothing to change", [], SOURCE_NONE))
+    for stage in (result.coarse, result.refine):
+        if stage is not None:
+            found.append(_search_finding(stage, config))
+    if result.narrowing is not None:
+        widened = [c.name for c in result.narrowing.changes if c.action.startswith("widened")]
+        if widened:
+            evidence = f"the best coarse points sat at a boundary of {', '.join(widened)}: the refinement widened it"
+            action = "widen the coarse range of these parameters on that side for the next run"
+            found.append(Finding("narrowing", "at_boundary", evidence, action, [], SOURCE_BOUNDARY))
+    if result.final is not None:
+        curve = result.final.diagnosis
+        overrides = concrete_overrides("final", curve.code, config)
+        found.append(Finding("final", curve.code, curve.message, curve.next_action, overrides, curve.rule_source))
+    return found
+
+
+def _search_finding(stage: SearchStageResult, config: Mapping[str, Any] | None) -> Finding:
+    summary = stage.diagnosis
+    code = summary.dominant or ("ok" if summary.counts else "insufficient")
+    next_action = NEXT_ACTIONS.get(code, NEXT_ACTIONS["ok"])
+    source = RULE_SOURCES.get(code, SOURCE_NONE)
+    return Finding(
+        stage.stage, code, summary.message, next_action, concrete_overrides(stage.stage, code, config), source
+    )
+
+
+def concrete_overrides(stage: str, code: str, config: Mapping[str, Any] | None) -> list[str]:
+    """`--set` overrides that apply the remedy for `code` at `stage`; [] when none applies or it would not validate."""
+    if config is None:
+        return []
+    builder = _BUILDERS.get(code)
+    try:
+        overrides = builder(stage, config) if builder is not None else []
+    except (KeyError, TypeError, ValueError):  # a config from another stagetune version: no concrete advice
+        return []
+    return overrides if overrides and _valid(config, overrides) else []
+
+
+def _more_epochs(stage: str, config: Mapping[str, Any]) -> list[str]:
+    key = _EPOCH_KEYS.get(stage)
+    if key is None:
+        return []
+    section, name = key.split(".")
+    return [f"{key}={max(2, 2 * int(config[section][name]))}"]
+
+
+def _more_capacity(stage: str, config: Mapping[str, Any]) -> list[str]:
+    space, limits = config["space"], config["refine"]["narrowing"]["hard_limits"]
+    overrides = []
+    if space["width"].get("kind") == "int" and space["width"]["high"] < limits["width"]["high"]:
+        overrides.append(f"space.width.high={min(2 * space['width']['high'], int(limits['width']['high']))}")
+    if space["depth"].get("kind") == "int" and space["depth"]["high"] < limits["depth"]["high"]:
+        overrides.append(f"space.depth.high={space['depth']['high'] + 1}")
+    return overrides
+
+
+def _more_regularisation(stage: str, config: Mapping[str, Any]) -> list[str]:
+    space = config["space"]
+    overrides = []
+    if space["dropout"].get("kind") == "float":
+        overrides.append(f"space.dropout.high={min(0.9, round(space['dropout']['high'] + 0.2, 3)):g}")
+    if space["weight_decay"].get("kind") == "float":
+        overrides.append(f"space.weight_decay.high={min(0.1, space['weight_decay']['high'] * 10):.3g}")
+    return overrides
+
+
+def _lower_learning_rates(stage: str, config: Mapping[str, Any]) -> list[str]:
+    rates = config["space"]["learning_rate"]
+    return [
+        f"space.learning_rate.{name}.high={param['high'] / 10:.3g}"
+        for name, param in rates.items()
+        if param["high"] / 10 > param["low"]
+    ]
+
+
+_BUILDERS: dict[str, Callable[[str, Mapping[str, Any]], list[str]]] = {
+    "not_converged": _more_epochs,
+    "insufficient": _more_epochs,
+    "underfitting": _more_capacity,
+    "overfitting": _more_regularisation,
+    "diverged": _lower_learning_rates,
+}
+
+
+def _valid(config: Mapping[str, Any], overrides: list[str]) -> bool:
+    raw = dict(config)
+    try:
+        for override in overrides:
+            key, value = parse_override(override)
+            raw = with_value(raw, key.split("."), value)
+        PipelineConfig.model_validate(raw)
+    except (InputError, ValidationError, KeyError, TypeError):
+        return False
+    return True

@@ -1,0 +1,116 @@
+"""Sections 1 and 2: the data the search tuned on, and the sanity gate that let it start."""
+
+import math
+
+from schemas.results import SampleResult, SanityResult
+from stagetune.report.figures import overfit_figure
+from stagetune.report.markup import Numbers, Scalar, esc, html_table, image, key_value_rows, md_table, paragraph
+from stagetune.report.masking import mask_text
+from stagetune.report.model import Section
+from stagetune.stages.sample_stage import class_distribution_figure
+from stagetune.tracking.plots import learning_curve_figure, lr_range_figure
+
+MAX_CLASS_ROWS = 50  # a table row per class up to this many; the chart still shows every class
+
+
+def data_section(sample: SampleResult, numbers: Numbers) -> Section:
+    """Sizes, fingerprints and the class distribution before and after sampling and rebalancing."""
+    sizes = {
+        "n_rows": ("rows in the source", sample.n_rows),
+        "n_train": ("train split", sample.n_train),
+        "n_val": ("validation split", sample.n_val),
+        "n_test": ("test split", sample.n_test),
+        "n_train_sampled": ("train rows the search tuned on", sample.n_train_sampled),
+        "n_val_sampled": ("validation rows the search tuned on", sample.n_val_sampled),
+        "num_classes": ("classes", sample.num_classes),
+        "rebalance": ("rebalancing strategy", sample.rebalance),
+        "fingerprint": ("data fingerprint (sha256)", sample.fingerprint),
+        "sampled_fingerprint": ("sampled data fingerprint", sample.sampled_fingerprint),
+    }
+    rows = [[esc("source"), esc(mask_text(sample.source))], *key_value_rows(numbers, "data", sizes)]
+    class_rows = []
+    for name in list(sample.class_counts_train)[:MAX_CLASS_ROWS]:
+        counts = (
+            sample.class_counts_train.get(name, 0),
+            sample.class_counts_sampled.get(name, 0),
+            sample.class_counts_rebalanced.get(name, 0),
+        )
+        spans = [numbers.span(f"data.class.{name}.{kind}", count) for kind, count in zip(_KINDS, counts, strict=True)]
+        class_rows.append([esc(name), *spans])
+    notes = [f"dropped constant/empty columns: {', '.join(sample.dropped_columns)}"] if sample.dropped_columns else []
+    if sample.dropped_label_rows:
+        notes.append(f"{sample.dropped_label_rows} rows dropped for a missing label")
+    notes += sample.warnings
+    body = (
+        html_table(["", "value"], rows, caption="sizes and fingerprints")
+        + '<div class="plots">'
+        + image(class_distribution_figure(sample), "class distribution before and after sampling and rebalancing")
+        + html_table(
+            ["class", "train (full)", "sampled", f"per epoch ({sample.rebalance})"], class_rows, caption="per class"
+        )
+        + "</div>"
+        + "".join(paragraph(note) for note in notes)
+    )
+    markdown = md_table(
+        ["rows", "train", "val", "test", "tuned on (train/val)", "classes", "rebalance"],
+        [
+            [
+                sample.n_rows,
+                sample.n_train,
+                sample.n_val,
+                sample.n_test,
+                f"{sample.n_train_sampled}/{sample.n_val_sampled}",
+                sample.num_classes,
+                sample.rebalance,
+            ]
+        ],
+    )
+    markdown += f"\n\nData fingerprint `{sample.fingerprint}`."
+    return Section("data", "1. Data", body, markdown)
+
+
+_KINDS = ("train", "sampled", "rebalanced")
+
+
+def sanity_section(sanity: SanityResult | None, numbers: Numbers) -> Section:
+    """Initial loss against ln(C), the overfit test, the LR range test and the baseline fit."""
+    if sanity is None:
+        text = "The sanity gate was disabled (sanity.enabled = false): nothing was checked before the search."
+        return Section("sanity", "2. Sanity", paragraph(text), text)
+    relative = abs(sanity.initial_loss - sanity.expected_initial_loss) / sanity.expected_initial_loss
+    facts: dict[str, tuple[str, Scalar]] = {
+        "passed": ("gate passed", sanity.passed),
+        "initial_loss": ("initial loss", sanity.initial_loss),
+        "expected_initial_loss": ("ln C (chance level)", sanity.expected_initial_loss),
+        "initial_loss_ok": ("initial loss within tolerance", sanity.initial_loss_ok),
+        "overfit_samples": ("overfit test rows", sanity.overfit_samples),
+        "overfit_steps": ("overfit test steps", sanity.overfit_steps),
+        "overfit_train_acc": ("overfit train accuracy", sanity.overfit_train_acc),
+        "overfit_ok": ("overfit test passed", sanity.overfit_ok),
+        "lr_suggestion": ("LR range test suggestion", sanity.lr_suggestion),
+    }
+    rows = key_value_rows(numbers, "sanity", facts)
+    rows.insert(3, [esc("|initial - ln C| / ln C"), esc(f"{relative:.1%}" if math.isfinite(relative) else "n/a")])
+    plots = [image(overfit_figure(sanity), "overfit test loss per step, with ln C")]
+    if sanity.lr_range:
+        plots.append(image(lr_range_figure(sanity.lr_range, sanity.lr_suggestion), "LR range test"))
+    baseline = sanity.baseline
+    if baseline is not None and baseline.history:
+        plots.append(image(learning_curve_figure(baseline.history, "baseline fit"), "baseline learning curves"))
+        last = baseline.history[-1]
+        rows.append([esc("baseline final val accuracy"), numbers.span("sanity.baseline_val_acc", last.val_acc)])
+    diagnoses = "".join(
+        f'<p class="bad">{esc(d.code)}: {esc(d.message)}; next: {esc(d.next_action)} '
+        f'<span class="muted">({esc(d.rule_source)})</span></p>'
+        for d in sanity.diagnoses
+    )
+    body = html_table(["check", "value"], rows) + diagnoses + '<div class="plots">' + "".join(plots) + "</div>"
+    verdict = "passed" if sanity.passed else "FAILED"
+    markdown = (
+        f"Gate **{verdict}**: initial loss {numbers.text('sanity.initial_loss')} vs ln C "
+        f"{numbers.text('sanity.expected_initial_loss')}; overfit train accuracy "
+        f"{numbers.text('sanity.overfit_train_acc')} in {sanity.overfit_steps} steps; "
+        f"suggested learning rate {numbers.text('sanity.lr_suggestion')}."
+    )
+    markdown += "".join(f"\n- {d.code}: {d.message}; next: {d.next_action}" for d in sanity.diagnoses)
+    return Section("sanity", "2. Sanity", body, markdown)

@@ -1,0 +1,239 @@
+"""Sections 3 to 5: the coarse search, how it narrowed the space, and the refinement."""
+
+import math
+from collections.abc import Sequence
+
+from mlflow.tracking import MlflowClient
+
+from schemas.pipeline import SearchStageResult
+from schemas.search import NarrowingReport, TrialRecord
+from schemas.search_space import CategoricalParam, Param
+from stagetune.report.figures import best_curves_figure, narrowing_figure, param_scatter_figure, trial_states_figure
+from stagetune.report.importance import Importances
+from stagetune.report.markup import Numbers, Scalar, esc, html_table, image, key_value_rows, md_table, paragraph
+from stagetune.report.mlflow_io import trial_history
+from stagetune.report.model import Section
+from stagetune.stages.search_stage import top_trials
+from stagetune.tracking.study_plots import history_figure, importances_figure, parallel_coordinates_figure
+
+BEST_CURVES = 3  # learning curves of this many best trials per stage (each costs a few MLflow reads)
+TOP_ROWS = 10  # rows of the best-trials table
+_SHOWN_PARAMS = ("optimizer", "learning_rate", "weight_decay", "dropout", "batch_size", "width", "depth")
+
+
+def coarse_section(
+    stage: SearchStageResult | None, narrowing: NarrowingReport | None, client: MlflowClient, numbers: Numbers
+) -> Section:
+    """Objective against each hyperparameter (top trials ringed), the best trials and their learning curves."""
+    if stage is None:
+        return _not_run("coarse", "3. Coarse search")
+    highlighted = narrowing.top_trials if narrowing is not None and narrowing.top_trials else None
+    top = _top(stage, len(highlighted) if highlighted else BEST_CURVES)
+    ringed = highlighted if highlighted is not None else [t.number for t in top]
+    scatter = "".join(_param_scatters(stage, set(ringed)))
+    body = (
+        _facts_table(stage, numbers)
+        + f"<h3>{esc(stage.objective)} against each hyperparameter</h3>"
+        + paragraph(f"Ringed: the trials the narrowing was built around ({', '.join(map(str, ringed)) or 'none'}).")
+        + f'<div class="plots">{scatter}</div>'
+        + _best_curves(stage, client)
+        + _top_table(stage, numbers)
+    )
+    return Section("coarse", "3. Coarse search", body, _stage_markdown(stage, numbers))
+
+
+def refine_section(
+    stage: SearchStageResult | None, importances: Importances | None, client: MlflowClient, numbers: Numbers
+) -> Section:
+    """Optimisation history, parameter importances, parallel coordinates, pruned vs completed, best curves."""
+    if stage is None:
+        return _not_run("refine", "5. Refinement")
+    minimize = stage.direction == "minimize"
+    plots = [
+        image(history_figure(stage.trials, stage.objective, minimize), "optimisation history"),
+        image(trial_states_figure(stage.trials, stage.epochs), "epochs run per trial by state"),
+        image(parallel_coordinates_figure(stage.trials, stage.objective, minimize), "parallel coordinates"),
+    ]
+    if importances is not None and importances.values:
+        figure = importances_figure(importances.values)
+        figure.axes[0].set_xlabel("importance")
+        plots.insert(2, image(figure, "parameter importances"))
+        rows = [[esc(name), numbers.span(f"refine.importance.{name}", v)] for name, v in importances.values.items()]
+        plots.insert(3, html_table(["parameter", "importance"], rows, caption="importances"))
+        note = f"Parameter importances: {importances.method}."
+    else:
+        note = "Parameter importances: not computed (fewer than 3 completed trials)."
+    enqueued = f"Warm start: trials {', '.join(map(str, stage.enqueued))} were the best coarse points, enqueued."
+    body = (
+        _facts_table(stage, numbers)
+        + paragraph(enqueued if stage.enqueued else "No warm start.")
+        + paragraph(note)
+        + '<div class="plots">'
+        + "".join(plots)
+        + "</div>"
+        + _best_curves(stage, client)
+        + _top_table(stage, numbers)
+    )
+    return Section("refine", "5. Refinement", body, _stage_markdown(stage, numbers) + f"\n\n{note}")
+
+
+def narrowing_section(report: NarrowingReport | None, numbers: Numbers) -> Section:
+    """Old against new range per parameter, with the reason for each change."""
+    if report is None:
+        return _not_run("narrowing", "4. Narrowing")
+    facts: dict[str, tuple[str, Scalar]] = {
+        "fallback": ("space kept unchanged (too few completed trials)", report.fallback),
+        "n_completed": ("completed coarse trials", report.n_completed),
+        "top_trials": ("built around trials", ", ".join(map(str, report.top_trials)) or "none"),
+    }
+    rows = []
+    for change in report.changes:
+        rows.append(
+            [
+                esc(change.name),
+                esc(change.action),
+                esc(_range_text(change.old)),
+                _new_range_html(change.name, change.new, numbers),
+                esc(change.reason),
+            ]
+        )
+    body = html_table(["", "value"], key_value_rows(numbers, "narrowing", facts)) + paragraph(report.reason)
+    if report.hard_limits_hit:
+        body += paragraph(f"Clipped at a hard limit: {', '.join(report.hard_limits_hit)}.")
+    body += html_table(["parameter", "action", "old", "new", "reason"], rows)
+    if any(c.kind != "categorical" for c in report.changes):
+        body += image(narrowing_figure(report.changes), "old and new range per parameter")
+    markdown = (
+        report.reason
+        + "\n\n"
+        + md_table(
+            ["parameter", "action", "old", "new", "reason"],
+            [[c.name, c.action, _range_text(c.old), _range_text(c.new), c.reason] for c in report.changes],
+        )
+    )
+    return Section("narrowing", "4. Narrowing", body, markdown)
+
+
+def _facts_table(stage: SearchStageResult, numbers: Numbers) -> str:
+    best = stage.best
+    facts: dict[str, tuple[str, Scalar]] = {
+        "sampler": ("sampler", stage.sampler),
+        "pruner": ("pruner", stage.pruner),
+        "epochs": ("epochs per trial", stage.epochs),
+        "n_train_rows": ("training rows per trial", stage.n_train_rows),
+        "n_trials": ("trials", len(stage.trials)),
+        "complete": ("completed", stage.counts.get("COMPLETE", 0)),
+        "pruned": ("pruned", stage.counts.get("PRUNED", 0)),
+        "fail": ("failed", stage.counts.get("FAIL", 0)),
+        "best_number": ("best trial", best.number if best else None),
+        "best_value": (f"best {stage.objective} ({stage.direction})", best.value if best else None),
+        "seconds": ("wall time (s)", round(stage.seconds, 1)),
+    }
+    return html_table(["", "value"], key_value_rows(numbers, stage.stage, facts))
+
+
+def _top(stage: SearchStageResult, k: int) -> list[TrialRecord]:
+    return top_trials(stage.trials, stage.direction, k)
+
+
+def _top_table(stage: SearchStageResult, numbers: Numbers) -> str:
+    rows = []
+    for rank, trial in enumerate(_top(stage, TOP_ROWS), start=1):
+        hp = trial.hyperparams.model_dump()
+        rows.append(
+            [
+                str(rank),
+                numbers.span(f"{stage.stage}.top.{rank}.number", trial.number),
+                numbers.span(f"{stage.stage}.top.{rank}.value", trial.value),
+                esc(trial.diagnosis or ""),
+                *(esc(_short(hp[name])) for name in _SHOWN_PARAMS),
+            ]
+        )
+    header = ["rank", "trial", stage.objective, "diagnosis", *_SHOWN_PARAMS]
+    return f"<h3>best {len(rows)} of {len(stage.trials)} trials</h3>" + html_table(header, rows)
+
+
+def _best_curves(stage: SearchStageResult, client: MlflowClient) -> str:
+    curves = []
+    for trial in _top(stage, BEST_CURVES):
+        history = trial_history(client, trial.mlflow_run_id) if trial.mlflow_run_id else []
+        if history:
+            curves.append((f"#{trial.number}", history))
+    if not curves:
+        return paragraph("No learning curves: no completed trial has per-epoch metrics in MLflow.")
+    return f"<h3>learning curves of the best {len(curves)} trials</h3>" + image(
+        best_curves_figure(curves), f"learning curves of the best {stage.stage} trials"
+    )
+
+
+def _param_scatters(stage: SearchStageResult, ringed: set[int]) -> list[str]:
+    scored = [t for t in stage.trials if t.value is not None and math.isfinite(t.value)]
+    images = []
+    for name in _plotted_params(stage.trials):
+        points = [(_param_value(t, name), float(t.value or 0.0), t.state) for t in scored]
+        points = [p for p in points if p[0] is not None]
+        if not points:
+            continue
+        highlight = [(_param_value(t, name), float(t.value or 0.0), t.number) for t in scored if t.number in ringed]
+        log = _is_log(stage, name)
+        figure = param_scatter_figure(name, points, highlight, log, stage.objective)
+        alt = f"{stage.objective} against {name}" + (" (log scale)" if log else "")
+        images.append(image(figure, alt, css_class="small"))
+    return images
+
+
+def _plotted_params(trials: Sequence[TrialRecord]) -> list[str]:
+    # The per-optimizer learning rates (learning_rate_adam, ...) are one hyperparameter on one axis.
+    names = {"learning_rate" if n.startswith("learning_rate") else n for t in trials for n in t.params}
+    return sorted(names)
+
+
+def _param_value(trial: TrialRecord, name: str) -> object:
+    if name == "learning_rate":
+        return trial.hyperparams.learning_rate if any(n.startswith("learning_rate") for n in trial.params) else None
+    return trial.params.get(name)
+
+
+def _is_log(stage: SearchStageResult, name: str) -> bool:
+    if name == "learning_rate":
+        return any(p.scale == "log" for p in stage.space.learning_rate.values())
+    param = getattr(stage.space, name, None)
+    return param is not None and not isinstance(param, CategoricalParam) and param.scale == "log"
+
+
+def _range_text(param: Param) -> str:
+    if isinstance(param, CategoricalParam):
+        return "{" + ", ".join(map(str, param.choices)) + "}"
+    return f"[{_short(param.low)}, {_short(param.high)}] {param.scale}"
+
+
+def _new_range_html(name: str, param: Param, numbers: Numbers) -> str:
+    if isinstance(param, CategoricalParam):
+        return numbers.span(f"narrowing.{name}.choices", _range_text(param))
+    low = numbers.span(f"narrowing.{name}.low", param.low)
+    high = numbers.span(f"narrowing.{name}.high", param.high)
+    return f"[{low}, {high}] {esc(param.scale)}"
+
+
+def _short(value: object) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def _stage_markdown(stage: SearchStageResult, numbers: Numbers) -> str:
+    prefix = stage.stage
+    line = (
+        f"{numbers.text(prefix + '.n_trials')} trials ({numbers.text(prefix + '.complete')} completed, "
+        f"{numbers.text(prefix + '.pruned')} pruned, {numbers.text(prefix + '.fail')} failed), "
+        f"{stage.sampler} sampler, {stage.epochs} epochs each. "
+    )
+    if stage.best is None:
+        return line + "No trial completed."
+    best = stage.best
+    line += f"Best: trial {best.number}, {stage.objective} {numbers.text(prefix + '.best_value')}.\n\n"
+    params = best.hyperparams.model_dump()
+    return line + md_table(list(_SHOWN_PARAMS), [[_short(params[n]) for n in _SHOWN_PARAMS]])
+
+
+def _not_run(section_id: str, title: str) -> Section:
+    text = "This stage did not run (the pipeline stopped earlier: see the diagnosis section)."
+    return Section(section_id, title, paragraph(text), text)
