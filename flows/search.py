@@ -3,6 +3,7 @@
 import optuna
 from prefect.futures import PrefectFuture, as_completed
 
+from flows.runners import trial_resources
 from schemas.pipeline import SearchStageResult
 from schemas.search import TrialRecord
 from stagetune import progress
@@ -29,8 +30,9 @@ def run_search(plan: SearchPlan, concurrency: int) -> SearchStageResult:
                 exhausted = True
                 break
             trial, hp, params = asked
-            report = search_stage.pruning_reporter(trial)
-            pending[train_trial.submit(plan.context, trial.number, hp, params, report)] = trial
+            report = search_stage.pruning_reporter(trial, plan.storage)
+            with trial_resources(plan.context.config.execution):  # Dask: one trial per GPU, when asked
+                pending[train_trial.submit(plan.context, trial.number, hp, params, report)] = trial
         if not pending:
             break
         future = next(as_completed(list(pending)))

@@ -7,6 +7,7 @@ import torch
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.runners import require_configured_runner
 from flows.search import run_search
 from schemas.config import PipelineConfig
 from schemas.pipeline import PipelineResult, RegisteredModel, SearchStageResult
@@ -32,6 +33,7 @@ def tune_pipeline(config: PipelineConfig) -> PipelineResult:
     run behind. A failed sanity gate stops the run (status `sanity_failed`) before any search; any
     exception ends the parent MLflow run as FAILED before it propagates.
     """
+    require_configured_runner(config.execution)
     run_dir = new_run_dir(config)
     started = now_ms()
     sample = sample_data(config, run_dir)

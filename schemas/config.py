@@ -137,6 +137,13 @@ class SanityConfig(StrictModel):
         return self
 
 
+def _refuse_credentials(value: str | None, variable: str) -> str | None:
+    # Config values are logged as MLflow params: a password belongs in the environment.
+    if value is not None and re.search(r"://[^/@\s]*:[^/@\s]*@", value):
+        raise ValueError(f"holds a password: put the URL in the environment ({variable}) instead of the config")
+    return value
+
+
 class SearchConfig(StrictModel):
     """What the searches optimise and where Optuna keeps its studies."""
 
@@ -152,6 +159,11 @@ class SearchConfig(StrictModel):
         description="Studies are <study_name>-coarse and <study_name>-refine (so `stagetune worker --study` "
         "can join them); None: a fresh name per run.",
     )
+
+    @field_validator("storage")
+    @classmethod
+    def _check_storage(cls, value: str | None) -> str | None:
+        return _refuse_credentials(value, "STAGETUNE_OPTUNA_STORAGE")
 
     @property
     def direction(self) -> Literal["minimize", "maximize"]:
@@ -211,6 +223,11 @@ class TrackingConfig(StrictModel):
     registered_model: str | None = Field(default=None, description="Model Registry name; None: the config's name.")
     trial_plots: bool = Field(default=True, description="Log a learning-curve PNG for every trial.")
     report: bool = Field(default=True, description="Write the tuning report at the end of every run.")
+
+    @field_validator("uri")
+    @classmethod
+    def _check_uri(cls, value: str | None) -> str | None:
+        return _refuse_credentials(value, "MLFLOW_TRACKING_URI")
 
 
 class ExecutionConfig(StrictModel):

@@ -18,7 +18,9 @@ from rich.console import Console
 
 from schemas.config import PipelineConfig
 from schemas.pipeline import PipelineResult
+from stagetune.cli_deploy import serve
 from stagetune.cli_report import compare, report
+from stagetune.cli_stack import stack_app
 from stagetune.config_loading import load_config
 from stagetune.errors import InputError
 from stagetune.runtime import configure_process
@@ -109,6 +111,8 @@ def schema() -> None:
 
 app.command()(report)
 app.command()(compare)
+app.command()(serve)
+app.add_typer(stack_app, name="stack", help="A local S3 + MLflow (+ Prefect) stack on 127.0.0.1, no Docker.")
 
 
 def main() -> None:
@@ -118,11 +122,13 @@ def main() -> None:
 
 def _run_flow(settings: PipelineConfig, console: Console) -> PipelineResult:
     # Imported here: Prefect reads its settings at import, after configure_process set them.
+    from flows.runners import make_task_runner
     from flows.tune_pipeline import tune_pipeline
     from stagetune.progress import RichReporter, use
 
+    flow = tune_pipeline.with_options(task_runner=make_task_runner(settings.execution))
     with RichReporter(console) as reporter, use(reporter):
-        return tune_pipeline(settings)
+        return flow(settings)
 
 
 def _guarded(console: Console, verbose: bool, action: Callable[[], T]) -> T:
@@ -178,4 +184,7 @@ def _print_result(console: Console, result: PipelineResult) -> None:
     else:
         out.print(result.message)
     out.print(f"MLflow run: {result.mlflow_parent_run_id} (experiment {result.mlflow_experiment_id})")
-    out.print(f"Browse: mlflow ui --backend-store-uri {result.tracking_uri}")
+    if result.tracking_uri.startswith(("http://", "https://")):
+        out.print(f"Browse: {result.tracking_uri}/#/experiments/{result.mlflow_experiment_id}")
+    else:
+        out.print(f"Browse: mlflow ui --backend-store-uri {result.tracking_uri}")

@@ -66,7 +66,8 @@ def run_worker(
         records = summary.trials.setdefault(stage, [])
         while (asked := search_stage.ask(plan)) is not None:
             trial, hp, params = asked
-            record = run_trial(plan.context, trial.number, hp, params, search_stage.pruning_reporter(trial))
+            report = search_stage.pruning_reporter(trial, plan.storage)
+            record = run_trial(plan.context, trial.number, hp, params, report)
             search_stage.tell(plan, trial, record)
             records.append(record)
             reporter.stage_advanced(stage, f"#{record.number} {record.state.lower()}")

@@ -92,6 +92,8 @@ def test_defaults_follow_the_practitioner_rules() -> None:
         ("final.lr_plateau_factor=1.5", "final.lr_plateau_factor"),
         ("tracking.experiment=", "tracking.experiment"),
         ("execution.device=tpu", "execution.device"),
+        ("tracking.uri=http://me:pw@mlflow:5000", "tracking.uri"),
+        ("search.storage=postgresql+psycopg://me:pw@db/optuna", "search.storage"),
         ("execution.concurrency=0", "execution.concurrency"),
         ("unknown_section=1", "unknown_section"),
         ("coarse.n_trails=5", "coarse.n_trails"),

@@ -1,6 +1,7 @@
 """Pure pieces of the search stages: objectives, ranking, LR centring, pruning reports, samplers."""
 
 import math
+from pathlib import Path
 
 import optuna
 import pytest
@@ -10,7 +11,7 @@ from schemas.results import EpochRecord
 from schemas.search import TrialRecord
 from schemas.search_space import SearchSpace
 from stagetune.search.study import make_pruner, make_sampler
-from stagetune.stages.search_stage import PruningReporter, centre_learning_rates, top_trials
+from stagetune.stages.search_stage import centre_learning_rates, pruning_reporter, top_trials
 from stagetune.stages.trial import best_value, objective_value
 
 
@@ -51,15 +52,16 @@ def test_centring_keeps_each_log_width_and_moves_the_baseline_range_onto_the_sug
     assert sgd_ratio == pytest.approx(adamw.low / space.learning_rate["adamw"].low)
 
 
-def test_pruning_reporter_reports_each_epoch_and_relays_the_pruner() -> None:
-    study = optuna.create_study(pruner=make_pruner("median", 5))
+def test_pruning_reporter_reports_each_epoch_and_relays_the_pruner(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(storage=storage, pruner=make_pruner("median", 5))
     for value in (0.1, 0.1, 0.1, 0.1):  # four finished trials at loss 0.1 each epoch
         trial = study.ask()
         for epoch in range(3):
             trial.report(value, epoch)
         study.tell(trial, value)
     trial = study.ask()
-    report = PruningReporter(trial)
+    report = pruning_reporter(trial, storage)
     assert report(0, 5.0) is False  # warm-up epoch: never pruned
     assert report(1, 5.0) is True  # far worse than the median at epoch 1
     assert report(2, math.nan) is False  # nothing to compare: not reported

@@ -36,6 +36,10 @@ class TrackingTarget:
 def resolve_tracking(config: PipelineConfig) -> TrackingTarget:
     """`tracking.uri`, else the runtime settings' tracking URI, else a local SQLite store in the workdir."""
     uri = config.tracking.uri or load_settings().tracking_uri
+    if uri and uri.startswith("sqlite:///"):
+        # A local store keeps its artifacts beside it, not in ./mlruns of whatever folder runs it.
+        database = Path(uri.removeprefix("sqlite:///")).resolve()
+        return TrackingTarget(uri, (database.parent / "mlartifacts").as_uri())
     if uri:
         return TrackingTarget(uri, None)
     workdir = Path(config.execution.workdir).resolve()

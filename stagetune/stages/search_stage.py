@@ -8,10 +8,14 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Literal
 
 import numpy as np
 import optuna
+from optuna.pruners import BasePruner
+from optuna.samplers import RandomSampler
+from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from schemas.config import PipelineConfig
@@ -124,22 +128,55 @@ def tell(plan: SearchPlan, trial: optuna.Trial, record: TrialRecord) -> None:
     plan.records.append(record)
 
 
-def pruning_reporter(trial: optuna.Trial) -> "PruningReporter":
-    """The `report(epoch, value) -> should_prune` callback a trial gets instead of the Optuna trial."""
-    return PruningReporter(trial)
+def pruning_reporter(trial: optuna.Trial, storage: str) -> "PruningReporter":
+    """The `report(epoch, value) -> should_prune` callback a trial gets instead of the Optuna trial.
+
+    It names the trial (storage URL, study, number) instead of holding it, so it pickles small and
+    reports to the same study from any process that reaches the storage (a thread, a Dask worker).
+    """
+    return PruningReporter(storage, trial.study.study_name, trial.number, trial.study.pruner)
 
 
-@dataclass(frozen=True)
+@dataclass
 class PruningReporter:
-    """Forwards per-epoch values to Optuna and asks its pruner whether to stop."""
+    """Forwards per-epoch values to Optuna and asks its pruner whether to stop.
 
-    trial: optuna.Trial
+    The Optuna trial is rebuilt from the RDB storage once per process that calls it, over one
+    storage (one SQLAlchemy engine) per process and URL; it is never pickled.
+    """
+
+    storage: str
+    study_name: str
+    number: int
+    pruner: BasePruner
+    _trial: optuna.Trial | None = field(default=None, init=False, repr=False, compare=False)
 
     def __call__(self, epoch: int, value: float) -> bool:
         if not math.isfinite(value):
             return False
-        self.trial.report(value, epoch)
-        return bool(self.trial.should_prune())
+        trial = self._trial or self._load_trial()
+        trial.report(value, epoch)
+        return bool(trial.should_prune())
+
+    def __getstate__(self) -> dict[str, object]:
+        return {**self.__dict__, "_trial": None}
+
+    def _load_trial(self) -> optuna.Trial:
+        storage = _rdb_storage(self.storage)
+        # The sampler is never asked here; a random one avoids building the stage's sampler per trial.
+        study = optuna.load_study(
+            study_name=self.study_name, storage=storage, sampler=RandomSampler(), pruner=self.pruner
+        )
+        trial_id = storage.get_trial_id_from_study_id_trial_number(
+            storage.get_study_id_from_name(self.study_name), self.number
+        )
+        self._trial = optuna.Trial(study, trial_id)
+        return self._trial
+
+
+@cache
+def _rdb_storage(url: str) -> RDBStorage:
+    return RDBStorage(url)
 
 
 def finish(plan: SearchPlan) -> SearchStageResult:

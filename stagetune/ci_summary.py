@@ -1,0 +1,147 @@
+"""A pipeline result as a GitHub Actions job summary: best params, test metrics, champion decision, MLflow link.
+
+`python -m stagetune.ci_summary summary.json` prints the markdown for `$GITHUB_STEP_SUMMARY`, from
+the JSON that `stagetune run --summary summary.json` wrote.
+"""
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from pydantic import ValidationError
+
+from schemas.pipeline import PipelineResult, SearchStageResult
+
+_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "loss")
+
+
+def summary_markdown(result: PipelineResult, tracking_uri: str | None = None) -> str:
+    """The job summary of one pipeline run; `tracking_uri` (default: the result's) makes the MLflow link."""
+    lines = [f"## stagetune `{result.name}`: {result.status.replace('_', ' ')}", "", _escape(result.message), ""]
+    for section in (_sanity, _test_metrics, _champion, _best_hyperparams, _searches):
+        lines += section(result)
+    lines += ["### MLflow", "", _mlflow_line(result, tracking_uri or result.tracking_uri), ""]
+    return "\n".join(lines)
+
+
+def mlflow_run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
+    """The MLflow UI address of a run on an http(s) tracking server; None for any other store."""
+    if urlsplit(tracking_uri).scheme not in ("http", "https"):
+        return None
+    base = without_credentials(tracking_uri).rstrip("/")
+    return f"{base}/#/experiments/{quote(experiment_id)}/runs/{quote(run_id)}"
+
+
+def without_credentials(uri: str) -> str:
+    """`uri` without a user name or password (job summaries are readable by everyone with repository access)."""
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    netloc = host if parts.port is None else f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+
+def _sanity(result: PipelineResult) -> list[str]:
+    if result.sanity is None or result.sanity.passed:
+        return []
+    items = [
+        f"- **{d.code}** ({d.check}): {_escape(d.message)} Next: {_escape(d.next_action)}"
+        for d in result.sanity.diagnoses
+    ]
+    return ["### Sanity gate", "", *items, ""]
+
+
+def _test_metrics(result: PipelineResult) -> list[str]:
+    if not result.test_metrics:
+        return []
+    rows = [f"| {name} | {_number(result.test_metrics[name])} |" for name in _METRICS if name in result.test_metrics]
+    return ["### Test metrics", "", "| metric | value |", "| --- | --- |", *rows, ""]
+
+
+def _champion(result: PipelineResult) -> list[str]:
+    decision = result.final.registry if result.final is not None else None
+    if decision is None:
+        return []
+    text = (
+        f"**{decision.decision.replace('_', ' ')}**: `{decision.model_name}` version {decision.version} is "
+        f"`{decision.alias}` ({decision.metric_name} {_number(decision.metric_value)}). "
+        f"Reason: {_escape(decision.reason)}"
+    )
+    return ["### Champion decision", "", text, ""]
+
+
+def _best_hyperparams(result: PipelineResult) -> list[str]:
+    if result.best_hyperparams is None:
+        return []
+    rows = [f"| {k} | `{_value(v)}` |" for k, v in result.best_hyperparams.model_dump(mode="json").items()]
+    return ["### Best hyperparameters", "", "| parameter | value |", "| --- | --- |", *rows, ""]
+
+
+def _searches(result: PipelineResult) -> list[str]:
+    stages = [s for s in (result.coarse, result.refine) if s is not None]
+    if not stages:
+        return []
+    header = [
+        "| stage | complete | pruned | failed | best trial | best objective |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    return ["### Searches", "", *header, *(_search_row(s) for s in stages), ""]
+
+
+def _mlflow_line(result: PipelineResult, tracking_uri: str) -> str:
+    run, experiment = result.mlflow_parent_run_id, result.mlflow_experiment_id
+    url = mlflow_run_url(tracking_uri, experiment, run)
+    if url is not None:
+        return f"[Parent run `{run}`]({url}) (experiment {experiment})"
+    store = without_credentials(tracking_uri)
+    return f"Parent run `{run}` (experiment {experiment}): `mlflow ui --backend-store-uri {store}`"
+
+
+def _search_row(stage: SearchStageResult) -> str:
+    counts = stage.counts
+    best = stage.best
+    best_number = "-" if best is None else f"#{best.number}"
+    best_value = "-" if best is None or best.value is None else f"{stage.objective} {_number(best.value)}"
+    return (
+        f"| {stage.stage} | {counts.get('COMPLETE', 0)} | {counts.get('PRUNED', 0)} | {counts.get('FAIL', 0)} "
+        f"| {best_number} | {best_value} |"
+    )
+
+
+def _value(value: object) -> str:
+    # Four significant digits are what a reader compares; the exact values are in the MLflow run.
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _number(value: float) -> str:
+    return f"{value:.4f}" if math.isfinite(value) else str(value)
+
+
+def _escape(text: str) -> str:
+    # Table pipes and HTML-ish brackets from free text must not break the summary's markdown.
+    return text.replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the job summary of the pipeline result in a `--summary` JSON file; exit 2 if it cannot be read."""
+    parser = argparse.ArgumentParser(prog="python -m stagetune.ci_summary", description=main.__doc__)
+    parser.add_argument("summary", type=Path, help="JSON written by `stagetune run --summary`")
+    parser.add_argument("--tracking-uri", help="MLflow tracking URI for the run link (default: the result's)")
+    args = parser.parse_args(argv)
+    try:
+        result = PipelineResult.model_validate_json(args.summary.read_text(encoding="utf-8"))
+    except (OSError, ValidationError) as error:
+        print(f"error in {args.summary}: not a readable pipeline result ({type(error).__name__})", file=sys.stderr)
+        return 2
+    print(summary_markdown(result, args.tracking_uri))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

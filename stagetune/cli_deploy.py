@@ -1,0 +1,55 @@
+"""`stagetune serve`: register the tuning flow as a scheduled deployment and run its flow runs.
+
+Wired into the `stagetune` command in stagetune/cli.py (`app.command()(serve)`); this module does
+not import it, so it can be imported from there at module level.
+"""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from stagetune.config_loading import load_config
+from stagetune.deploy import check_cron, require_prefect_server, serve_pipeline
+from stagetune.errors import InputError
+from stagetune.runtime import configure_process
+
+EXIT_ERROR, EXIT_INPUT = 1, 2
+
+
+def serve(
+    config: Annotated[
+        Path, typer.Argument(metavar="CONFIG", help="YAML config file: the parameters of every run of the deployment.")
+    ],
+    cron: Annotated[str, typer.Option(help='When to run, as a cron expression in UTC, e.g. "0 3 * * 1".')],
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", "-s", help="Override a setting: dotted.key=value (repeatable).")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Deployment name; default: the config's name.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect logs and tracebacks.")] = False,
+) -> None:
+    """Serve CONFIG as the deployment stagetune/NAME on a cron schedule (needs PREFECT_API_URL).
+
+    The config is validated first; runs go to the MLflow/S3/Optuna targets of this process's
+    environment. It serves until stopped (Ctrl-C or SIGTERM).
+    """
+    console = Console(stderr=True, soft_wrap=True)
+    configure_process(verbose)
+    try:
+        settings = load_config(config, overrides or [])
+        check_cron(cron)
+        require_prefect_server()
+        serve_pipeline(settings, cron, name)
+    except InputError as error:
+        console.print(f"[red]error[/red] in [bold]{error.field}[/bold]: {error.message}", highlight=False)
+        raise typer.Exit(EXIT_INPUT) from None
+    except Exception as error:
+        if verbose:
+            console.print_exception()
+        else:
+            console.print(
+                f"[red]failed[/red]: {type(error).__name__}: {error}\n(run again with --verbose for the traceback)",
+                highlight=False,
+            )
+        raise typer.Exit(EXIT_ERROR) from None
