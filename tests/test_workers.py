@@ -45,7 +45,7 @@ def test_two_workers_and_the_pipeline_share_an_exact_budget(tmp_path: Path, post
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
     ]
     args = [f"execution.workdir={tmp_path}", *overrides]
-    command = [sys.executable, "-m", "stagetune", "worker", "--study", "shared", "--wait", "120"]
+    command = [sys.executable, "-m", "stagetune", "worker", "--study", "shared", "--wait", "120", "--verbose"]
     for override in (*TINY_OVERRIDES, *args):
         command += ["--set", override]
     env = subprocess_env(tmp_path)
@@ -60,7 +60,7 @@ def test_two_workers_and_the_pipeline_share_an_exact_budget(tmp_path: Path, post
     finally:
         for w in workers:
             w.kill()
-    assert [w.returncode for w in workers] == [0, 0], outputs
+    assert [w.returncode for w in workers] == [0, 0], [err[-3000:] for _, err in outputs]
     assert result.status == "completed"
 
     for stage, budget in (("coarse", 12), ("refine", 6)):

@@ -10,6 +10,7 @@ from optuna.pruners import BasePruner, HyperbandPruner, MedianPruner, NopPruner
 from optuna.samplers import BaseSampler, GPSampler, QMCSampler, RandomSampler, TPESampler
 
 from schemas.config import PipelineConfig
+from stagetune.search.budget import budget_lock
 from stagetune.settings import load_settings
 
 SamplerKind = Literal["random", "qmc", "tpe", "gp"]
@@ -62,7 +63,10 @@ def make_pruner(kind: PrunerKind, max_epochs: int) -> BasePruner:
 def rdb_storage(url: str) -> optuna.storages.RDBStorage:
     """One storage (one connection pool) per URL per process: a URL string passed to Optuna builds a
     new engine every time, and a polling worker would exhaust the database's connections."""
-    return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    # Creating the schema of a fresh database from several processes at once races (duplicate
+    # type/table errors): the first process creates it under a lock, the others then find it.
+    with budget_lock(url, "stagetune-storage-schema"):
+        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
 
 
 def open_study(

@@ -30,7 +30,8 @@ def history_figure(trials: Sequence[TrialRecord], objective: str, minimize: bool
         axes.step(numbers, best(np.array(values, dtype=float)), where="post", color="black", label="best so far")
     axes.set(xlabel="trial", ylabel=objective, title="optimisation history")
     axes.grid(alpha=0.3)
-    axes.legend()
+    if axes.get_legend_handles_labels()[0]:  # a stage with no trials has nothing to label
+        axes.legend()
     return figure
 
 
