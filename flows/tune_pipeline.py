@@ -1,5 +1,6 @@
 """The stagetune flow: sample & rebalance -> sanity gate -> coarse search -> narrowing -> refinement -> final."""
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -113,4 +114,4 @@ def _best_trial(refine: SearchStageResult, coarse: SearchStageResult) -> Any:
 def _share_cpu_threads(config: PipelineConfig) -> None:
     # Concurrent CPU trials each using every core slow each other down: split the cores between them.
     if config.execution.concurrency > 1 and not torch.cuda.is_available():
-        torch.set_num_threads(max(1, (torch.get_num_threads() or 1) // config.execution.concurrency))
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.execution.concurrency))

@@ -3,6 +3,8 @@
 import math
 from pathlib import Path
 
+import torch
+
 from schemas.config import PipelineConfig
 from schemas.final import FinalResult
 from schemas.hyperparams import HyperParams
@@ -55,6 +57,7 @@ def final_stage(
         feed = make_train_loader(
             arrays.X_train, arrays.y_train, hp, sample.num_classes, config.seed, config.sample.oversample_ratio
         )
+        torch.manual_seed(config.seed)  # dropout masks come from the global generator
         reporter.stage_started(
             "final", f"up to {final.max_epochs} epochs on {len(arrays.y_train)} rows", total=final.max_epochs
         )
