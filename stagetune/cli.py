@@ -8,9 +8,8 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import typer
 import yaml
@@ -19,14 +18,12 @@ from rich.console import Console
 from schemas.config import PipelineConfig
 from schemas.pipeline import PipelineResult
 from stagetune.cli_deploy import serve
+from stagetune.cli_errors import EXIT_OK, EXIT_SANITY, guarded
 from stagetune.cli_report import compare, report
 from stagetune.cli_stack import stack_app
 from stagetune.config_loading import load_config
 from stagetune.errors import InputError
 from stagetune.runtime import configure_process
-
-EXIT_OK, EXIT_ERROR, EXIT_INPUT, EXIT_SANITY = 0, 1, 2, 3
-T = TypeVar("T")
 
 app = typer.Typer(
     add_completion=False,
@@ -52,10 +49,10 @@ def run(
     """Run the pipeline on CONFIG and record everything in MLflow."""
     console = Console(stderr=True, soft_wrap=True)
     configure_process(verbose)
-    settings = _guarded(console, verbose, lambda: load_config(config, overrides or []))
+    settings = guarded(console, lambda: load_config(config, overrides or []), verbose)
     if summary is not None:
-        _guarded(console, verbose, lambda: _check_writable(summary))
-    result = _guarded(console, verbose, lambda: _run_flow(settings, console))
+        guarded(console, lambda: _check_writable(summary), verbose)
+    result = guarded(console, lambda: _run_flow(settings, console), verbose)
     if summary is not None:
         write_json_atomically(summary, result.model_dump_json(indent=2))
     _print_result(console, result)
@@ -75,7 +72,7 @@ def worker(
     """Run trials of a running pipeline's shared studies (same CONFIG, shared Optuna storage)."""
     console = Console(stderr=True, soft_wrap=True)
     configure_process(verbose)
-    settings = _guarded(console, verbose, lambda: load_config(config, overrides or []))
+    settings = guarded(console, lambda: load_config(config, overrides or []), verbose)
 
     def work() -> int:
         from stagetune.progress import RichReporter, use
@@ -85,7 +82,7 @@ def worker(
             summary = run_worker(settings, study, wait_seconds=wait)
         return sum(len(records) for records in summary.trials.values())
 
-    ran = _guarded(console, verbose, work)
+    ran = guarded(console, work, verbose)
     Console(file=sys.stdout, soft_wrap=True).print(f"worker done: {ran} trial(s) run for study {study!r}")
 
 
@@ -97,7 +94,7 @@ def validate(
 ) -> None:
     """Check CONFIG (and overrides) without running anything."""
     console = Console(stderr=True, soft_wrap=True)
-    settings = _guarded(console, False, lambda: load_config(config, overrides or []))
+    settings = guarded(console, lambda: load_config(config, overrides or []))
     if show:
         typer.echo(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False))
     console.print(f"[green]valid[/green]: {config or 'embedded defaults'}")
@@ -129,27 +126,6 @@ def _run_flow(settings: PipelineConfig, console: Console) -> PipelineResult:
     flow = tune_pipeline.with_options(task_runner=make_task_runner(settings.execution))
     with RichReporter(console) as reporter, use(reporter):
         return flow(settings)
-
-
-def _guarded(console: Console, verbose: bool, action: Callable[[], T]) -> T:
-    """Run `action`; turn known failures into a message and an exit code."""
-    try:
-        return action()
-    except InputError as error:
-        console.print(f"[red]error[/red] in [bold]{error.field}[/bold]: {error.message}", highlight=False)
-        raise typer.Exit(EXIT_INPUT) from None
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/yellow]")
-        raise typer.Exit(130) from None
-    except Exception as error:
-        if verbose:
-            console.print_exception()
-        else:
-            console.print(
-                f"[red]failed[/red]: {type(error).__name__}: {error}\n(run again with --verbose for the traceback)",
-                highlight=False,
-            )
-        raise typer.Exit(EXIT_ERROR) from None
 
 
 def _check_writable(path: Path) -> None:

@@ -10,12 +10,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from stagetune.cli_errors import guarded
 from stagetune.config_loading import load_config
 from stagetune.deploy import check_cron, require_prefect_server, serve_pipeline
-from stagetune.errors import InputError
 from stagetune.runtime import configure_process
-
-EXIT_ERROR, EXIT_INPUT = 1, 2
 
 
 def serve(
@@ -36,20 +34,11 @@ def serve(
     """
     console = Console(stderr=True, soft_wrap=True)
     configure_process(verbose)
-    try:
+
+    def start() -> None:
         settings = load_config(config, overrides or [])
         check_cron(cron)
         require_prefect_server()
         serve_pipeline(settings, cron, name)
-    except InputError as error:
-        console.print(f"[red]error[/red] in [bold]{error.field}[/bold]: {error.message}", highlight=False)
-        raise typer.Exit(EXIT_INPUT) from None
-    except Exception as error:
-        if verbose:
-            console.print_exception()
-        else:
-            console.print(
-                f"[red]failed[/red]: {type(error).__name__}: {error}\n(run again with --verbose for the traceback)",
-                highlight=False,
-            )
-        raise typer.Exit(EXIT_ERROR) from None
+
+    guarded(console, start, verbose)

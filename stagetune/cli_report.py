@@ -6,21 +6,19 @@ unknown run, no tracking store), 1 anything else. MLflow is imported when a comm
 """
 
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from stagetune.errors import InputError
+from stagetune.cli_errors import guarded
 from stagetune.runtime import configure_process
 
 if TYPE_CHECKING:
     from stagetune.report.compare import Comparison
 
-T = TypeVar("T")
 TrackingOpt = Annotated[
     str | None,
     typer.Option(
@@ -44,7 +42,7 @@ def report(
     quiet_artifact_downloads()
     console = Console(stderr=True, soft_wrap=True, highlight=False)
     folder = out or Path(f"report-{run_id}")
-    files = _guarded(console, lambda: write_run_report(run_id, folder, tracking_uri, log))
+    files = guarded(console, lambda: write_run_report(run_id, folder, tracking_uri, log))
     stdout = Console(file=sys.stdout, soft_wrap=True, highlight=False)
     stdout.print(f"report: {files.html}\nmarkdown: {files.markdown}\nnumbers: {files.summary}")
     if log:
@@ -64,7 +62,7 @@ def compare(
     quiet_artifact_downloads()
     console = Console(stderr=True, soft_wrap=True, highlight=False)
     folder = out or Path(f"compare-{run_a[:8]}-{run_b[:8]}")
-    comparison, path = _guarded(console, lambda: write_comparison(run_a, run_b, folder, tracking_uri))
+    comparison, path = guarded(console, lambda: write_comparison(run_a, run_b, folder, tracking_uri))
     print_comparison(Console(file=sys.stdout, soft_wrap=True, highlight=False), comparison)
     console.print(f"written: {path}")
 
@@ -90,15 +88,3 @@ def print_comparison(console: Console, comparison: "Comparison") -> None:
         console.print(table)
     for line in comparison.verdict:
         console.print(line)
-
-
-def _guarded(console: Console, action: Callable[[], T]) -> T:
-    """Run `action`; bad input exits 2 with one paragraph, anything else exits 1."""
-    try:
-        return action()
-    except InputError as error:
-        console.print(f"[red]error[/red] in [bold]{error.field}[/bold]: {error.message}")
-        raise typer.Exit(InputError.exit_code) from None
-    except Exception as error:
-        console.print(f"[red]failed[/red]: {type(error).__name__}: {error}")
-        raise typer.Exit(1) from None

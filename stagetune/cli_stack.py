@@ -4,20 +4,18 @@ Thin commands over `stagetune.stack`. Status lines go to stderr; `up` prints onl
 `export STAGETUNE_SETTINGS_FILE=...` line on stdout, so `eval "$(stagetune stack up)"` works.
 """
 
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
-from stagetune.errors import InputError
+from stagetune.cli_errors import EXIT_ERROR, guarded
 from stagetune.stack import ServiceStatus, StackError, StackOptions, resolve_paths, stack_down, stack_status, stack_up
 from stagetune.stack.credentials import CredentialsError
 
-EXIT_ERROR, EXIT_INPUT = 1, 2
-T = TypeVar("T")
+# Failures of the stack itself (or its state folder): reported without a traceback.
+STACK_ERRORS = (StackError, CredentialsError, OSError)
 
 stack_app = typer.Typer(
     add_completion=False,
@@ -70,7 +68,9 @@ def up(
         bucket=bucket,
         timeout_s=timeout,
     )
-    info = _guarded(console, lambda: stack_up(resolve_paths(state_dir), options))
+    info = guarded(
+        console, lambda: stack_up(resolve_paths(state_dir), options), expected=(StackError, CredentialsError, OSError)
+    )
     for service in info.services:
         took = f"started in {service.seconds:.1f} s" if service.seconds is not None else "already running"
         console.print(f"{service.service:8} {service.url}  PID {service.pid}  {took}", markup=False)
@@ -85,7 +85,9 @@ def down(
 ) -> None:
     """Stop every process the stack started (by PID); data and credentials stay."""
     console = Console(stderr=True, soft_wrap=True, highlight=False)
-    stopped = _guarded(console, lambda: stack_down(resolve_paths(state_dir), timeout))
+    stopped = guarded(
+        console, lambda: stack_down(resolve_paths(state_dir), timeout), expected=(StackError, CredentialsError, OSError)
+    )
     for service in stopped:
         console.print(f"{service.service:8} PID {service.pid}  {service.state}", markup=False)
     if not stopped:
@@ -96,7 +98,9 @@ def down(
 def status(state_dir: StateDirOpt = None) -> None:
     """Each service: PID, port, health. Exit code 1 when a recorded service is not healthy."""
     console = Console(soft_wrap=True, highlight=False)
-    services = _guarded(console, lambda: stack_status(resolve_paths(state_dir)))
+    services = guarded(
+        console, lambda: stack_status(resolve_paths(state_dir)), expected=(StackError, CredentialsError, OSError)
+    )
     for service in services:
         console.print(_status_line(service), markup=False)
     if any(s.state not in ("healthy", "stopped") for s in services):
@@ -108,17 +112,3 @@ def _status_line(service: ServiceStatus) -> str:
         return f"{service.service:8} stopped"
     extra = "; ".join(f"{k}: {v}" for k, v in service.details.items())
     return f"{service.service:8} {service.state:9} PID {service.pid:<7} port {service.port}  {service.url}  {extra}"
-
-
-def _guarded(console: Console, action: Callable[[], T]) -> T:
-    try:
-        return action()
-    except InputError as error:
-        console.print(f"[red]error[/red] in [bold]{escape(error.field)}[/bold]: {escape(error.message)}")
-        raise typer.Exit(EXIT_INPUT) from None
-    except (StackError, CredentialsError) as error:
-        console.print(f"[red]failed[/red]: {escape(str(error))}")
-        raise typer.Exit(EXIT_ERROR) from None
-    except OSError as error:  # e.g. the state folder cannot be written
-        console.print(f"[red]failed[/red]: {type(error).__name__}: {escape(str(error))}")
-        raise typer.Exit(EXIT_ERROR) from None
