@@ -1,5 +1,7 @@
 """The ask/tell loop of a search stage: trials run as Prefect tasks, up to `concurrency` at once."""
 
+import time
+
 import optuna
 from prefect.futures import PrefectFuture, as_completed
 
@@ -9,19 +11,40 @@ from schemas.search import TrialRecord
 from stagetune import progress
 from stagetune.stages import search_stage
 from stagetune.stages.search_stage import SearchPlan
-from stagetune.stages.shared_study import wait_until_finished
 from tasks.search import train_trial
+
+POLL_SECONDS = 1.0
 
 
 def run_search(plan: SearchPlan, concurrency: int) -> SearchStageResult:
     """Ask the study for trials, run up to `concurrency` at once as tasks, tell it each outcome.
 
     The study's budget is shared with any `stagetune worker` processes on the same storage: exactly
-    `plan.n_trials` trials are created between them, never more.
+    `plan.n_trials` trials are created between them, never more. A trial whose process died (this
+    pipeline's earlier attempt, or a worker) is marked FAIL and retried with the same parameters.
     """
     reporter = progress.current()
     reporter.stage_started(plan.stage, f"{plan.sampler}, {plan.context.epochs} epochs", total=plan.n_trials)
     pending: dict[PrefectFuture[TrialRecord], optuna.Trial] = {}
+    try:
+        _ask_and_tell(plan, concurrency, pending)
+    except BaseException:
+        # Stop keeping the trials in flight alive: a later attempt finds them dead and retries them.
+        search_stage.abandon(plan, list(pending.values()))
+        raise
+    result = search_stage.finish(plan)
+    best = result.best
+    summary = f"{result.counts['COMPLETE']} complete, {result.counts['PRUNED']} pruned, {result.counts['FAIL']} failed"
+    if best is not None:
+        summary += f"; best #{best.number} {plan.context.config.search.objective}={_value(best)}"
+    reporter.stage_finished(plan.stage, summary)
+    return result
+
+
+def _ask_and_tell(
+    plan: SearchPlan, concurrency: int, pending: dict[PrefectFuture[TrialRecord], optuna.Trial]
+) -> None:
+    reporter = progress.current()
     exhausted = False
     while True:
         while not exhausted and len(pending) < concurrency:
@@ -34,20 +57,19 @@ def run_search(plan: SearchPlan, concurrency: int) -> SearchStageResult:
             with trial_resources(plan.context.config.execution):  # Dask: one trial per GPU, when asked
                 pending[train_trial.submit(plan.context, trial.number, hp, params, report)] = trial
         if not pending:
-            break
+            # Nothing of ours in flight: done, unless another process still runs trials, or one of
+            # them died and its trial was put back for a retry (then ask again).
+            if not search_stage.others_running(plan):
+                return
+            time.sleep(POLL_SECONDS)
+            exhausted = False
+            continue
         future = next(as_completed(list(pending)))
-        trial = pending.pop(future)
+        trial = pending[future]
         record = future.result()
         search_stage.tell(plan, trial, record)
+        del pending[future]
         reporter.stage_advanced(plan.stage, f"#{record.number} {record.state.lower()} {_value(record)}")
-    wait_until_finished(plan.study)  # trials that `stagetune worker` processes are still running
-    result = search_stage.finish(plan)
-    best = result.best
-    summary = f"{result.counts['COMPLETE']} complete, {result.counts['PRUNED']} pruned, {result.counts['FAIL']} failed"
-    if best is not None:
-        summary += f"; best #{best.number} {plan.context.config.search.objective}={_value(best)}"
-    reporter.stage_finished(plan.stage, summary)
-    return result
 
 
 def _value(record: TrialRecord) -> str:

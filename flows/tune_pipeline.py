@@ -1,19 +1,25 @@
 """The stagetune flow: sample & rebalance -> sanity gate -> coarse search -> narrowing -> refinement -> final."""
 
 import os
-from pathlib import Path
-from typing import Any
+import shutil
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import torch
 from prefect import flow
 from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel
 
+from flows.attempts import open_attempt, record_attempt
 from flows.runners import require_configured_runner
 from flows.search import run_search
 from schemas.config import PipelineConfig
+from schemas.final import FinalResult
 from schemas.pipeline import PipelineResult, RegisteredModel, SearchStageResult
-from schemas.results import SampleResult
-from stagetune.stages.pipeline_run import new_run_dir
+from schemas.results import SampleResult, SanityResult
+from stagetune import progress
+from stagetune.errors import InputError
+from stagetune.run_store import PipelineRun
 from stagetune.tracking.run_tree import RunTree, end_run, now_ms
 from tasks.report import publish_tuning_report
 from tasks.sample import record_sample, sample_data
@@ -23,36 +29,70 @@ from tasks.tracking import close_tracking, open_tracking
 
 # Threads for trial tasks; the search loop itself keeps at most `execution.concurrency` in flight.
 TRIAL_THREADS: ThreadPoolTaskRunner[Any] = ThreadPoolTaskRunner(max_workers=64)
+M = TypeVar("M", bound=BaseModel)
 
 
 # Prefect's TaskRunner generic is invariant in its future type, so its own thread runner needs the ignore.
 @flow(name="stagetune", flow_run_name="{config.name}", task_runner=TRIAL_THREADS)  # type: ignore[arg-type]
-def tune_pipeline(config: PipelineConfig) -> PipelineResult:
+def tune_pipeline(config: PipelineConfig, resume: str | None = None, new: bool = False) -> PipelineResult:
     """Run the five stages in order and return every stage's result.
 
-    The data are loaded and validated before anything is written to MLflow, so bad data leaves no
-    run behind. A failed sanity gate stops the run (status `sanity_failed`) before any search; any
-    exception ends the parent MLflow run as FAILED before it propagates.
+    Continues an unfinished run of the same config (or the run named by `resume`; `new` always starts
+    a fresh one): stages whose results are stored are not run again, the searches continue their
+    Optuna studies, and the MLflow parent run is reused. The data are loaded and validated before
+    anything is written to MLflow, so bad data leaves no run behind. A failed sanity gate stops the
+    run (status `sanity_failed`) before any search; any exception ends the parent MLflow run as
+    FAILED (the run stays resumable) before it propagates.
     """
     require_configured_runner(config.execution)
-    run_dir = new_run_dir(config)
-    started = now_ms()
-    sample = sample_data(config, run_dir)
-    sample_ended = now_ms()
-    tree = open_tracking(config, run_dir)
+    run, sample = open_attempt(config, resume, new)
     try:
-        record_sample(tree, sample, started, sample_ended)
-        result = _stages(config, sample, tree, run_dir)
+        return _attempt(config, run, sample)
+    except InputError:
+        if not run.state.stages_done and run.state.parent_run_id is None:
+            shutil.rmtree(run.dir, ignore_errors=True)  # bad input: nothing to resume, nothing left behind
+        else:
+            run.update(status="failed", message="invalid input")
+        raise
+    except BaseException as error:
+        run.update(status="failed", message=f"{type(error).__name__}: {error}"[:2000])
+        raise
+    finally:
+        run.release()
+
+
+def _attempt(config: PipelineConfig, run: PipelineRun, sample: SampleResult | None) -> PipelineResult:
+    record_attempt(run)
+    if run.resumed:
+        done = ", ".join(run.state.stages_done) or "none"
+        _announce(f"resuming {run.dir.name} (attempt {run.state.attempts}; stages done: {done})")
+    else:
+        _announce(f"new run {run.dir.name} in {run.dir.parent} (if stopped: stagetune run --resume {run.dir.name})")
+    started = now_ms()
+    fresh_sample = sample is None
+    if sample is None:
+        sample = sample_data(config, run.dir)
+    else:
+        _restored("sample", run)
+    sample_ended = now_ms()
+    tree = open_tracking(config, run)
+    try:
+        if fresh_sample:
+            record_sample(tree, sample, started, sample_ended)
+            run.save("sample", sample)
+        result = _stages(config, sample, tree, run)
     except BaseException:
         end_run(tree.client, tree.parent_run_id, "FAILED")
         raise
     close_tracking(tree, result, "FINISHED" if result.status == "completed" else "FAILED")
+    run.save("pipeline", result)
     if config.tracking.report:
         publish_tuning_report(result, tree)
+    run.update(status=result.status, message=result.message[:2000])
     return result
 
 
-def _stages(config: PipelineConfig, sample: SampleResult, tree: RunTree, run_dir: Path) -> PipelineResult:
+def _stages(config: PipelineConfig, sample: SampleResult, tree: RunTree, run: PipelineRun) -> PipelineResult:
     base: dict[str, Any] = {
         "name": config.name,
         "mlflow_parent_run_id": tree.parent_run_id,
@@ -60,17 +100,30 @@ def _stages(config: PipelineConfig, sample: SampleResult, tree: RunTree, run_dir
         "tracking_uri": tree.tracking_uri,
         "sample": sample,
     }
-    sanity = sanity_check(config, sample, tree) if config.sanity.enabled else None
+    sanity = None
+    if config.sanity.enabled:
+        sanity = _stage(run, "sanity", SanityResult, lambda: sanity_check(config, sample, tree))
     stages = ["sample", "sanity"] if sanity is not None else ["sample"]
     if sanity is not None and not sanity.passed:
         message = "The sanity gate failed: " + " ".join(d.message for d in sanity.diagnoses)
         return PipelineResult(**base, status="sanity_failed", message=message, stages_completed=stages, sanity=sanity)
 
     _share_cpu_threads(config)
-    coarse = run_search(open_coarse(config, sample, sanity, tree, run_dir.name), config.execution.concurrency)
+    concurrency, run_name = config.execution.concurrency, run.dir.name
+    coarse = _stage(
+        run,
+        "coarse",
+        SearchStageResult,
+        lambda: run_search(open_coarse(config, sample, sanity, tree, run_name), concurrency),
+    )
     stages.append("coarse")
-    narrowed = narrow_space(config, coarse)
-    refine = run_search(open_refine(config, sample, tree, run_dir.name, narrowed, coarse), config.execution.concurrency)
+    narrowed = narrow_space(config, coarse)  # a pure function of the coarse result: recomputed on resume
+    refine = _stage(
+        run,
+        "refine",
+        SearchStageResult,
+        lambda: run_search(open_refine(config, sample, tree, run_name, narrowed, coarse), concurrency),
+    )
     stages.append("refine")
     best = _best_trial(refine, coarse)
     common = {**base, "sanity": sanity, "coarse": coarse, "refine": refine}
@@ -79,7 +132,7 @@ def _stages(config: PipelineConfig, sample: SampleResult, tree: RunTree, run_dir
         message = "No coarse or refinement trial completed: see the trials' fail reasons and diagnoses in MLflow."
         return PipelineResult(**common, status="search_failed", message=message, stages_completed=stages)
 
-    final = train_final(config, sample, best.hyperparams, tree, run_dir)
+    final = _stage(run, "final", FinalResult, lambda: train_final(config, sample, best.hyperparams, tree, run.dir))
     stages.append("final")
     decision = final.registry
     registered = None
@@ -104,6 +157,29 @@ def _stages(config: PipelineConfig, sample: SampleResult, tree: RunTree, run_dir
         registered_model=registered,
         final=final,
     )
+
+
+def _stage(run: PipelineRun, stage: str, model: type[M], compute: Callable[[], M]) -> M:
+    """The stage's stored result when an earlier attempt finished it, else computed now and stored."""
+    stored = run.load(stage, model)
+    if stored is not None:
+        _restored(stage, run)
+        return stored
+    result = compute()
+    run.save(stage, result)
+    return result
+
+
+def _announce(text: str) -> None:
+    reporter = progress.current()
+    reporter.stage_started("run", text)
+    reporter.stage_finished("run", text)
+
+
+def _restored(stage: str, run: PipelineRun) -> None:
+    reporter = progress.current()
+    reporter.stage_started(stage, "stored result")
+    reporter.stage_finished(stage, f"done in an earlier attempt of run {run.dir.name}: not run again")
 
 
 def _best_trial(refine: SearchStageResult, coarse: SearchStageResult) -> Any:

@@ -1,7 +1,9 @@
 """The one config object: every setting of a pipeline run, validated once at the edge."""
 
 import re
+from collections.abc import Collection
 from typing import Literal, Self
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
@@ -56,6 +58,12 @@ class DataConfig(StrictModel):
             if name not in BUILTIN_DATASETS:
                 raise ValueError(f"unknown builtin dataset {name!r}: use one of {', '.join(BUILTIN_DATASETS)}")
             return value
+        if re.search(r"://[^/@\s]*:[^/@\s]*@", value):
+            # data.source is logged as an MLflow param; S3 keys come from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY.
+            raise ValueError(
+                "holds a password: give the URI without credentials and put them in the environment "
+                "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for s3://)"
+            )
         if not re.search(r"\.(csv|parquet|pq)(\.gz)?$", value, flags=re.IGNORECASE):
             raise ValueError(f"{value!r} is neither builtin:<name> nor a .csv/.parquet path or s3:// URI")
         return value
@@ -144,6 +152,74 @@ def _refuse_credentials(value: str | None, variable: str) -> str | None:
     return value
 
 
+TRACKING_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "postgresql+psycopg", "mysql", "databricks")
+STORAGE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "postgresql+psycopg2", "mysql", "mysql+pymysql")
+
+
+def redact_url(value: str) -> str:
+    """`value` with the password of a scheme://user:password@host URL in it replaced by ***."""
+    try:
+        password = urlsplit(value).password
+    except ValueError:
+        password = None
+    if password:
+        value = value.replace(f":{password}@", ":***@", 1)
+    return re.sub(r"(://[^/@:\s]*:)[^/@\s]+@", r"\1***@", value)
+
+
+def url_problem(value: str, schemes: Collection[str]) -> str | None:
+    """Why `value` is not a usable URL with one of `schemes` (None when it is): checked before anything
+    connects, so a typo fails at the start instead of after the data stage or deep inside a client."""
+    if not value.strip():
+        return "it is empty"
+    if re.search(r"\s", redact_url(value)):  # a password may hold spaces, the rest of a URL may not
+        return "it contains whitespace"
+    try:
+        parsed = urlsplit(value)
+        port = parsed.port
+    except ValueError as error:  # a port that is not a number in 0..65535, or a malformed IPv6 host
+        return "its port is not a number in 1..65535" if "port" in str(error).lower() else f"it does not parse: {error}"
+    scheme = parsed.scheme.lower()
+    if scheme not in schemes:
+        return f"its scheme {scheme!r} is not one of {', '.join(schemes)}" if scheme else "it has no scheme://"
+    if scheme in ("http", "https") and (not parsed.hostname or port == 0):
+        return "it names no host"
+    if scheme == "sqlite" and not (value.startswith("sqlite:///") and len(value) > len("sqlite:///")):
+        return "a SQLite URL is sqlite:/// (three slashes) followed by the file path"
+    if scheme == "file" and not parsed.path:
+        return "it names no folder"
+    if scheme.startswith(("postgresql", "mysql")) and not (parsed.netloc or parsed.path or parsed.query):
+        return "it names no database"
+    return None
+
+
+def tracking_uri_problem(value: str) -> str | None:
+    """A sentence on what is wrong with an MLflow tracking URI, or None."""
+    problem = None if value == "databricks" else url_problem(value, TRACKING_SCHEMES)
+    if problem is None:
+        return None
+    return f"{redact_url(value)!r} is not a tracking URI, {problem}: use http(s)://host:port or sqlite:///path.db"
+
+
+def storage_url_problem(value: str) -> str | None:
+    """A sentence on what is wrong with an Optuna storage URL, or None."""
+    problem = url_problem(value, STORAGE_SCHEMES)
+    if problem is None:
+        return None
+    return (
+        f"{redact_url(value)!r} is not an Optuna storage URL, {problem}: "
+        "use sqlite:///path.db or postgresql+psycopg://user@host/db"
+    )
+
+
+def endpoint_url_problem(value: str) -> str | None:
+    """A sentence on what is wrong with an S3 endpoint URL, or None."""
+    problem = url_problem(value, ("http", "https"))
+    if problem is None:
+        return None
+    return f"{redact_url(value)!r} is not an S3 endpoint, {problem}: use http(s)://host:port"
+
+
 class SearchConfig(StrictModel):
     """What the searches optimise and where Optuna keeps its studies."""
 
@@ -160,10 +236,41 @@ class SearchConfig(StrictModel):
         "can join them); None: a fresh name per run.",
     )
 
+    heartbeat_seconds: int = Field(
+        default=10,
+        ge=1,
+        le=3600,
+        description="Every running trial's process records a heartbeat this often in the study's storage.",
+    )
+    stale_after_seconds: int = Field(
+        default=60,
+        ge=2,
+        le=86_400,
+        description="A running trial without a heartbeat for this long is marked FAIL (its process died) and "
+        "retried with the same parameters. Must exceed heartbeat_seconds.",
+    )
+    max_retries: int = Field(
+        default=2, ge=0, le=100, description="Retries of a trial whose process died (a diverged trial is not retried)."
+    )
+
+    @model_validator(mode="after")
+    def _check_heartbeat(self) -> Self:
+        if self.stale_after_seconds <= self.heartbeat_seconds:
+            raise ValueError(
+                f"search.stale_after_seconds ({self.stale_after_seconds}) must exceed search.heartbeat_seconds "
+                f"({self.heartbeat_seconds}), or live trials would be taken for dead ones: raise it to at least "
+                f"{2 * self.heartbeat_seconds}"
+            )
+        return self
+
     @field_validator("storage")
     @classmethod
     def _check_storage(cls, value: str | None) -> str | None:
-        return _refuse_credentials(value, "STAGETUNE_OPTUNA_STORAGE")
+        _refuse_credentials(value, "STAGETUNE_OPTUNA_STORAGE")
+        problem = None if value is None else storage_url_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @property
     def direction(self) -> Literal["minimize", "maximize"]:
@@ -223,11 +330,22 @@ class TrackingConfig(StrictModel):
     registered_model: str | None = Field(default=None, description="Model Registry name; None: the config's name.")
     trial_plots: bool = Field(default=True, description="Log a learning-curve PNG for every trial.")
     report: bool = Field(default=True, description="Write the tuning report at the end of every run.")
+    io_retry_seconds: float = Field(
+        default=180.0,
+        ge=0,
+        le=3600,
+        description="How long an MLflow/S3 call (metrics, params, artifacts) is retried with exponential backoff "
+        "before the failure counts; covers a tracking server or object store that is briefly unreachable.",
+    )
 
     @field_validator("uri")
     @classmethod
     def _check_uri(cls, value: str | None) -> str | None:
-        return _refuse_credentials(value, "MLFLOW_TRACKING_URI")
+        _refuse_credentials(value, "MLFLOW_TRACKING_URI")
+        problem = None if value is None else tracking_uri_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
 
 class ExecutionConfig(StrictModel):

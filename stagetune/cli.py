@@ -21,8 +21,9 @@ from stagetune.cli_deploy import serve
 from stagetune.cli_errors import EXIT_OK, EXIT_SANITY, guarded
 from stagetune.cli_report import compare, report
 from stagetune.cli_stack import stack_app
-from stagetune.config_loading import load_config
+from stagetune.config_loading import check_environment, load_config, validate_config
 from stagetune.errors import InputError
+from stagetune.run_store import find_run, saved_config
 from stagetune.runtime import configure_process
 
 app = typer.Typer(
@@ -44,15 +45,30 @@ def run(
     config: ConfigArg = None,
     overrides: SetOpt = None,
     summary: Annotated[Path | None, typer.Option(help="Write the pipeline result as JSON to this path.")] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(
+            help="Continue this run (its folder name under <workdir>/runs, its path, or its MLflow parent run id); "
+            "without CONFIG and --set, with the config it was started with.",
+            show_default=False,
+        ),
+    ] = None,
+    new: Annotated[
+        bool, typer.Option("--new", help="Start a new run even if an unfinished run of this config exists.")
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect logs and tracebacks.")] = False,
 ) -> None:
-    """Run the pipeline on CONFIG and record everything in MLflow."""
+    """Run the pipeline on CONFIG and record everything in MLflow.
+
+    An unfinished run of the same config (killed, or stopped by an error) is continued where it
+    stopped, unless --new is given.
+    """
     console = Console(stderr=True, soft_wrap=True)
     configure_process(verbose)
-    settings = guarded(console, lambda: load_config(config, overrides or []), verbose)
+    settings = guarded(console, lambda: _run_config(config, overrides or [], resume, new), verbose)
     if summary is not None:
         guarded(console, lambda: _check_writable(summary), verbose)
-    result = guarded(console, lambda: _run_flow(settings, console), verbose)
+    result = guarded(console, lambda: _run_flow(settings, console, resume=resume, new=new), verbose)
     if summary is not None:
         write_json_atomically(summary, result.model_dump_json(indent=2))
     _print_result(console, result)
@@ -117,7 +133,20 @@ def main() -> None:
     app()
 
 
-def _run_flow(settings: PipelineConfig, console: Console) -> PipelineResult:
+def _run_config(config: Path | None, overrides: list[str], resume: str | None, new: bool) -> PipelineConfig:
+    if resume is not None and new:
+        raise InputError("--new", "--new starts a fresh run and --resume continues one: give only one of them")
+    if resume is None or config is not None or overrides:
+        return load_config(config, overrides)
+    # `--resume RUN` alone: the config the run was started with (found under the default workdir or by path).
+    settings = validate_config(saved_config(find_run(load_config(None, []), resume)))
+    check_environment(settings)
+    return settings
+
+
+def _run_flow(
+    settings: PipelineConfig, console: Console, resume: str | None = None, new: bool = False
+) -> PipelineResult:
     # Imported here: Prefect reads its settings at import, after configure_process set them.
     from flows.runners import make_task_runner
     from flows.tune_pipeline import tune_pipeline
@@ -125,7 +154,7 @@ def _run_flow(settings: PipelineConfig, console: Console) -> PipelineResult:
 
     flow = tune_pipeline.with_options(task_runner=make_task_runner(settings.execution))
     with RichReporter(console) as reporter, use(reporter):
-        return flow(settings)
+        return flow(settings, resume=resume, new=new)
 
 
 def _check_writable(path: Path) -> None:

@@ -20,7 +20,8 @@ from schemas.search import TrialRecord
 from stagetune import progress
 from stagetune.data.stage import run_sample_stage
 from stagetune.errors import InputError
-from stagetune.search.study import make_pruner, make_sampler, rdb_storage, storage_url
+from stagetune.search.liveness import Liveness
+from stagetune.search.study import liveness_of, make_pruner, make_sampler, rdb_storage, storage_url
 from stagetune.stages import search_stage
 from stagetune.stages.search_stage import SearchPlan, trial_data
 from stagetune.stages.shared_study import read_plan
@@ -51,7 +52,7 @@ def run_worker(
     summary = WorkerSummary()
     reporter = progress.current()
     for stage in STAGES:
-        loaded = _wait_for_study(f"{study}-{stage}", storage, wait_seconds, poll_seconds)
+        loaded = _wait_for_study(f"{study}-{stage}", storage, liveness_of(config), wait_seconds, poll_seconds)
         if loaded is None:
             break
         optuna_study, shared = loaded
@@ -82,17 +83,25 @@ def _worker_plan(
     tree = RunTree(shared.tracking_uri, shared.experiment_id, shared.parent_run_id)
     context = TrialContext(config, tree, shared.stage, shared.stage_run_id, study.study_name, shared.epochs, data)
     return SearchPlan(
-        shared.stage, study, shared.space, shared.n_trials, context, shared.sampler, shared.pruner, storage
+        shared.stage,
+        study,
+        shared.space,
+        shared.n_trials,
+        context,
+        shared.sampler,
+        shared.pruner,
+        storage,
+        liveness_of(config),
     )
 
 
 def _wait_for_study(
-    name: str, storage: str, wait_seconds: float, poll_seconds: float
+    name: str, storage: str, liveness: Liveness, wait_seconds: float, poll_seconds: float
 ) -> tuple[optuna.Study, SharedStudyPlan] | None:
     deadline = time.monotonic() + wait_seconds
     while True:
         try:
-            study = optuna.load_study(study_name=name, storage=rdb_storage(storage))
+            study = optuna.load_study(study_name=name, storage=rdb_storage(storage, liveness))
         except KeyError:  # not created yet
             study = None
         shared = read_plan(study) if study is not None else None
@@ -100,7 +109,9 @@ def _wait_for_study(
             # Each worker samples with its own seed: identical seeds would propose identical points.
             sampler = make_sampler(shared.sampler, seed=os.getpid())  # type: ignore[arg-type]
             pruner = make_pruner(shared.pruner, shared.epochs)  # type: ignore[arg-type]
-            loaded = optuna.load_study(study_name=name, storage=rdb_storage(storage), sampler=sampler, pruner=pruner)
+            loaded = optuna.load_study(
+                study_name=name, storage=rdb_storage(storage, liveness), sampler=sampler, pruner=pruner
+            )
             return loaded, shared
         if time.monotonic() >= deadline:
             return None

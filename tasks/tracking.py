@@ -1,21 +1,21 @@
 """Prefect task wrappers of the pipeline's parent MLflow run."""
 
-from pathlib import Path
-
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from schemas.config import PipelineConfig
 from schemas.pipeline import PipelineResult
+from stagetune.run_store import PipelineRun
 from stagetune.stages.pipeline_run import close_pipeline_run, open_pipeline_run
 from stagetune.tracking.run_tree import RunEnd, RunTree
 
 
-# Not retried: a retry after a partial failure would create a second parent run.
+# Not retried by Prefect: the MLflow calls inside retry on their own, and a retry after a partial
+# failure would create a second parent run.
 @task(name="open-mlflow-run", cache_policy=NO_CACHE)
-def open_tracking(config: PipelineConfig, run_dir: Path) -> RunTree:
-    """Create the parent MLflow run of this pipeline run."""
-    return open_pipeline_run(config, run_dir)
+def open_tracking(config: PipelineConfig, run: PipelineRun) -> RunTree:
+    """Create the parent MLflow run of this pipeline run, or reopen a resumed run's."""
+    return open_pipeline_run(config, run)
 
 
 @task(name="close-mlflow-run", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 5, 15])

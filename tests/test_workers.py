@@ -13,7 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flows.tune_pipeline import tune_pipeline
-from stagetune.stages.search_stage import WORKER_ID
+from stagetune.stages.shared_study import WORKER_ID
 from tests.conftest import REPO, TINY_OVERRIDES, subprocess_env, tiny_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]

@@ -8,14 +8,17 @@ counting the study's trials in storage: no process can overshoot, and none stops
 
 import fcntl
 import hashlib
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
 import optuna
 import sqlalchemy
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
+
+from stagetune.search.liveness import keeper_for, mark_owner
 
 
 @contextmanager
@@ -39,17 +42,44 @@ def budget_lock(storage: str, study_name: str) -> Iterator[None]:
 
 
 _STARTED = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+RETRY_HISTORY = "retry_history"
 
 
-def claim_trial(study: optuna.Study, storage: str, n_trials: int) -> optuna.Trial | None:
+def used_budget(trials: Sequence[FrozenTrial]) -> int:
+    """Trials that count against the budget: every started trial except those whose process died and
+    that were retried (a retry carries the numbers it replaces in its `retry_history`)."""
+    replaced = {number for trial in trials for number in trial.system_attrs.get(RETRY_HISTORY, [])}
+    return sum(trial.state in _STARTED and trial.number not in replaced for trial in trials)
+
+
+def claim_trial(
+    study: optuna.Study, storage: str, n_trials: int, heartbeat_seconds: float | None = None
+) -> optuna.Trial | None:
     """The study's next trial if fewer than `n_trials` have started (in any process), else None.
 
-    Enqueued (WAITING) trials are not counted: `ask` hands them out first, without creating one.
+    Enqueued and retried (WAITING) trials are not counted: `ask` hands them out first, without
+    creating one. With `heartbeat_seconds`, this process records the trial's first heartbeat and
+    keeps it alive until `release_trial`, all before the lock is let go: a trial is never RUNNING
+    without an owner that can be found dead.
     """
     with budget_lock(storage, study.study_name):
-        if len(study.get_trials(deepcopy=False, states=_STARTED)) >= n_trials:
+        if used_budget(study.get_trials(deepcopy=False)) >= n_trials:
             return None
-        return study.ask()
+        with warnings.catch_warnings():
+            # "Heartbeat of storage is supposed to be used with Study.optimize": here the heartbeat
+            # is recorded by this process's keeper instead.
+            warnings.simplefilter("ignore", UserWarning)
+            trial = study.ask()
+        if heartbeat_seconds is not None:
+            keeper_for(storage, study._storage, heartbeat_seconds).add(trial._trial_id)
+            mark_owner(trial)
+        return trial
+
+
+def release_trial(trial: optuna.Trial, storage: str, heartbeat_seconds: float | None) -> None:
+    """Stop the heartbeat of a trial this process has told."""
+    if heartbeat_seconds is not None:
+        keeper_for(storage, trial.study._storage, heartbeat_seconds).discard(trial._trial_id)
 
 
 @cache

@@ -11,6 +11,7 @@ from optuna.samplers import BaseSampler, GPSampler, QMCSampler, RandomSampler, T
 
 from schemas.config import PipelineConfig
 from stagetune.search.budget import budget_lock
+from stagetune.search.liveness import Liveness
 from stagetune.settings import load_settings
 
 SamplerKind = Literal["random", "qmc", "tpe", "gp"]
@@ -60,25 +61,63 @@ def make_pruner(kind: PrunerKind, max_epochs: int) -> BasePruner:
 
 
 @cache
-def rdb_storage(url: str) -> optuna.storages.RDBStorage:
+def rdb_storage(url: str, liveness: Liveness | None = None) -> optuna.storages.RDBStorage:
     """One storage (one connection pool) per URL per process: a URL string passed to Optuna builds a
-    new engine every time, and a polling worker would exhaust the database's connections."""
+    new engine every time, and a polling worker would exhaust the database's connections.
+
+    With `liveness`, the storage knows the heartbeat interval and grace period, so stale trials can
+    be found (`stagetune.search.dead_trials`).
+    """
+    interval = None if liveness is None else liveness.heartbeat_seconds
+    grace = None if liveness is None else liveness.stale_after_seconds
     # Creating the schema of a fresh database from several processes at once races (duplicate
     # type/table errors): the first process creates it under a lock, the others then find it.
-    with budget_lock(url, "stagetune-storage-schema"):
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    with budget_lock(url, "stagetune-storage-schema"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=_engine_kwargs(url), heartbeat_interval=interval, grace_period=grace
+        )
+
+
+def _engine_kwargs(url: str) -> dict[str, object]:
+    if url.startswith("sqlite"):
+        # Trials, heartbeats and the coordinator write from several threads and processes: wait for
+        # SQLite's write lock (up to a minute on a loaded machine) instead of failing at 5 s.
+        return {"pool_pre_ping": True, "connect_args": {"timeout": 60}}
+    return {"pool_pre_ping": True}
+
+
+def liveness_of(config: PipelineConfig) -> Liveness:
+    """The config's heartbeat settings."""
+    search = config.search
+    return Liveness(search.heartbeat_seconds, search.stale_after_seconds, search.max_retries)
 
 
 def open_study(
-    name: str, storage: str, direction: Literal["minimize", "maximize"], sampler: BaseSampler, pruner: BasePruner
+    name: str,
+    storage: str,
+    direction: Literal["minimize", "maximize"],
+    sampler: BaseSampler,
+    pruner: BasePruner,
+    liveness: Liveness | None = None,
 ) -> optuna.Study:
-    """Create the study, or load it when it exists (same name and storage)."""
+    """Create the study, or load it when it exists (same name and storage): a restarted pipeline
+    continues its studies where they stopped."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.create_study(
         study_name=name,
-        storage=rdb_storage(storage),
+        storage=rdb_storage(storage, liveness),
         direction=direction,
         sampler=sampler,
         pruner=pruner,
         load_if_exists=True,
     )
+
+
+def study_exists(storage: str, name: str) -> bool:
+    """Whether the storage holds a study of that name."""
+    try:
+        rdb_storage(storage).get_study_id_from_name(name)
+    except KeyError:
+        return False
+    return True

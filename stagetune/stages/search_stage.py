@@ -8,14 +8,12 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Literal
 
 import numpy as np
 import optuna
 from optuna.pruners import BasePruner
 from optuna.samplers import RandomSampler
-from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
 from schemas.config import PipelineConfig
@@ -27,10 +25,19 @@ from schemas.search_space import FloatParam, SearchSpace
 from stagetune.data.sampling import stratified_subsample
 from stagetune.data.stage import load_stage_arrays
 from stagetune.diagnosis import summarise_diagnoses
-from stagetune.search.budget import claim_trial
+from stagetune.search.budget import claim_trial, release_trial
+from stagetune.search.dead_trials import fail_dead_trials
+from stagetune.search.liveness import Liveness
 from stagetune.search.space import optuna_params, space_violations, suggest_hyperparams
-from stagetune.search.study import make_pruner, make_sampler, open_study, storage_url
-from stagetune.stages.shared_study import RECORD_ATTR, WORKER_ID, publish_plan, study_records
+from stagetune.search.study import liveness_of, make_pruner, make_sampler, open_study, rdb_storage, storage_url
+from stagetune.stages.shared_study import (
+    RECORD_ATTR,
+    close_killed_trial_runs,
+    close_orphan_trial_runs,
+    publish_plan,
+    resumed_stage_run,
+    study_records,
+)
 from stagetune.stages.trial import TrialContext, TrialData
 from stagetune.tracking.run_tree import RunTree, end_run, log_metrics, log_model_json, log_params, log_tags
 from stagetune.tracking.study_plots import history_figure, importances_figure, parallel_coordinates_figure
@@ -50,6 +57,7 @@ class SearchPlan:
     sampler: str
     pruner: str
     storage: str
+    liveness: Liveness = field(default_factory=Liveness)
     enqueued: list[int] = field(default_factory=list)
     records: list[TrialRecord] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
@@ -65,7 +73,9 @@ def start_coarse(
     data = trial_data(sample, config.coarse.train_fraction, config.seed, full=False)
     sampler = make_sampler(config.coarse.sampler, config.seed)
     name = f"{config.search.study_name or run_name}-coarse"
-    study = open_study(name, storage_url(config), config.search.direction, sampler, make_pruner("none", 1))
+    study = open_study(
+        name, storage_url(config), config.search.direction, sampler, make_pruner("none", 1), liveness_of(config)
+    )
     plan = _plan(config, tree, "coarse", study, space, config.coarse.n_trials, config.coarse.epochs, data, "none")
     publish_plan(plan, sample, config.coarse.train_fraction, False, config.coarse.sampler)
     return plan
@@ -86,7 +96,7 @@ def start_refine(
     sampler = make_sampler(config.refine.sampler, config.seed + 1, n_startup_trials=startup)
     pruner = make_pruner(config.refine.pruner, config.refine.epochs)
     name = f"{config.search.study_name or run_name}-refine"
-    study = open_study(name, storage_url(config), config.search.direction, sampler, pruner)
+    study = open_study(name, storage_url(config), config.search.direction, sampler, pruner, liveness_of(config))
     plan = _plan(
         config, tree, "refine", study, space, config.refine.n_trials, config.refine.epochs, data, config.refine.pruner
     )
@@ -107,10 +117,10 @@ def ask(plan: SearchPlan) -> tuple[optuna.Trial, HyperParams, dict[str, object]]
     """The next trial and its typed hyperparameters (enqueued points first); None once the study's
     budget is used up, counting every process's trials."""
     config = plan.context.config
-    trial = claim_trial(plan.study, plan.storage, plan.n_trials)
+    fail_dead(plan)
+    trial = claim_trial(plan.study, plan.storage, plan.n_trials, plan.liveness.heartbeat_seconds)
     if trial is None:
         return None
-    trial.set_user_attr("worker", WORKER_ID)
     hp = suggest_hyperparams(trial, plan.space, config.model.baseline, family=config.model.family)
     return trial, hp, dict(trial.params)
 
@@ -125,7 +135,30 @@ def tell(plan: SearchPlan, trial: optuna.Trial, record: TrialRecord) -> None:
     else:
         trial.set_user_attr("fail_reason", record.fail_reason or "unknown")
         plan.study.tell(trial, state=TrialState.FAIL)
+    release_trial(trial, plan.storage, plan.liveness.heartbeat_seconds)
     plan.records.append(record)
+
+
+def abandon(plan: SearchPlan, trials: list[optuna.Trial]) -> None:
+    """Stop the heartbeats of trials this process will not tell (the search stopped on an error)."""
+    for trial in trials:
+        release_trial(trial, plan.storage, plan.liveness.heartbeat_seconds)
+
+
+def fail_dead(plan: SearchPlan) -> list[int]:
+    """Mark the trials of dead processes FAIL (their retries enqueued) and close their MLflow runs
+    as KILLED; return their numbers."""
+    killed = fail_dead_trials(plan.study, plan.storage, plan.liveness)
+    if killed:
+        close_killed_trial_runs(plan.study, killed)
+    return [trial.number for trial in killed]
+
+
+def others_running(plan: SearchPlan) -> bool:
+    """Whether any trial of the study is still running or waiting to run, after failing dead ones."""
+    fail_dead(plan)
+    states = (TrialState.RUNNING, TrialState.WAITING)
+    return bool(plan.study.get_trials(deepcopy=False, states=states))
 
 
 def pruning_reporter(trial: optuna.Trial, storage: str) -> "PruningReporter":
@@ -162,7 +195,7 @@ class PruningReporter:
         return {**self.__dict__, "_trial": None}
 
     def _load_trial(self) -> optuna.Trial:
-        storage = _rdb_storage(self.storage)
+        storage = rdb_storage(self.storage)
         # The sampler is never asked here; a random one avoids building the stage's sampler per trial.
         study = optuna.load_study(
             study_name=self.study_name, storage=storage, sampler=RandomSampler(), pruner=self.pruner
@@ -172,11 +205,6 @@ class PruningReporter:
         )
         self._trial = optuna.Trial(study, trial_id)
         return self._trial
-
-
-@cache
-def _rdb_storage(url: str) -> RDBStorage:
-    return RDBStorage(url)
 
 
 def finish(plan: SearchPlan) -> SearchStageResult:
@@ -213,6 +241,7 @@ def finish(plan: SearchPlan) -> SearchStageResult:
     log_tags(client, run_id, {"stagetune.diagnosis_summary": result.diagnosis.message[:5000]})
     log_model_json(client, run_id, result, f"results/{plan.stage}.json")
     _log_study_plots(plan, records)
+    close_orphan_trial_runs(plan.context.tree, run_id)
     end_run(client, run_id, "FINISHED")
     return result
 
@@ -263,17 +292,16 @@ def _plan(
     data: TrialData,
     pruner: str,
 ) -> SearchPlan:
-    run_id = tree.start_stage(stage)
     sampler = type(study.sampler).__name__
-    log_params(
-        tree.client,
-        run_id,
-        {"study": study.study_name, "sampler": sampler, "pruner": pruner, "n_trials": n_trials, "epochs": epochs},
-    )
-    log_params(tree.client, run_id, {"objective": config.search.objective, "train_rows": len(data.y_train)})
-    log_tags(tree.client, run_id, {"stagetune.study": study.study_name})
+    run_id = resumed_stage_run(study, tree)
+    if run_id is None:
+        run_id = tree.start_stage(stage)
+        params = {"study": study.study_name, "sampler": sampler, "pruner": pruner, "n_trials": n_trials}
+        log_params(tree.client, run_id, {**params, "epochs": epochs, "objective": config.search.objective})
+        log_params(tree.client, run_id, {"train_rows": len(data.y_train)})
+        log_tags(tree.client, run_id, {"stagetune.study": study.study_name})
     context = TrialContext(config, tree, stage, run_id, study.study_name, epochs, data)
-    return SearchPlan(stage, study, space, n_trials, context, sampler, pruner, storage_url(config))
+    return SearchPlan(stage, study, space, n_trials, context, sampler, pruner, storage_url(config), liveness_of(config))
 
 
 def _log_study_plots(plan: SearchPlan, records: list[TrialRecord]) -> None:

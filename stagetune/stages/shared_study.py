@@ -5,25 +5,28 @@ MLflow run ids); every process that runs a trial stores the trial's `TrialRecord
 result is then read back from the study, whoever ran each trial.
 """
 
-import os
-import socket
-import time
 from typing import TYPE_CHECKING
 
 import optuna
-from optuna.trial import TrialState
+from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from optuna.trial import FrozenTrial, TrialState
 
 from schemas.pipeline import SharedStudyPlan
 from schemas.results import SampleResult
 from schemas.search import TrialRecord
+from stagetune.errors import InputError
+from stagetune.search.dead_trials import KILLED_REASON
+from stagetune.search.liveness import worker_id
 from stagetune.search.space import hyperparams_from_params
+from stagetune.tracking.run_tree import TRIAL_TAG, RunTree, end_run, log_tags
 
 if TYPE_CHECKING:
     from stagetune.stages.search_stage import SearchPlan
 
 PLAN_ATTR = "stagetune_plan"
 RECORD_ATTR = "stagetune_record"
-WORKER_ID = f"{socket.gethostname()}-{os.getpid()}"
+WORKER_ID = worker_id()
 
 
 def publish_plan(plan: "SearchPlan", sample: SampleResult, fraction: float, full: bool, sampler: str) -> None:
@@ -55,10 +58,52 @@ def read_plan(study: optuna.Study) -> SharedStudyPlan | None:
     return None if data is None else SharedStudyPlan.model_validate(data)
 
 
-def wait_until_finished(study: optuna.Study, poll_seconds: float = 1.0) -> None:
-    """Block while any trial of the study (another process's too) is still running."""
-    while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        time.sleep(poll_seconds)
+def resumed_stage_run(study: optuna.Study, tree: RunTree) -> str | None:
+    """The stage run a previous attempt of this pipeline run opened for `study` (reopened as RUNNING), or
+    None when the study is new. A study published by another pipeline run is refused."""
+    shared = read_plan(study)
+    if shared is None:
+        return None
+    if shared.parent_run_id != tree.parent_run_id:
+        raise InputError(
+            "search.study_name",
+            f"study {study.study_name!r} belongs to another pipeline run (MLflow run {shared.parent_run_id}): "
+            "resume that run (stagetune run --resume), or pick a new search.study_name",
+        )
+    client = tree.client
+    if client.get_run(shared.stage_run_id).info.status != "RUNNING":
+        client.update_run(shared.stage_run_id, status="RUNNING")
+    return shared.stage_run_id
+
+
+def close_killed_trial_runs(study: optuna.Study, killed: list[FrozenTrial]) -> None:
+    """End the MLflow runs of trials whose process died as KILLED (they would stay RUNNING forever)."""
+    shared = read_plan(study)
+    if shared is None:
+        return
+    client = RunTree(shared.tracking_uri, shared.experiment_id, shared.parent_run_id).client
+    for trial in killed:
+        query = (
+            f"tags.`stagetune.study` = '{study.study_name}' and tags.`{TRIAL_TAG}` = '{trial.number}' "
+            "and attributes.status = 'RUNNING'"
+        )
+        for run in client.search_runs([shared.experiment_id], filter_string=query):
+            _end_killed(client, run.info.run_id, f"{KILLED_REASON} (Optuna trial {trial.number} marked FAIL)")
+
+
+def close_orphan_trial_runs(tree: RunTree, stage_run_id: str) -> int:
+    """End as KILLED every trial run of a finished stage still RUNNING (its process died unnoticed)."""
+    client = tree.client
+    query = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{stage_run_id}' and attributes.status = 'RUNNING'"
+    runs = client.search_runs([tree.experiment_id], filter_string=query)
+    for run in runs:
+        _end_killed(client, run.info.run_id, f"{KILLED_REASON}: found running when the stage ended")
+    return len(runs)
+
+
+def _end_killed(client: MlflowClient, run_id: str, reason: str) -> None:
+    log_tags(client, run_id, {"stagetune.state": "KILLED", "stagetune.reason": reason})
+    end_run(client, run_id, "KILLED")
 
 
 def study_records(plan: "SearchPlan") -> list[TrialRecord]:
@@ -70,15 +115,18 @@ def study_records(plan: "SearchPlan") -> list[TrialRecord]:
         if stored is not None:
             records.append(TrialRecord.model_validate(stored))
             continue
-        # Told without a record: the process running it stopped before recording (e.g. killed).
-        hp = hyperparams_from_params(trial.params, plan.space, config.model.baseline, config.model.family)
+        # No record: the process running it stopped before recording (killed); a retry, if any, follows.
+        try:
+            hp = hyperparams_from_params(trial.params, plan.space, config.model.baseline, config.model.family)
+        except ValueError:
+            continue  # killed while its parameters were being chosen: it never trained (still FAIL in Optuna)
         records.append(
             TrialRecord(
                 number=trial.number,
                 state="FAIL" if trial.state == TrialState.FAIL else "RUNNING",
                 hyperparams=hp,
                 params=dict(trial.params),
-                fail_reason=str(trial.user_attrs.get("fail_reason", "no result recorded: its process stopped")),
+                fail_reason=str(trial.user_attrs.get("fail_reason", KILLED_REASON)),
             )
         )
     return sorted(records, key=lambda r: r.number)

@@ -1,0 +1,250 @@
+"""Kill `stagetune run` with SIGKILL at random points of every stage, re-run the same command, check
+that nothing was lost or done twice. Used by tests/test_kill_resume.py (a few kills) and on its own:
+
+    .venv/bin/python -m tests.kill_resume --kills 12 --seed 1     # prints a table, exit 1 on a violation
+
+Each attempt runs the real CLI in its own process group (killing the group is what a crashed machine
+does to the run), against one Prefect API shared by the attempts.
+"""
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from stagetune.runtime import configure_process
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ("sample", "sanity", "coarse", "refine", "final")
+BUDGET = {"coarse": 6, "refine": 6}
+CONFIG = {
+    "name": "killed",
+    "sample": {"max_rows": 300},
+    "sanity": {
+        "overfit_samples": 60,
+        "overfit_batch_size": 30,
+        "overfit_max_steps": 300,
+        "lr_range_steps": 30,
+        "baseline_epochs": 2,
+    },
+    "coarse": {"n_trials": BUDGET["coarse"], "epochs": 2},
+    "refine": {"n_trials": BUDGET["refine"], "epochs": 3, "narrowing": {"top_k": 2}, "warm_start": 2},
+    "final": {"max_epochs": 4},
+    "search": {"heartbeat_seconds": 1, "stale_after_seconds": 5},
+    "tracking": {"report": False},
+    "execution": {"device": "cpu"},
+}
+TrialKey = tuple[str, int]
+TrialFacts = tuple[str, dict[str, Any], float | None]
+
+
+@dataclass
+class Campaign:
+    """What happened: where each kill landed and what the finished trials were at that moment."""
+
+    kills: list[str] = field(default_factory=list)
+    attempts: int = 0
+    snapshots: list[dict[TrialKey, TrialFacts]] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+    retried_trials: int = 0
+    seconds: float = 0.0
+
+
+def run_campaign(workdir: Path, kills: int, seed: int, env: dict[str, str], timeout: float = 600) -> Campaign:
+    """Kill the run `kills` times (cycling through the stages, random moment within each), then let it
+    finish; return what happened, with every violated guarantee listed in `violations`."""
+    rng = random.Random(seed)
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_path = workdir / "killed.yaml"
+    config_path.write_text(yaml.safe_dump({**CONFIG, "execution": {**CONFIG["execution"], "workdir": str(workdir)}}))
+    campaign = Campaign()
+    started = time.monotonic()
+    targets = [STAGES[i % len(STAGES)] for i in range(kills)]
+    while True:
+        campaign.attempts += 1
+        with _attempt(config_path, workdir, env, workdir / f"attempt-{campaign.attempts}.log") as process:
+            target = targets[len(campaign.kills)] if len(campaign.kills) < len(targets) else None
+            if target is not None and _wait_inside(target, workdir, process, rng, time.monotonic() + timeout):
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+                campaign.kills.append(_stage_now(workdir) or "start-up")
+                campaign.snapshots.append(_finished_trials(workdir))
+                continue
+            code = process.wait(timeout=timeout)
+            if code != 0:
+                output = (workdir / f"attempt-{campaign.attempts}.log").read_text(errors="replace")
+                campaign.violations.append(f"attempt {campaign.attempts} exited {code}: {output[-2000:]}")
+            break
+    campaign.seconds = time.monotonic() - started
+    _check(workdir, campaign)
+    return campaign
+
+
+@contextmanager
+def _attempt(config_path: Path, workdir: Path, env: dict[str, str], log: Path) -> Iterator["subprocess.Popen[str]"]:
+    command = [str(Path(sys.executable).with_name("stagetune")), "run", str(config_path)]
+    if os.environ.get("KILL_RESUME_VERBOSE"):
+        command.append("--verbose")
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            command, cwd=workdir, env=env, stdout=output, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def _wait_inside(
+    stage: str, workdir: Path, process: "subprocess.Popen[str]", rng: random.Random, deadline: float
+) -> bool:
+    """Wait until the run is inside `stage` (for a search: after a random number of its trials), then a
+    random moment more; False when the process ended first."""
+    finished_before = rng.randint(0, BUDGET.get(stage, 1) - 1)
+    while time.monotonic() < deadline and process.poll() is None:
+        if _stage_now(workdir) == stage and _n_finished(workdir, stage) >= finished_before:
+            time.sleep(rng.uniform(0.0, 0.8))
+            return process.poll() is None
+        time.sleep(0.05)
+    return False
+
+
+def _run_dir(workdir: Path) -> Path | None:
+    runs = sorted((workdir / "runs").glob("killed-*"))
+    return runs[-1] if runs else None
+
+
+def _state(workdir: Path) -> dict[str, Any] | None:
+    run_dir = _run_dir(workdir)
+    try:
+        return json.loads((run_dir / "state.json").read_text()) if run_dir else None
+    except (OSError, ValueError):
+        return None
+
+
+def _stage_now(workdir: Path) -> str | None:
+    """The first stage whose result is not stored yet (None before the run folder exists)."""
+    state = _state(workdir)
+    if state is None:
+        return None
+    return next((stage for stage in STAGES if stage not in state["stages_done"]), "report")
+
+
+def _storage(workdir: Path) -> str:
+    return f"sqlite:///{workdir / 'optuna.db'}"
+
+
+def _studies(workdir: Path) -> dict[str, optuna.Study]:
+    run_dir = _run_dir(workdir)
+    studies: dict[str, optuna.Study] = {}
+    if run_dir is None or not (workdir / "optuna.db").exists():
+        return studies
+    for stage in BUDGET:
+        with suppress(KeyError):
+            studies[stage] = optuna.load_study(study_name=f"{run_dir.name}-{stage}", storage=_storage(workdir))
+    return studies
+
+
+def _n_finished(workdir: Path, stage: str) -> int:
+    if stage not in BUDGET:
+        return 0
+    study = _studies(workdir).get(stage)
+    return 0 if study is None else sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+
+
+def _finished_trials(workdir: Path) -> dict[TrialKey, TrialFacts]:
+    facts: dict[TrialKey, TrialFacts] = {}
+    for stage, study in _studies(workdir).items():
+        for trial in study.get_trials(deepcopy=False):
+            if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+                facts[(stage, trial.number)] = (trial.state.name, dict(trial.params), trial.value)
+    return facts
+
+
+def _check(workdir: Path, campaign: Campaign) -> None:
+    problems = campaign.violations
+    state = _state(workdir)
+    runs = list((workdir / "runs").glob("killed-*"))
+    if len(runs) != 1 or state is None:
+        problems.append(f"expected one run folder, found {len(runs)}")
+        return
+    if state["status"] != "completed" or state["stages_done"] != [*STAGES, "pipeline"]:
+        problems.append(f"run state {state['status']} with stages {state['stages_done']}")
+    for stage, study in _studies(workdir).items():
+        trials = study.get_trials(deepcopy=False)
+        done = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+        if done != BUDGET[stage]:
+            problems.append(f"{stage}: {done} COMPLETE+PRUNED trials for a budget of {BUDGET[stage]}")
+        left = [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+        if left:
+            problems.append(f"{stage}: trials {left} left RUNNING/WAITING")
+        campaign.retried_trials += sum("retry_of" in t.user_attrs for t in trials)
+    final = _finished_trials(workdir)
+    for number, snapshot in enumerate(campaign.snapshots, start=1):
+        changed = [key for key, facts in snapshot.items() if final.get(key) != facts]
+        if changed:
+            problems.append(f"after kill {number}: finished trials {changed} changed or disappeared")
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("stagetune")
+    if experiment is None:
+        problems.append("no MLflow experiment")
+        return
+    all_runs = client.search_runs([experiment.experiment_id], max_results=5000)
+    running = [r.info.run_name for r in all_runs if r.info.status == "RUNNING"]
+    if running:
+        problems.append(f"MLflow runs left RUNNING: {running}")
+    parents = [r for r in all_runs if "mlflow.parentRunId" not in r.data.tags]
+    if len(parents) != 1 or parents[0].info.run_id != state["parent_run_id"]:
+        problems.append(f"{len(parents)} parent runs (one expected, reused by every attempt)")
+    stage_runs = [r for r in all_runs if parents and r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    for stage in STAGES:
+        finished = [
+            r for r in stage_runs if r.data.tags.get("stagetune.stage") == stage and r.info.status == "FINISHED"
+        ]
+        if len(finished) != 1:
+            problems.append(f"{len(finished)} FINISHED {stage} stage runs (one expected)")
+
+
+def main() -> int:
+    """Run a kill campaign and print where the kills landed and whether every guarantee held."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kills", type=int, default=12)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workdir", type=Path, default=Path("kill-resume-runs"))
+    args = parser.parse_args()
+    configure_process()
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+        campaign = run_campaign(args.workdir.resolve() / f"seed-{args.seed}", args.kills, args.seed, env)
+    print(f"{'kill':>4}  stage at kill")
+    for number, stage in enumerate(campaign.kills, start=1):
+        print(f"{number:>4}  {stage}")
+    print(
+        f"kills survived: {len(campaign.kills)}, attempts: {campaign.attempts}, trials retried after a kill: "
+        f"{campaign.retried_trials}, wall time: {campaign.seconds:.0f} s"
+    )
+    print("violations: " + ("none" if not campaign.violations else "\n  " + "\n  ".join(campaign.violations)))
+    return 1 if campaign.violations else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""A pipeline run that stopped continues where it stopped: stored stages are not run again, the studies
+continue (a trial left running is failed and retried), the MLflow parent run is reused."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from flows.tune_pipeline import tune_pipeline
+from stagetune.errors import InputError
+from stagetune.run_store import config_fingerprint, open_run
+from stagetune.stages import search_stage
+from tests.conftest import tiny_config
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
+STAGES = ("sample", "sanity", "coarse", "refine", "final")
+
+
+def _state(run_dir: Path) -> dict[str, Any]:
+    state: dict[str, Any] = json.loads((run_dir / "state.json").read_text())
+    return state
+
+
+def _finished_trials(storage: str, study: str) -> dict[int, tuple[str, dict[str, Any], float | None]]:
+    trials = optuna.load_study(study_name=study, storage=storage).get_trials()
+    return {t.number: (t.state.name, t.params, t.value) for t in trials if t.state.is_finished()}
+
+
+def test_a_run_that_crashed_mid_refinement_resumes_without_redoing_finished_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tiny_config(tmp_path, "refine.n_trials=5")
+    real_tell = search_stage.tell
+    told = {"refine": 0}
+
+    def crash_on_third_refine_trial(plan: search_stage.SearchPlan, trial: optuna.Trial, record: Any) -> None:
+        if plan.stage == "refine":
+            told["refine"] += 1
+            if told["refine"] == 3:
+                raise RuntimeError("simulated crash while telling a refinement trial")
+        real_tell(plan, trial, record)
+
+    monkeypatch.setattr(search_stage, "tell", crash_on_third_refine_trial)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        tune_pipeline(config)
+    monkeypatch.undo()
+
+    [run_dir] = list((tmp_path / "runs").iterdir())
+    first = _state(run_dir)
+    assert first["status"] == "failed"
+    assert first["stages_done"] == ["sample", "sanity", "coarse"]
+    coarse_before = (run_dir / "results" / "coarse.json").read_text()
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    refine_study = f"{run_dir.name}-refine"
+    before = _finished_trials(storage, refine_study)
+    assert len(before) == 2  # two refinement trials were told before the crash
+    crashed = optuna.load_study(study_name=refine_study, storage=storage).get_trials(states=(TrialState.RUNNING,))
+    assert len(crashed) == 1
+
+    result = tune_pipeline(config)  # the same call again: continues the same run
+
+    assert result.status == "completed"
+    assert list((tmp_path / "runs").iterdir()) == [run_dir]
+    second = _state(run_dir)
+    assert (second["status"], second["attempts"], second["stages_done"][-1]) == ("completed", 2, "pipeline")
+    assert second["parent_run_id"] == first["parent_run_id"] == result.mlflow_parent_run_id
+    assert (run_dir / "results" / "coarse.json").read_text() == coarse_before  # not run again
+
+    after = optuna.load_study(study_name=refine_study, storage=storage).get_trials()
+    assert {n: v for n, v in _finished_trials(storage, refine_study).items() if n in before} == before
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in after) == 5  # the budget, exactly
+    assert not [t for t in after if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    killed = next(t for t in after if t.number == crashed[0].number)
+    assert killed.state == TrialState.FAIL
+    [retry] = [t for t in after if t.user_attrs.get("retry_of") == killed.number]
+    assert retry.params == killed.params
+    assert retry.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    assert result.refine is not None
+    assert next(r for r in result.refine.trials if r.number == killed.number).fail_reason.startswith("killed")
+
+    client = MlflowClient(result.tracking_uri)
+    runs = client.search_runs([result.mlflow_experiment_id], max_results=1000)
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+    stage_runs = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == result.mlflow_parent_run_id]
+    for stage in STAGES:
+        finished = [r for r in stage_runs if r.data.tags["stagetune.stage"] == stage and r.info.status == "FINISHED"]
+        assert len(finished) == 1, stage
+    assert len([r for r in runs if "mlflow.parentRunId" not in r.data.tags]) == 1  # one parent, reused
+
+
+def test_a_finished_run_is_not_resumed_and_new_forces_a_fresh_run(tmp_path: Path) -> None:
+    config = tiny_config(
+        tmp_path,
+        "sanity.enabled=false",
+        "coarse.n_trials=2",
+        "refine.n_trials=0",
+        "refine.warm_start=0",
+        "refine.narrowing.top_k=1",
+        "refine.narrowing.min_completed=1",
+    )
+    first = tune_pipeline(config)
+    second = tune_pipeline(config)
+    assert first.mlflow_parent_run_id != second.mlflow_parent_run_id
+    assert len(list((tmp_path / "runs").iterdir())) == 2
+    with pytest.raises(InputError, match="already ended"):
+        tune_pipeline(config, resume=sorted((tmp_path / "runs").iterdir())[0].name)
+
+
+def test_resume_refuses_other_settings_and_auto_resume_skips_them(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path)
+    run = open_run(config)
+    run.release()  # an unfinished run (as if killed right after it started)
+    other = tiny_config(tmp_path, "coarse.epochs=3")
+    with pytest.raises(InputError, match="coarse.epochs") as error:
+        open_run(other, resume=run.dir.name)
+    assert error.value.field == "--resume"
+    fresh = open_run(other)
+    fresh.release()
+    assert fresh.dir != run.dir and not fresh.resumed
+    again = open_run(tiny_config(tmp_path, "execution.concurrency=2"))  # execution settings may differ
+    again.release()
+    assert again.dir == run.dir and again.resumed and again.state.attempts == 2
+
+
+def test_a_run_being_run_by_another_process_is_not_taken(tmp_path: Path) -> None:
+    config = tiny_config(tmp_path)
+    held = open_run(config)
+    try:
+        with pytest.raises(InputError, match="another process"):
+            open_run(config, resume=held.dir.name)
+        other = open_run(config)
+        other.release()
+        assert other.dir != held.dir
+    finally:
+        held.release()
+
+
+def test_the_fingerprint_ignores_execution_and_tracking_niceties(tmp_path: Path) -> None:
+    base = config_fingerprint(tiny_config(tmp_path))
+    assert config_fingerprint(tiny_config(tmp_path / "elsewhere", "execution.concurrency=4")) == base
+    assert config_fingerprint(tiny_config(tmp_path, "tracking.report=true", "search.max_retries=5")) == base
+    assert config_fingerprint(tiny_config(tmp_path, "seed=1")) != base
+
+
+def test_cli_refuses_resume_with_new_and_an_unknown_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from stagetune.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    both = CliRunner().invoke(app, ["run", "--resume", "x", "--new"])
+    assert both.exit_code == 2
+    assert "--new" in both.output
+    unknown = CliRunner().invoke(app, ["run", "--resume", "no-such-run"])
+    assert unknown.exit_code == 2
+    assert "--resume" in unknown.output
+    assert "Traceback" not in unknown.output
+
+
+def test_cli_resume_alone_uses_the_run_s_own_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stagetune.cli import _run_config
+
+    monkeypatch.chdir(tmp_path)
+    config = tiny_config(tmp_path / "stagetune-runs", "coarse.epochs=5")
+    run = open_run(config)
+    run.release()
+    assert _run_config(None, [], run.dir.name, False) == config
