@@ -96,7 +96,7 @@ def open_run(config: PipelineConfig, resume: str | None = None, new: bool = Fals
             if state is None or state.status not in RESUMABLE or state.config_fingerprint != fingerprint:
                 continue
             run = _claim(folder.parent, explicit=False)
-            if run is not None:  # locked: another process is running it
+            if run is not None:  # None: another process is running it right now
                 return _resumed(run)
     return _create(config, fingerprint)
 

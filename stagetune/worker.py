@@ -80,7 +80,7 @@ def _worker_plan(
     config: PipelineConfig, study: optuna.Study, shared: SharedStudyPlan, storage: str, sample: SampleResult
 ) -> SearchPlan:
     data = trial_data(sample, shared.train_fraction, config.seed, full=shared.full_data)
-    tree = RunTree(shared.tracking_uri, shared.experiment_id, shared.parent_run_id)
+    tree = RunTree(shared.tracking_uri, shared.experiment_id, shared.parent_run_id, config.tracking.io_retry_seconds)
     context = TrialContext(config, tree, shared.stage, shared.stage_run_id, study.study_name, shared.epochs, data)
     return SearchPlan(
         shared.stage,

@@ -18,7 +18,8 @@ def open_tracking(config: PipelineConfig, run: PipelineRun) -> RunTree:
     return open_pipeline_run(config, run)
 
 
-@task(name="close-mlflow-run", cache_policy=NO_CACHE, retries=3, retry_delay_seconds=[1, 5, 15])
+# I/O only, so Prefect may retry it once more after the client's own retry window (tracking.io_retry_seconds).
+@task(name="close-mlflow-run", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=30)
 def close_tracking(tree: RunTree, result: PipelineResult, status: RunEnd) -> None:
     """Attach the pipeline result to the parent run and end it."""
     close_pipeline_run(tree, result, status)

@@ -12,11 +12,12 @@ import json
 import os
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import closing, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,12 +74,14 @@ def run_campaign(workdir: Path, kills: int, seed: int, env: dict[str, str], time
     config_path.write_text(yaml.safe_dump({**CONFIG, "execution": {**CONFIG["execution"], "workdir": str(workdir)}}))
     campaign = Campaign()
     started = time.monotonic()
-    targets = [STAGES[i % len(STAGES)] for i in range(kills)]
+    targets = kill_plan(kills)
     while True:
         campaign.attempts += 1
         with _attempt(config_path, workdir, env, workdir / f"attempt-{campaign.attempts}.log") as process:
             target = targets[len(campaign.kills)] if len(campaign.kills) < len(targets) else None
-            if target is not None and _wait_inside(target, workdir, process, rng, time.monotonic() + timeout):
+            state = _state(workdir)
+            began = state["attempts"] if state else 0
+            if target is not None and _wait_inside(target, began, workdir, process, rng, time.monotonic() + timeout):
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
                 campaign.kills.append(_stage_now(workdir) or "start-up")
@@ -111,14 +114,32 @@ def _attempt(config_path: Path, workdir: Path, env: dict[str, str], log: Path) -
                 process.wait()
 
 
+def kill_plan(kills: int) -> list[str]:
+    """Which stage each kill aims at, in pipeline order: the same number per stage, extra kills going to
+    the searches first (a run can be killed several times in one stage; each attempt redoes or continues it)."""
+    per_stage = dict.fromkeys(STAGES, kills // len(STAGES))
+    for stage in ("coarse", "refine", "final", "sample", "sanity")[: kills % len(STAGES)]:
+        per_stage[stage] += 1
+    return [stage for stage in STAGES for _ in range(per_stage[stage])]
+
+
 def _wait_inside(
-    stage: str, workdir: Path, process: "subprocess.Popen[str]", rng: random.Random, deadline: float
+    stage: str,
+    attempts_before: int,
+    workdir: Path,
+    process: "subprocess.Popen[str]",
+    rng: random.Random,
+    deadline: float,
 ) -> bool:
-    """Wait until the run is inside `stage` (for a search: after a random number of its trials), then a
-    random moment more; False when the process ended first."""
-    finished_before = rng.randint(0, BUDGET.get(stage, 1) - 1)
+    """Wait until this attempt has opened the run (its attempt count went up) and is inside `stage` (for
+    a search: after a random number of its trials), then a random moment more; False when the process
+    ended first."""
+    finished_now = _n_finished(workdir, stage)
+    finished_before = rng.randint(min(finished_now, BUDGET.get(stage, 1) - 1), BUDGET.get(stage, 1) - 1)
     while time.monotonic() < deadline and process.poll() is None:
-        if _stage_now(workdir) == stage and _n_finished(workdir, stage) >= finished_before:
+        state = _state(workdir)
+        opened = state is not None and state["attempts"] > attempts_before
+        if opened and _stage_now(workdir) == stage and _n_finished(workdir, stage) >= finished_before:
             time.sleep(rng.uniform(0.0, 0.8))
             return process.poll() is None
         time.sleep(0.05)
@@ -153,12 +174,24 @@ def _storage(workdir: Path) -> str:
 def _studies(workdir: Path) -> dict[str, optuna.Study]:
     run_dir = _run_dir(workdir)
     studies: dict[str, optuna.Study] = {}
-    if run_dir is None or not (workdir / "optuna.db").exists():
+    if run_dir is None or not _schema_complete(workdir / "optuna.db"):
         return studies
     for stage in BUDGET:
         with suppress(KeyError):
             studies[stage] = optuna.load_study(study_name=f"{run_dir.name}-{stage}", storage=_storage(workdir))
     return studies
+
+
+def _schema_complete(database: Path) -> bool:
+    """Whether Optuna has finished creating its tables (it stamps alembic_version last). Opening the
+    storage earlier would race the pipeline's own schema creation from this process."""
+    if not database.exists():
+        return False
+    try:
+        with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30)) as connection:
+            return bool(connection.execute("SELECT version_num FROM alembic_version").fetchall())
+    except sqlite3.Error:
+        return False
 
 
 def _n_finished(workdir: Path, stage: str) -> int:

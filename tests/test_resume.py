@@ -115,15 +115,18 @@ def test_resume_refuses_other_settings_and_auto_resume_skips_them(tmp_path: Path
     run = open_run(config)
     run.release()  # an unfinished run (as if killed right after it started)
     other = tiny_config(tmp_path, "coarse.epochs=3")
-    with pytest.raises(InputError, match="coarse.epochs") as error:
+    with pytest.raises(InputError, match=r"coarse\.epochs") as error:
         open_run(other, resume=run.dir.name)
     assert error.value.field == "--resume"
     fresh = open_run(other)
     fresh.release()
-    assert fresh.dir != run.dir and not fresh.resumed
+    assert fresh.dir != run.dir
+    assert not fresh.resumed
     again = open_run(tiny_config(tmp_path, "execution.concurrency=2"))  # execution settings may differ
     again.release()
-    assert again.dir == run.dir and again.resumed and again.state.attempts == 2
+    assert again.dir == run.dir
+    assert again.resumed
+    assert again.state.attempts == 2
 
 
 def test_a_run_being_run_by_another_process_is_not_taken(tmp_path: Path) -> None:

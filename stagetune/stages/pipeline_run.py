@@ -5,7 +5,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlflow.exceptions import MlflowException
-from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from schemas.config import PipelineConfig
@@ -13,6 +12,7 @@ from schemas.pipeline import PipelineResult
 from stagetune.errors import InputError
 from stagetune.run_store import PipelineRun
 from stagetune.settings import load_settings
+from stagetune.tracking.io_retry import RetryingClient
 from stagetune.tracking.run_tree import (
     STAGE_TAG,
     RunEnd,
@@ -54,10 +54,11 @@ def open_pipeline_run(config: PipelineConfig, run: PipelineRun) -> RunTree:
     resumed run, the one its first attempt created (reopened; interrupted stage runs closed as KILLED)."""
     target = resolve_tracking(config)
     if run.state.parent_run_id is not None:
-        return _reopen_pipeline_run(run, target)
+        return _reopen_pipeline_run(run, target, config.tracking.io_retry_seconds)
     if target.tracking_uri.startswith("sqlite:///"):
         Path(config.execution.workdir).resolve().mkdir(parents=True, exist_ok=True)
-    client = MlflowClient(tracking_uri=target.tracking_uri)
+    window = config.tracking.io_retry_seconds
+    client = RetryingClient(target.tracking_uri, retry_seconds=window)
     experiment_id = ensure_experiment(client, config.tracking.experiment, target.artifact_location)
     tags = {
         "stagetune.run_dir": str(run.dir),
@@ -66,14 +67,14 @@ def open_pipeline_run(config: PipelineConfig, run: PipelineRun) -> RunTree:
         "stagetune.python": platform.python_version(),
     }
     tree = start_parent_run(
-        target.tracking_uri, experiment_id, config.name, flatten(config.model_dump(mode="json")), tags
+        target.tracking_uri, experiment_id, config.name, flatten(config.model_dump(mode="json")), tags, window
     )
     run.update(tracking_uri=tree.tracking_uri, experiment_id=tree.experiment_id, parent_run_id=tree.parent_run_id)
     log_model_json(client, tree.parent_run_id, config, "config/pipeline_config.json")
     return tree
 
 
-def _reopen_pipeline_run(run: PipelineRun, target: TrackingTarget) -> RunTree:
+def _reopen_pipeline_run(run: PipelineRun, target: TrackingTarget, io_retry_seconds: float) -> RunTree:
     state = run.state
     assert state.parent_run_id is not None
     assert state.experiment_id is not None
@@ -83,7 +84,7 @@ def _reopen_pipeline_run(run: PipelineRun, target: TrackingTarget) -> RunTree:
             f"run {state.run} records to {state.tracking_uri}, but this attempt would record to "
             f"{target.tracking_uri}: point MLFLOW_TRACKING_URI / tracking.uri back there, or start a new run (--new)",
         )
-    tree = RunTree(target.tracking_uri, state.experiment_id, state.parent_run_id)
+    tree = RunTree(target.tracking_uri, state.experiment_id, state.parent_run_id, io_retry_seconds)
     client = tree.client
     try:
         client.get_run(state.parent_run_id)

@@ -3,6 +3,8 @@
 Everything goes through `MlflowClient` with explicit run ids: `mlflow.start_run(nested=True)` keeps
 its active-run stack per thread, so inside Prefect's worker threads it would create top-level runs.
 Metrics are sent with `log_batch` (one call per flush): per-metric calls are ~50x slower on a server.
+The tree's client retries transient failures (server or object store briefly unreachable) for up
+to `io_retry_seconds`: see `stagetune.tracking.io_retry`.
 """
 
 import json
@@ -13,11 +15,14 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from pydantic import BaseModel
 
 from schemas.results import EpochRecord
+from stagetune.tracking.io_retry import DEFAULT_RETRY_SECONDS, RetryingClient
 
 Stage = Literal["sample", "sanity", "coarse", "refine", "final"]
 RunEnd = Literal["FINISHED", "FAILED", "KILLED"]
@@ -32,16 +37,20 @@ _MAX_PARAM_LENGTH = 6000
 
 @dataclass(frozen=True)
 class RunTree:
-    """Handle on one pipeline's runs in one experiment (plain strings: safe to pass to tasks)."""
+    """Handle on one pipeline's runs in one experiment (plain values: safe to pass to tasks and Dask workers).
+
+    `io_retry_seconds`: how long `client` retries a call while the server or its store is unreachable.
+    """
 
     tracking_uri: str
     experiment_id: str
     parent_run_id: str
+    io_retry_seconds: float = DEFAULT_RETRY_SECONDS
 
     @property
-    def client(self) -> MlflowClient:
-        """A client for this tree's tracking store (cheap to create; safe to use from any thread)."""
-        return MlflowClient(tracking_uri=self.tracking_uri)
+    def client(self) -> RetryingClient:
+        """A client for this tree's store that retries brief outages (cheap to create; safe from any thread)."""
+        return RetryingClient(self.tracking_uri, retry_seconds=self.io_retry_seconds)
 
     def start_stage(self, stage: Stage, start_time_ms: int | None = None) -> str:
         """Create the nested run of one stage and return its id."""
@@ -59,16 +68,29 @@ def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | 
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return str(experiment.experiment_id)
-    return str(client.create_experiment(name, artifact_location=artifact_location))
+    try:
+        return str(client.create_experiment(name, artifact_location=artifact_location))
+    except MlflowException as error:  # created meanwhile: by another pipeline, or by a retried request
+        if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        raise MlflowException(f"experiment {name!r} exists and yet was not found (deleted meanwhile?)")
+    return str(experiment.experiment_id)
 
 
 def start_parent_run(
-    tracking_uri: str, experiment_id: str, name: str, params: Mapping[str, Any], tags: Mapping[str, str]
+    tracking_uri: str,
+    experiment_id: str,
+    name: str,
+    params: Mapping[str, Any],
+    tags: Mapping[str, str],
+    io_retry_seconds: float = DEFAULT_RETRY_SECONDS,
 ) -> RunTree:
     """Create the pipeline's parent run with its params and tags; return the tree handle."""
-    client = MlflowClient(tracking_uri=tracking_uri)
+    client = RetryingClient(tracking_uri, retry_seconds=io_retry_seconds)
     run = client.create_run(experiment_id, run_name=name, tags={PIPELINE_TAG: name, **tags})
-    tree = RunTree(tracking_uri, experiment_id, run.info.run_id)
+    tree = RunTree(tracking_uri, experiment_id, run.info.run_id, io_retry_seconds)
     log_params(client, tree.parent_run_id, params)
     return tree
 

@@ -2,16 +2,19 @@
 
 import json
 import os
+import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from stagetune.stack import ARTIFACT_PREFIX, StackInfo, s3_client
+from stagetune.stack import ARTIFACT_PREFIX, ProcessRecord, StackInfo, read_record, s3_client, stop_pid
+
+T = TypeVar("T")
 
 # The pipeline on tiny data, with few trials: a whole run takes seconds against the stack.
 SMALL = ("coarse.n_trials=3", "refine.n_trials=2", "refine.warm_start=1", "final.max_epochs=2")
@@ -66,6 +69,23 @@ def referenced_artifacts(client: MlflowClient, experiment_id: str) -> dict[str, 
         for path, size in walk_artifacts(client, run.info.run_id):
             referenced[artifact_key(run.info.artifact_uri, path)] = size
     return referenced
+
+
+def stop_service(info: StackInfo, service: str) -> ProcessRecord:
+    """Stop one service of the stack by its PID (as `stack down` would); its record stays, so `stack up` restarts it."""
+    record = read_record(info.paths, service)
+    assert record is not None, f"{service} has no PID record"
+    assert stop_pid(record.pid, timeout_s=15.0), f"{service} (PID {record.pid}) was not running"
+    return record
+
+
+def wait_for(check: Callable[[], T], timeout_s: float, what: str, poll_s: float = 0.5) -> T:
+    """Poll `check()` until it returns something truthy; fail the test after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not (found := check()):
+        assert time.monotonic() < deadline, f"no {what} after {timeout_s:.0f} s"
+        time.sleep(poll_s)
+    return found
 
 
 def listening_sockets(pid: int) -> set[tuple[str, int]]:
