@@ -41,9 +41,7 @@ def run_search(plan: SearchPlan, concurrency: int) -> SearchStageResult:
     return result
 
 
-def _ask_and_tell(
-    plan: SearchPlan, concurrency: int, pending: dict[PrefectFuture[TrialRecord], optuna.Trial]
-) -> None:
+def _ask_and_tell(plan: SearchPlan, concurrency: int, pending: dict[PrefectFuture[TrialRecord], optuna.Trial]) -> None:
     reporter = progress.current()
     exhausted = False
     while True:

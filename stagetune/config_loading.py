@@ -1,23 +1,73 @@
 """Reading the one config: a YAML file (optional), `--set dotted.key=value` overrides, one validation."""
 
-from collections.abc import Mapping, Sequence
+import importlib
+import math
+import types
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Union, get_args, get_origin
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
-from schemas.config import PipelineConfig
+from schemas.config import ExecutionConfig, PipelineConfig
 from stagetune.errors import InputError
+from stagetune.log_masking import mask_secrets
+from stagetune.settings import load_settings
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> PipelineConfig:
-    """The validated config: file contents (or embedded defaults), then overrides, in that order."""
+    """The validated config: file contents (or embedded defaults), then overrides, in that order.
+
+    The config is then checked against this machine (`check_environment`), so that nothing starts
+    (no run folder, no MLflow run) before every input a command gets has been checked.
+    """
     raw = merge(PipelineConfig().model_dump(mode="json"), read_config_file(Path(path)) if path else {})
     for override in overrides:
         key, value = parse_override(override)
         raw = with_value(raw, key.split("."), value)
-    return validate_config(raw)
+    config = validate_config(raw)
+    check_environment(config)
+    return config
+
+
+def check_environment(config: PipelineConfig) -> None:
+    """What the schema cannot see: the runtime settings in the environment (tracking URI, Optuna storage,
+    S3 endpoint) are well-formed, the device exists here, and a custom model factory imports.
+
+    Raises `InputError` naming the variable or setting.
+    """
+    load_settings()
+    if config.execution.device not in ("auto", "cpu") and _trains_here(config.execution):
+        from stagetune.training.device import resolve_device  # deferred: it imports torch
+
+        resolve_device(config.execution.device)
+    if config.model.family == "custom" and config.model.import_path:
+        resolve_factory(config.model.import_path)
+
+
+def resolve_factory(import_path: str) -> object:
+    """The callable `package.module:factory` names; an InputError on `model.import_path` if there is none."""
+    module_name, _, attribute = import_path.partition(":")
+    try:
+        target: object = importlib.import_module(module_name)
+    except Exception as error:  # ImportError, or the module's own code failing at import
+        reason = f"{type(error).__name__}: {mask_secrets(str(error))}"
+        raise InputError(
+            "model.import_path", f"cannot import module {module_name!r} ({reason}): is it installed or on sys.path?"
+        ) from None
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise InputError("model.import_path", f"{module_name!r} has no attribute {attribute!r}: check the name")
+        target = getattr(target, part)
+    if not callable(target):
+        raise InputError("model.import_path", f"{import_path!r} is not callable: point it at a factory function")
+    return target
+
+
+def _trains_here(execution: ExecutionConfig) -> bool:
+    # Trials on a remote Dask cluster use the workers' devices, which this machine need not have.
+    return execution.task_runner == "threads" or execution.dask_address is None
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -83,12 +133,53 @@ def with_value(data: Mapping[str, Any], path: Sequence[str], value: Any) -> dict
 
 def validate_config(raw: Mapping[str, Any]) -> PipelineConfig:
     """Validate once; turn pydantic's errors into one InputError naming each field and the fix."""
+    for key, value in misread_numbers(PipelineConfig, raw):
+        if isinstance(value, bool):
+            raise InputError(
+                key,
+                f"{key} = {str(value).lower()}: expected a number, got a boolean (YAML reads true/false, yes/no "
+                "and on/off as booleans): write a number",
+            )
+        raise InputError(key, f"{key} = {value}: expected a finite number: write a number in the setting's range")
     try:
         return PipelineConfig.model_validate(raw)
     except ValidationError as error:
         items = error.errors(include_url=False)
         problems = [describe_problem(item) for item in items]
         raise InputError(problem_field(items[0]), "; ".join(problems)) from None
+
+
+def misread_numbers(model: type[BaseModel], raw: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) wherever `raw` gives a number setting a value pydantic would take but the user
+    did not mean: true/false (read as 1/0) or infinity/NaN (.inf, "inf": no setting is unbounded that way)."""
+    for name, field in model.model_fields.items():
+        value = raw.get(name)
+        if _is_number(field.annotation) and (isinstance(value, bool) or not math.isfinite(_as_float(value))):
+            yield prefix + name, value
+        elif (
+            isinstance(value, Mapping)
+            and isinstance(field.annotation, type)
+            and issubclass(field.annotation, BaseModel)
+        ):
+            yield from misread_numbers(field.annotation, value, f"{prefix}{name}.")
+
+
+def _as_float(value: Any) -> float:
+    # Only what pydantic would read as a number; anything else is its to reject (0.0 means "no opinion").
+    try:
+        return float(value) if isinstance(value, float | str) else 0.0
+    except ValueError:
+        return 0.0
+
+
+def _is_number(annotation: Any) -> bool:
+    """int, float, or an optional one of them (`int | None`)."""
+    if annotation in (int, float):
+        return True
+    if get_origin(annotation) in (Union, types.UnionType):
+        members = [a for a in get_args(annotation) if a is not type(None)]
+        return bool(members) and all(a in (int, float) for a in members)
+    return False
 
 
 def problem_field(item: Mapping[str, Any]) -> str:
@@ -107,7 +198,7 @@ def problem_field(item: Mapping[str, Any]) -> str:
 
 def describe_problem(item: Mapping[str, Any]) -> str:
     """One pydantic error as 'field = value: what is wrong (how to fix)'."""
-    field = _location(item["loc"]) or "config"
+    field = _location(item["loc"])
     kind = item["type"]
     message = _message(item)
     if kind == "extra_forbidden":
@@ -115,9 +206,12 @@ def describe_problem(item: Mapping[str, Any]) -> str:
     if kind == "missing":
         return f"{field} is required: add it"
     value = item.get("input")
+    if isinstance(value, Mapping) and field and message.split(" ", 1)[0] in value:
+        # A section's check whose message starts with one of its settings: name it in full.
+        return f"{field}.{message}"
     if isinstance(value, Mapping | list):  # a section-level check: its message names the fields
-        return message if message.startswith(field) else f"{field}: {message}"
-    return f"{field} = {_short(value)}: {message}"
+        return message if not field or message.startswith(field) else f"{field}: {message}"
+    return f"{field or 'config'} = {_short(value)}: {message}"
 
 
 def _message(item: Mapping[str, Any]) -> str:
@@ -125,13 +219,14 @@ def _message(item: Mapping[str, Any]) -> str:
 
 
 def _location(loc: Sequence[int | str]) -> str:
-    # Discriminated unions add the tag ('float', 'int', ...) as a location part: not a user field.
-    parts = [str(p) for p in loc if p not in ("float", "int", "categorical")]
+    # Discriminated unions add the tag ('float', 'int', ...) as a location part, and a dict key's own
+    # check adds '[key]': neither is a user field.
+    parts = [str(p) for p in loc if p not in ("float", "int", "categorical", "[key]")]
     return ".".join(parts)
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
+    text = mask_secrets(repr(value))  # a refused URL is echoed without its password
     return text if len(text) <= 80 else text[:77] + "..."
 
 

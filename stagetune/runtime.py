@@ -2,7 +2,10 @@
 
 import logging
 import os
+import sys
 import warnings
+
+from stagetune.log_masking import install_log_masking
 
 # Prefect's ephemeral API server takes ~15 s to start cold on 2 busy cores, close to its 20 s
 # default timeout; its analytics log "database is locked" tracebacks. MLflow prints a "View run"
@@ -22,11 +25,16 @@ QUIET_DEFAULTS = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "MLFLOW_ENABLE_ASYNC_LOGGING": "false",
     "GIT_PYTHON_REFRESH": "quiet",
+    # MLflow's own HTTP retries (7 tries, up to 120 s apart) would block one upload ~5 min while S3 is
+    # down; stagetune's RetryingClient owns the retry window (tracking.io_retry_seconds) instead.
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
 }
 
 
 def configure_process(verbose: bool = False) -> None:
-    """Quiet third-party noise for a command; call before Prefect or MLflow are imported."""
+    """Quiet third-party noise and mask secrets in every log line; call before Prefect or MLflow are imported."""
     for key, value in QUIET_DEFAULTS.items():
         if verbose and key in (
             "PREFECT_LOGGING_LEVEL",
@@ -40,3 +48,19 @@ def configure_process(verbose: bool = False) -> None:
     if not verbose:
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"mlflow(\..*)?")
         warnings.filterwarnings("ignore", category=DeprecationWarning)
+    install_log_masking()
+    if not verbose:
+        _show_own_warnings()
+
+
+def _show_own_warnings() -> None:
+    # Prefect's console handler (the root's only one) is quieted to CRITICAL above: stagetune's own
+    # warnings (an MLflow server being retried, a dead trial failed) still reach the terminal.
+    logger = logging.getLogger("stagetune")
+    if not any(getattr(handler, "_stagetune", False) for handler in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setLevel(logging.WARNING)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        handler._stagetune = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+        logger.setLevel(min(logger.level or logging.WARNING, logging.WARNING))

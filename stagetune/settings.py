@@ -6,18 +6,18 @@ the local defaults under `execution.workdir`.
 """
 
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.config import endpoint_url_problem, storage_url_problem, tracking_uri_problem
 from stagetune.errors import InputError
 
 SETTINGS_FILE_VARIABLE = "STAGETUNE_SETTINGS_FILE"
-_TRACKING_SCHEMES = {"http", "https", "file", "sqlite", "postgresql", "postgresql+psycopg", "mysql", "databricks"}
-_STORAGE_SCHEMES = {"sqlite", "postgresql", "postgresql+psycopg", "postgresql+psycopg2", "mysql", "mysql+pymysql"}
 
 
 class RuntimeSettings(BaseSettings):
@@ -41,29 +41,29 @@ class RuntimeSettings(BaseSettings):
     @field_validator("tracking_uri")
     @classmethod
     def _check_tracking(cls, value: str | None) -> str | None:
-        if value is not None and urlparse(value).scheme not in _TRACKING_SCHEMES:
-            raise ValueError(f"{value!r} is not a tracking URI: use http(s)://host:port or sqlite:///path.db")
-        return value
+        return _checked(value, tracking_uri_problem)
 
     @field_validator("optuna_storage")
     @classmethod
     def _check_storage(cls, value: str | None) -> str | None:
-        if value is not None and urlparse(value).scheme not in _STORAGE_SCHEMES:
-            raise ValueError(
-                f"{value!r} is not an Optuna storage URL: use sqlite:///path.db or postgresql+psycopg://user@host/db"
-            )
-        return value
+        return _checked(value, storage_url_problem)
 
     @field_validator("s3_endpoint_url")
     @classmethod
     def _check_endpoint(cls, value: str | None) -> str | None:
-        if value is not None and urlparse(value).scheme not in {"http", "https"}:
-            raise ValueError(f"{value!r} is not an S3 endpoint: use http(s)://host:port")
-        return value
+        return _checked(value, endpoint_url_problem)
 
     def secrets(self) -> list[str]:
-        """The secret values, for masking."""
-        return [s.get_secret_value() for s in (self.aws_access_key_id, self.aws_secret_access_key) if s is not None]
+        """The secret values, for masking: every SecretStr setting."""
+        values = (getattr(self, name) for name in type(self).model_fields)
+        return [v.get_secret_value() for v in values if isinstance(v, SecretStr) and v.get_secret_value()]
+
+    def url_passwords(self) -> list[str]:
+        """The passwords inside the URL settings (scheme://user:PASSWORD@host), for masking."""
+        passwords = (
+            urlsplit(url).password for url in (self.tracking_uri, self.optuna_storage, self.s3_endpoint_url) if url
+        )
+        return [password for password in passwords if password]
 
 
 def load_settings(environ: dict[str, str] | None = None) -> RuntimeSettings:
@@ -78,8 +78,9 @@ def load_settings(environ: dict[str, str] | None = None) -> RuntimeSettings:
         return RuntimeSettings.model_validate(values)
     except ValidationError as error:
         item = error.errors()[0]
-        name = _variable_name(str(item["loc"][0]))
-        raise InputError(name, str(item["msg"]).removeprefix("Value error, ")) from None
+        name = _variable_name(str(item["loc"][0]), values)
+        source = f" (from {file_name})" if file_name and name not in environ else ""
+        raise InputError(name, str(item["msg"]).removeprefix("Value error, ") + source) from None
 
 
 def export_s3_environment(settings: RuntimeSettings) -> None:
@@ -109,8 +110,17 @@ def _read_env_file(path: Path) -> dict[str, str]:
     return values
 
 
-def _variable_name(field: str) -> str:
+def _checked(value: str | None, problem: Callable[[str], str | None]) -> str | None:
+    message = None if value is None else problem(value)
+    if message:
+        raise ValueError(message)
+    return value
+
+
+def _variable_name(field: str, values: Mapping[str, Any]) -> str:
+    """The environment variable a setting came from: the first of its names that is set."""
     alias = RuntimeSettings.model_fields[field].validation_alias if field in RuntimeSettings.model_fields else None
     if isinstance(alias, AliasChoices):
-        return str(alias.choices[0])
+        names = [str(choice) for choice in alias.choices]
+        return next((name for name in names if name in values), names[0])
     return field

@@ -19,6 +19,7 @@ MIN_ROWS_PER_CLASS = 3
 # An object column whose values are numbers this often is a numeric column with typos in it.
 _NUMERIC_SHARE_FOR_GARBAGE = 0.9
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+_LARGEST_EXACT_INTEGER = 2.0**53  # beyond it a float label no longer names one integer (and 1e308 overflows int64)
 
 ColumnKind = Literal["numeric", "categorical"]
 
@@ -131,9 +132,11 @@ def clean_features(
     kept_numeric = [n for n in numeric if n not in dropped]
     kept_categorical = [n for n in categorical if n not in dropped]
     if not kept_numeric and not kept_categorical:
+        replaced_note = f" once {sum(replaced.values())} infinite or huge value(s) count as missing" if replaced else ""
         raise InputError(
             "data.features",
-            f"every feature column ({_names(list(columns))}) is constant or all missing: use columns that vary",
+            f"every feature column ({_names(list(columns))}) is constant or all missing{replaced_note}: "
+            "use columns that vary",
         )
     kept = {n: columns[n] for n in [*kept_numeric, *kept_categorical]}
     return pd.DataFrame(kept, index=frame.index), kept_numeric, kept_categorical, dropped, warnings
@@ -158,6 +161,13 @@ def encode_labels(column: pd.Series, target: str) -> tuple[np.ndarray, list[str]
                 "data.target",
                 f"column {target!r} holds non-integer numbers such as {example!r}: stagetune classifies, "
                 "so point data.target at a column of class labels",
+            )
+        if not np.all(np.abs(as_float) <= _LARGEST_EXACT_INTEGER):
+            example = next(v for v in as_float if abs(v) > _LARGEST_EXACT_INTEGER)
+            raise InputError(
+                "data.target",
+                f"column {target!r} holds numbers too large to be class labels, such as {example!r}: "
+                "point data.target at a column of class labels, or fix those values",
             )
         labels = pd.Series(as_float.astype(np.int64), index=labels.index)
     uniques = sorted(labels.unique().tolist()) if labels.dtype == np.int64 else sorted(labels.astype(str).unique())
