@@ -1,9 +1,7 @@
 """The one config object: every setting of a pipeline run, validated once at the edge."""
 
 import re
-from collections.abc import Collection
 from typing import Literal, Self
-from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
@@ -11,6 +9,7 @@ from schemas.base import StrictModel
 from schemas.hyperparams import HyperParams, RebalanceStrategy
 from schemas.search import NarrowingSettings
 from schemas.search_space import SearchSpace
+from schemas.urls import refuse_credentials, storage_url_problem, tracking_uri_problem
 
 BUILTIN_DATASETS = ("digits", "breast_cancer", "iris", "wine", "synthetic_imbalanced")
 
@@ -145,81 +144,6 @@ class SanityConfig(StrictModel):
         return self
 
 
-def _refuse_credentials(value: str | None, variable: str) -> str | None:
-    # Config values are logged as MLflow params: a password belongs in the environment.
-    if value is not None and re.search(r"://[^/@\s]*:[^/@\s]*@", value):
-        raise ValueError(f"holds a password: put the URL in the environment ({variable}) instead of the config")
-    return value
-
-
-TRACKING_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "postgresql+psycopg", "mysql", "databricks")
-STORAGE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "postgresql+psycopg2", "mysql", "mysql+pymysql")
-
-
-def redact_url(value: str) -> str:
-    """`value` with the password of a scheme://user:password@host URL in it replaced by ***."""
-    try:
-        password = urlsplit(value).password
-    except ValueError:
-        password = None
-    if password:
-        value = value.replace(f":{password}@", ":***@", 1)
-    return re.sub(r"(://[^/@:\s]*:)[^/@\s]+@", r"\1***@", value)
-
-
-def url_problem(value: str, schemes: Collection[str]) -> str | None:
-    """Why `value` is not a usable URL with one of `schemes` (None when it is): checked before anything
-    connects, so a typo fails at the start instead of after the data stage or deep inside a client."""
-    if not value.strip():
-        return "it is empty"
-    if re.search(r"\s", redact_url(value)):  # a password may hold spaces, the rest of a URL may not
-        return "it contains whitespace"
-    try:
-        parsed = urlsplit(value)
-        port = parsed.port
-    except ValueError as error:  # a port that is not a number in 0..65535, or a malformed IPv6 host
-        return "its port is not a number in 1..65535" if "port" in str(error).lower() else f"it does not parse: {error}"
-    scheme = parsed.scheme.lower()
-    if scheme not in schemes:
-        return f"its scheme {scheme!r} is not one of {', '.join(schemes)}" if scheme else "it has no scheme://"
-    if scheme in ("http", "https") and (not parsed.hostname or port == 0):
-        return "it names no host"
-    if scheme == "sqlite" and not (value.startswith("sqlite:///") and len(value) > len("sqlite:///")):
-        return "a SQLite URL is sqlite:/// (three slashes) followed by the file path"
-    if scheme == "file" and not parsed.path:
-        return "it names no folder"
-    if scheme.startswith(("postgresql", "mysql")) and not (parsed.netloc or parsed.path or parsed.query):
-        return "it names no database"
-    return None
-
-
-def tracking_uri_problem(value: str) -> str | None:
-    """A sentence on what is wrong with an MLflow tracking URI, or None."""
-    problem = None if value == "databricks" else url_problem(value, TRACKING_SCHEMES)
-    if problem is None:
-        return None
-    return f"{redact_url(value)!r} is not a tracking URI, {problem}: use http(s)://host:port or sqlite:///path.db"
-
-
-def storage_url_problem(value: str) -> str | None:
-    """A sentence on what is wrong with an Optuna storage URL, or None."""
-    problem = url_problem(value, STORAGE_SCHEMES)
-    if problem is None:
-        return None
-    return (
-        f"{redact_url(value)!r} is not an Optuna storage URL, {problem}: "
-        "use sqlite:///path.db or postgresql+psycopg://user@host/db"
-    )
-
-
-def endpoint_url_problem(value: str) -> str | None:
-    """A sentence on what is wrong with an S3 endpoint URL, or None."""
-    problem = url_problem(value, ("http", "https"))
-    if problem is None:
-        return None
-    return f"{redact_url(value)!r} is not an S3 endpoint, {problem}: use http(s)://host:port"
-
-
 class SearchConfig(StrictModel):
     """What the searches optimise and where Optuna keeps its studies."""
 
@@ -266,7 +190,7 @@ class SearchConfig(StrictModel):
     @field_validator("storage")
     @classmethod
     def _check_storage(cls, value: str | None) -> str | None:
-        _refuse_credentials(value, "STAGETUNE_OPTUNA_STORAGE")
+        refuse_credentials(value, "STAGETUNE_OPTUNA_STORAGE")
         problem = None if value is None else storage_url_problem(value)
         if problem:
             raise ValueError(problem)
@@ -341,7 +265,7 @@ class TrackingConfig(StrictModel):
     @field_validator("uri")
     @classmethod
     def _check_uri(cls, value: str | None) -> str | None:
-        _refuse_credentials(value, "MLFLOW_TRACKING_URI")
+        refuse_credentials(value, "MLFLOW_TRACKING_URI")
         problem = None if value is None else tracking_uri_problem(value)
         if problem:
             raise ValueError(problem)

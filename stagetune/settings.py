@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from schemas.config import endpoint_url_problem, storage_url_problem, tracking_uri_problem
+from schemas.urls import endpoint_url_problem, storage_url_problem, tracking_uri_problem
 from stagetune.errors import InputError
 
 SETTINGS_FILE_VARIABLE = "STAGETUNE_SETTINGS_FILE"

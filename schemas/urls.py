@@ -1,0 +1,81 @@
+"""URL checks shared by the config and the runtime settings: scheme, host, port, no password in a config."""
+
+import re
+from collections.abc import Collection
+from urllib.parse import urlsplit
+
+
+def refuse_credentials(value: str | None, variable: str) -> str | None:
+    """`value`, unless it holds a password: config values are logged as MLflow params."""
+    # Config values are logged as MLflow params: a password belongs in the environment.
+    if value is not None and re.search(r"://[^/@\s]*:[^/@\s]*@", value):
+        raise ValueError(f"holds a password: put the URL in the environment ({variable}) instead of the config")
+    return value
+
+
+TRACKING_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "postgresql+psycopg", "mysql", "databricks")
+STORAGE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "postgresql+psycopg2", "mysql", "mysql+pymysql")
+
+
+def redact_url(value: str) -> str:
+    """`value` with the password of a scheme://user:password@host URL in it replaced by ***."""
+    try:
+        password = urlsplit(value).password
+    except ValueError:
+        password = None
+    if password:
+        value = value.replace(f":{password}@", ":***@", 1)
+    return re.sub(r"(://[^/@:\s]*:)[^/@\s]+@", r"\1***@", value)
+
+
+def url_problem(value: str, schemes: Collection[str]) -> str | None:
+    """Why `value` is not a usable URL with one of `schemes` (None when it is): checked before anything
+    connects, so a typo fails at the start instead of after the data stage or deep inside a client."""
+    if not value.strip():
+        return "it is empty"
+    if re.search(r"\s", redact_url(value)):  # a password may hold spaces, the rest of a URL may not
+        return "it contains whitespace"
+    try:
+        parsed = urlsplit(value)
+        port = parsed.port
+    except ValueError as error:  # a port that is not a number in 0..65535, or a malformed IPv6 host
+        return "its port is not a number in 1..65535" if "port" in str(error).lower() else f"it does not parse: {error}"
+    scheme = parsed.scheme.lower()
+    if scheme not in schemes:
+        return f"its scheme {scheme!r} is not one of {', '.join(schemes)}" if scheme else "it has no scheme://"
+    if scheme in ("http", "https") and (not parsed.hostname or port == 0):
+        return "it names no host"
+    if scheme == "sqlite" and not (value.startswith("sqlite:///") and len(value) > len("sqlite:///")):
+        return "a SQLite URL is sqlite:/// (three slashes) followed by the file path"
+    if scheme == "file" and not parsed.path:
+        return "it names no folder"
+    if scheme.startswith(("postgresql", "mysql")) and not (parsed.netloc or parsed.path or parsed.query):
+        return "it names no database"
+    return None
+
+
+def tracking_uri_problem(value: str) -> str | None:
+    """A sentence on what is wrong with an MLflow tracking URI, or None."""
+    problem = None if value == "databricks" else url_problem(value, TRACKING_SCHEMES)
+    if problem is None:
+        return None
+    return f"{redact_url(value)!r} is not a tracking URI, {problem}: use http(s)://host:port or sqlite:///path.db"
+
+
+def storage_url_problem(value: str) -> str | None:
+    """A sentence on what is wrong with an Optuna storage URL, or None."""
+    problem = url_problem(value, STORAGE_SCHEMES)
+    if problem is None:
+        return None
+    return (
+        f"{redact_url(value)!r} is not an Optuna storage URL, {problem}: "
+        "use sqlite:///path.db or postgresql+psycopg://user@host/db"
+    )
+
+
+def endpoint_url_problem(value: str) -> str | None:
+    """A sentence on what is wrong with an S3 endpoint URL, or None."""
+    problem = url_problem(value, ("http", "https"))
+    if problem is None:
+        return None
+    return f"{redact_url(value)!r} is not an S3 endpoint, {problem}: use http(s)://host:port"
