@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from schemas.config import PipelineConfig
+from stagetune.config_loading import load_config
 from stagetune.data import stage
 from stagetune.data.fingerprint import arrays_fingerprint
 from stagetune.data.stage import StageArrays, load_stage_arrays, run_sample_stage
@@ -186,3 +187,14 @@ def test_fingerprint_matches_in_a_fresh_process(tmp_path: Path) -> None:
 
 def test_stage_arrays_fields_match_the_stored_keys() -> None:
     assert set(StageArrays.__dataclass_fields__) == ARRAY_KEYS
+
+
+def test_balanced_batches_smaller_than_the_class_count_are_refused_before_anything_is_written(tmp_path: Path) -> None:
+    config = load_config(
+        None,
+        ["space.rebalance.choices=[none, balanced_batches]", "space.batch_size.choices=[4, 64]", "sample.max_rows=300"],
+    )
+    with pytest.raises(InputError, match="at least 10") as error:
+        run_sample_stage(config, tmp_path / "out")
+    assert error.value.field == "space.batch_size"
+    assert not (tmp_path / "out").exists()

@@ -11,11 +11,13 @@ import numpy as np
 
 from schemas.config import PipelineConfig
 from schemas.results import SampleResult
+from schemas.search_space import CategoricalParam
 from stagetune.data.fingerprint import arrays_fingerprint, dataset_fingerprint
 from stagetune.data.loading import load_table
 from stagetune.data.preprocess import prepare
 from stagetune.data.rebalance import class_counts
 from stagetune.data.sampling import rebalance_summary, sample_splits
+from stagetune.errors import InputError
 
 SAMPLED_KEYS = ("X_train_sampled", "y_train_sampled", "X_val_sampled", "y_val_sampled")
 
@@ -57,6 +59,7 @@ def run_sample_stage(config: PipelineConfig, out_dir: Path) -> SampleResult:
         config.seed,
     )
     num_sampled = len(sampled.class_names)
+    check_balanced_batches(config, len(table.class_names))
     rebalanced = rebalance_summary(
         sampled.y_train,
         num_sampled,
@@ -142,3 +145,21 @@ def write_npz_atomic(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
 
 def _sampled_fingerprint(arrays: StageArrays) -> str:
     return arrays_fingerprint({key: getattr(arrays, key) for key in SAMPLED_KEYS})
+
+
+def check_balanced_batches(config: PipelineConfig, n_classes: int) -> None:
+    """Balanced batches hold every class: a batch size below the class count is refused here, before
+    anything is written, instead of failing the first trial that draws it."""
+    space = config.space
+    strategies = {config.model.baseline.rebalance, config.sample.rebalance, *map(str, space.rebalance.choices)}
+    if "balanced_batches" not in strategies:
+        return
+    sizes = space.batch_size.choices if isinstance(space.batch_size, CategoricalParam) else [space.batch_size.low]
+    smallest = min([int(size) for size in sizes] + [config.model.baseline.batch_size])
+    if smallest < n_classes:
+        raise InputError(
+            "space.batch_size",
+            f"balanced_batches puts every one of the {n_classes} classes in each batch, but batch sizes go down to "
+            f"{smallest}: raise the smallest batch size (space.batch_size, model.baseline.batch_size) to at least "
+            f"{n_classes}, or drop balanced_batches from the rebalancing choices",
+        )
