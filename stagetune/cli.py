@@ -148,10 +148,14 @@ def _run_flow(
     settings: PipelineConfig, console: Console, resume: str | None = None, new: bool = False
 ) -> PipelineResult:
     # Imported here: Prefect reads its settings at import, after configure_process set them.
+    from stagetune.prefect_startup import start_api_server_early
+
+    api_server = start_api_server_early()  # Prefect's temporary server starts while the flow's modules import
     from flows.runners import make_task_runner
     from flows.tune_pipeline import tune_pipeline
     from stagetune.progress import RichReporter, use
 
+    api_server.wait()
     flow = tune_pipeline.with_options(task_runner=make_task_runner(settings.execution))
     with RichReporter(console) as reporter, use(reporter):
         return flow(settings, resume=resume, new=new)

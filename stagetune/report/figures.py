@@ -2,7 +2,8 @@
 
 Stage figures that already exist (class distribution, LR range test, confusion matrix, optimisation
 history, parallel coordinates) are reused from where the stages draw them; these are the ones only
-the report needs.
+the report needs. Margins are fixed (`framed_figure`): the report draws one figure per trial
+parameter and stage, and constrained layout doubled the cost of each.
 """
 
 import math
@@ -14,13 +15,14 @@ from schemas.final import FinalResult
 from schemas.results import EpochRecord, SanityResult
 from schemas.search import ParamChange, TrialRecord
 from schemas.search_space import CategoricalParam, Param
+from stagetune.tracking.plots import LEFT_IN, framed_figure, text_width_in
 
 _STATE_COLOURS = {"COMPLETE": "tab:blue", "PRUNED": "tab:orange", "FAIL": "tab:red"}
 
 
 def overfit_figure(sanity: SanityResult) -> Figure:
     """Overfit-test loss per step, with ln(C) and the measured initial loss marked."""
-    figure = Figure(figsize=(5.2, 3.4), layout="constrained")
+    figure = framed_figure(5.2, 3.4)
     axes = figure.subplots()
     steps = range(1, len(sanity.overfit_losses) + 1)
     axes.plot(steps, sanity.overfit_losses, label="overfit training loss")
@@ -41,10 +43,10 @@ def param_scatter_figure(
     objective: str,
 ) -> Figure:
     """Objective against one hyperparameter: (value, objective, state) points, highlighted top trials labelled."""
-    figure = Figure(figsize=(3.4, 2.7), layout="constrained")
-    axes = figure.subplots()
     categorical = any(isinstance(x, str | bool) for x, _, _ in points)
     labels = sorted({str(x) for x, _, _ in points}) if categorical else []
+    figure = framed_figure(3.4, 2.7, left=0.55, right=0.2, bottom=0.42, top=0.1)
+    axes = figure.subplots()
 
     def position(value: object) -> float:
         if categorical:
@@ -71,7 +73,7 @@ def param_scatter_figure(
 
 def best_curves_figure(curves: Sequence[tuple[str, Sequence[EpochRecord]]]) -> Figure:
     """Train (solid) and validation (dashed) loss and accuracy of a few trials, one colour per trial."""
-    figure = Figure(figsize=(9, 3.4), layout="constrained")
+    figure = framed_figure(9, 3.4, columns=2)
     loss_axes, acc_axes = figure.subplots(1, 2)
     for index, (label, history) in enumerate(curves):
         colour = f"C{index}"
@@ -94,7 +96,8 @@ def narrowing_figure(changes: Sequence[ParamChange]) -> Figure:
     """Old (grey) and new (blue) range of each numeric parameter, in units of the old width (log where log)."""
     rows = [(c, _bounds(c.old, c.scale), _bounds(c.new, c.scale)) for c in changes]
     numeric = [(c, old, new) for c, old, new in rows if old is not None and new is not None and c.action != "fixed"]
-    figure = Figure(figsize=(7.5, 0.45 * max(len(numeric), 2) + 1.2), layout="constrained")
+    left = max(LEFT_IN, text_width_in((c.name for c, _, _ in numeric), fontsize=8) + 0.2)
+    figure = framed_figure(7.5, 0.45 * max(len(numeric), 2) + 1.2, left=left)
     axes = figure.subplots()
     for row, (change, (old_low, old_high), (new_low, new_high)) in enumerate(numeric):
         span = (old_high - old_low) or 1.0
@@ -114,7 +117,7 @@ def narrowing_figure(changes: Sequence[ParamChange]) -> Figure:
 
 def final_curves_figure(final: FinalResult) -> Figure:
     """Final training: loss, accuracy and learning rate per epoch, the kept (best) epoch marked."""
-    figure = Figure(figsize=(11, 3.4), layout="constrained")
+    figure = framed_figure(11, 3.4, columns=3, gap=0.8)  # the LR panel's log labels are wider
     loss_axes, acc_axes, lr_axes = figure.subplots(1, 3)
     history = final.history
     epochs = [r.epoch for r in history]
@@ -138,7 +141,7 @@ def final_curves_figure(final: FinalResult) -> Figure:
 
 def trial_states_figure(trials: Sequence[TrialRecord], max_epochs: int) -> Figure:
     """Epochs each trial ran, coloured by state: where pruning stopped the pruned ones."""
-    figure = Figure(figsize=(6.5, 3.2), layout="constrained")
+    figure = framed_figure(6.5, 3.2)
     axes = figure.subplots()
     for state, colour in _STATE_COLOURS.items():
         chosen = [t for t in trials if t.state == state]

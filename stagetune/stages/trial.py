@@ -2,15 +2,30 @@
 
 The tuner is reached only through `report(epoch, value) -> should_prune`; the trial never sees an
 Optuna object, so the same function serves any sampler, pruner or executor.
+
+A trial makes three tracking calls around its training: the run is created with its tags, one
+`log_batch` carries its params, metrics and outcome tags, and the run is ended. Its learning-curve
+PNG (~0.1-0.3 s of matplotlib CPU here) goes to the stage's `BackgroundFigures` thread when the
+stage provides one (`TrialContext.figures`), off the trial's critical path; otherwise it is drawn
+in line.
 """
 
+import json
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import (
+    MAX_ENTITIES_PER_BATCH,
+    MAX_METRICS_PER_BATCH,
+    MAX_PARAM_VAL_LENGTH,
+    MAX_PARAMS_TAGS_PER_BATCH,
+)
 
 from schemas.config import PipelineConfig
 from schemas.hyperparams import HyperParams
@@ -18,8 +33,17 @@ from schemas.results import EpochRecord
 from schemas.search import TrialRecord
 from stagetune.diagnosis import diagnose_curves
 from stagetune.errors import InputError
-from stagetune.tracking.plots import learning_curve_figure
-from stagetune.tracking.run_tree import RunTree, Stage, end_run, epoch_metric_rows, log_metrics, log_params, log_tags
+from stagetune.tracking.plots import BackgroundFigures, learning_curve_figure
+from stagetune.tracking.run_tree import (
+    RunTree,
+    Stage,
+    end_run,
+    epoch_metric_rows,
+    log_metrics,
+    log_params,
+    log_tags,
+    now_ms,
+)
 from stagetune.training.device import resolve_device
 from stagetune.training.loaders import make_eval_loader, make_train_loader
 from stagetune.training.loop import FitResult, StopTraining, fit
@@ -52,6 +76,8 @@ class TrialContext:
     study_name: str
     epochs: int
     data: TrialData
+    # The stage's PNG thread; None draws in line (the stage must drain it before ending its run).
+    figures: BackgroundFigures | None = None
 
 
 def objective_value(record: EpochRecord, objective: Objective) -> float:
@@ -78,12 +104,13 @@ def run_trial(
     """
     config, client = context.config, context.tree.client
     run_id = context.tree.start_trial(context.stage_run_id, context.stage, number, context.study_name)
-    log_params(client, run_id, {**hp.model_dump(mode="json"), "epochs": context.epochs, "seed": config.seed + number})
-    log_params(client, run_id, {f"optuna.{k}": v for k, v in params.items()})
+    run_params = {**hp.model_dump(mode="json"), "epochs": context.epochs, "seed": config.seed + number}
+    run_params |= {f"optuna.{k}": v for k, v in params.items()}
     history: list[EpochRecord] = []
     try:
         outcome = _train(context, number, hp, report, history)
     except InputError:
+        log_params(client, run_id, run_params)
         end_run(client, run_id, "FAILED")
         raise
     except Exception as error:  # e.g. CUDA out of memory: the trial fails, the study goes on
@@ -110,7 +137,7 @@ def run_trial(
         mlflow_run_id=run_id,
         diagnosis=diagnosis.code,
     )
-    _record(context, run_id, record, outcome.history, outcome.reason)
+    _record(context, client, run_id, record, run_params, outcome.history, outcome.reason)
     return record
 
 
@@ -147,18 +174,59 @@ def _train(
 
 
 def _record(
-    context: TrialContext, run_id: str, record: TrialRecord, history: list[EpochRecord], reason: str | None
+    context: TrialContext,
+    client: MlflowClient,
+    run_id: str,
+    record: TrialRecord,
+    params: Mapping[str, object],
+    history: list[EpochRecord],
+    reason: str | None,
 ) -> None:
-    client = context.tree.client
     rows = epoch_metric_rows(history)
     if record.value is not None:
         rows.append(("objective", record.value, max(record.epochs_run - 1, 0)))
-    log_metrics(client, run_id, [row for row in rows if math.isfinite(row[1])])
     tags = {"stagetune.state": record.state, "stagetune.diagnosis": record.diagnosis or ""}
     if reason:
         tags["stagetune.reason"] = reason[:5000]
-    log_tags(client, run_id, tags)
+    log_trial_batch(client, run_id, params, [row for row in rows if math.isfinite(row[1])], tags)
+    end_run(client, run_id, "FAILED" if record.state == "FAIL" else "FINISHED")
     if history and context.config.tracking.trial_plots:
         title = f"{context.stage} trial {record.number} ({record.state})"
-        client.log_figure(run_id, learning_curve_figure(history, title), "plots/learning_curve.png")
-    end_run(client, run_id, "FAILED" if record.state == "FAIL" else "FINISHED")
+        curves = tuple(history)
+        figures = context.figures or BackgroundFigures(background=False)
+        figures.log(client, run_id, lambda: learning_curve_figure(curves, title), "plots/learning_curve.png")
+
+
+def log_trial_batch(
+    client: MlflowClient,
+    run_id: str,
+    params: Mapping[str, object],
+    rows: Sequence[tuple[str, float, int]],
+    tags: Mapping[str, str],
+) -> None:
+    """A finished trial's params, (name, value, step) metric rows and tags in one `log_batch` call;
+    in several (each within MLflow's per-call limits) only for a trial too long for one."""
+    fits = (
+        max(len(params), len(tags)) <= MAX_PARAMS_TAGS_PER_BATCH
+        and len(rows) <= MAX_METRICS_PER_BATCH
+        and len(params) + len(tags) + len(rows) <= MAX_ENTITIES_PER_BATCH
+    )
+    if not fits:
+        log_params(client, run_id, params)
+        log_metrics(client, run_id, rows)
+        log_tags(client, run_id, tags)
+        return
+    timestamp = now_ms()
+    client.log_batch(
+        run_id,
+        metrics=[Metric(name, float(value), timestamp, step) for name, value, step in rows],
+        params=[Param(key, _param_text(value)) for key, value in params.items()],
+        tags=[RunTag(key, value) for key, value in tags.items()],
+        synchronous=True,
+    )
+
+
+def _param_text(value: Any) -> str:
+    # As run_tree.log_params writes a param: strings as they are, anything else as JSON, cut to MLflow's limit.
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text[:MAX_PARAM_VAL_LENGTH]

@@ -1,6 +1,7 @@
 """Study figures for a search stage's MLflow run, drawn with matplotlib's Figure API (thread-safe).
 
-Optimisation history, parameter importances and parallel coordinates, from `TrialRecord`s.
+Optimisation history, parameter importances and parallel coordinates, from `TrialRecord`s; fixed
+margins (`framed_figure`), as they are drawn at every stage's end and again in the report.
 """
 
 import math
@@ -11,13 +12,14 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from schemas.search import TrialRecord
+from stagetune.tracking.plots import LEFT_IN, framed_figure, text_width_in
 
 _STATE_STYLE = {"COMPLETE": ("tab:blue", "o"), "PRUNED": ("tab:orange", "x"), "FAIL": ("tab:red", "v")}
 
 
 def history_figure(trials: Sequence[TrialRecord], objective: str, minimize: bool) -> Figure:
     """Objective against trial number by state, with the best-so-far line of completed trials."""
-    figure = Figure(figsize=(6.5, 3.8), layout="constrained")
+    figure = framed_figure(6.5, 3.8)
     axes = figure.subplots()
     for state, (color, marker) in _STATE_STYLE.items():
         points = [(t.number, t.value) for t in trials if t.state == state and _finite(t.value)]
@@ -37,9 +39,10 @@ def history_figure(trials: Sequence[TrialRecord], objective: str, minimize: bool
 
 def importances_figure(importances: Mapping[str, float]) -> Figure:
     """Horizontal bars of parameter importances (largest at the top)."""
-    figure = Figure(figsize=(6, 0.4 * max(len(importances), 3) + 1), layout="constrained")
-    axes = figure.subplots()
     names = list(importances)[::-1]
+    left = max(LEFT_IN, text_width_in(names) + 0.2)
+    figure = framed_figure(max(6.0, left + 3.5), 0.4 * max(len(importances), 3) + 1, left=left)
+    axes = figure.subplots()
     axes.barh(names, [importances[n] for n in names], color="tab:blue")
     axes.set(xlabel="importance (fANOVA)", title="parameter importances")
     axes.grid(alpha=0.3, axis="x")
@@ -50,7 +53,11 @@ def parallel_coordinates_figure(trials: Sequence[TrialRecord], objective: str, m
     """One line per completed trial across its numeric params (scaled 0-1; log params on a log axis)."""
     complete = [t for t in trials if t.state == "COMPLETE" and _finite(t.value)]
     names = sorted({k for t in complete for k, v in t.params.items() if isinstance(v, int | float)})
-    figure = Figure(figsize=(max(6.0, 1.2 * len(names) + 2), 4), layout="constrained")
+    # Tick labels turned 30 degrees: their height sets the bottom margin, the first one's reach the left.
+    label = text_width_in(names)
+    figure = framed_figure(
+        max(6.0, 1.2 * len(names) + 2), 4, left=max(LEFT_IN, 0.87 * label + 0.1), bottom=0.5 * label + 0.35
+    )
     axes = figure.subplots()
     if not complete or not names:
         axes.text(0.5, 0.5, "no completed trials with numeric parameters", ha="center", transform=axes.transAxes)
