@@ -242,6 +242,7 @@ def _check(workdir: Path, campaign: Campaign) -> None:
     running = [r.info.run_name for r in all_runs if r.info.status == "RUNNING"]
     if running:
         problems.append(f"MLflow runs left RUNNING: {running}")
+    problems.extend(_told_trials_not_recorded(workdir, {r.info.run_id: r for r in all_runs}))
     parents = [r for r in all_runs if "mlflow.parentRunId" not in r.data.tags]
     if len(parents) != 1 or parents[0].info.run_id != state["parent_run_id"]:
         problems.append(f"{len(parents)} parent runs (one expected, reused by every attempt)")
@@ -252,6 +253,21 @@ def _check(workdir: Path, campaign: Campaign) -> None:
         ]
         if len(finished) != 1:
             problems.append(f"{len(finished)} FINISHED {stage} stage runs (one expected)")
+
+
+def _told_trials_not_recorded(workdir: Path, runs: dict[str, Any]) -> list[str]:
+    """Told trials whose MLflow run is missing, not ended as the trial ended, or without its outcome tag
+    (a trial's records are written after Optuna is told: a kill in between must be repaired)."""
+    problems = []
+    for stage, study in _studies(workdir).items():
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            record = trial.user_attrs.get("stagetune_record")
+            run = runs.get((record or {}).get("mlflow_run_id") or "")
+            if record is None or run is None:
+                problems.append(f"{stage} trial {trial.number}: no record or no MLflow run")
+            elif run.info.status != "FINISHED" or run.data.tags.get("stagetune.state") != record["state"]:
+                problems.append(f"{stage} trial {trial.number}: MLflow run {run.info.status}, not FINISHED as told")
+    return problems
 
 
 def main() -> int:

@@ -11,9 +11,13 @@ from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
 from flows.tune_pipeline import tune_pipeline
+from schemas.search import TrialRecord
 from stagetune.errors import InputError
 from stagetune.run_store import config_fingerprint, open_run
 from stagetune.stages import search_stage
+from stagetune.stages import trial as trial_module
+from stagetune.stages.lost_records import RECOVERED_TAG
+from stagetune.stages.trial import TrialContext
 from tests.conftest import tiny_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
@@ -172,3 +176,44 @@ def test_cli_resume_alone_uses_the_run_s_own_config(tmp_path: Path, monkeypatch:
     run = open_run(config)
     run.release()
     assert _run_config(None, [], run.dir.name, False) == config
+
+
+def test_a_told_trial_whose_queued_mlflow_records_were_lost_is_rebuilt_from_the_study(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A trial's MLflow records are written on a background thread after Optuna was told its outcome: a
+    # process killed in between leaves the run RUNNING and empty. Here trial 1's queued records are dropped.
+    real_record = trial_module._record
+
+    def drop_coarse_trial_1(context: TrialContext, client: MlflowClient, record: TrialRecord, *rest: Any) -> None:
+        if context.stage != "coarse" or record.number != 1:
+            real_record(context, client, record, *rest)
+
+    monkeypatch.setattr(trial_module, "_record", drop_coarse_trial_1)
+    config = tiny_config(tmp_path)
+
+    result = tune_pipeline(config)
+
+    assert result.status == "completed"
+    assert result.coarse is not None
+    client = MlflowClient(result.tracking_uri)
+    lost = next(r for r in result.coarse.trials if r.number == 1)
+    assert lost.mlflow_run_id is not None
+    assert lost.value is not None
+    run = client.get_run(lost.mlflow_run_id)
+    assert run.info.status == ("FAILED" if lost.state == "FAIL" else "FINISHED")
+    assert run.data.tags["stagetune.state"] == lost.state
+    assert "rebuilt from the Optuna study" in run.data.tags[RECOVERED_TAG]
+    assert run.data.params["epochs"] == str(config.coarse.epochs)
+    assert run.data.params["seed"] == str(config.seed + 1)
+    assert run.data.params["optimizer"] == lost.hyperparams.optimizer
+    assert run.data.metrics["objective"] == pytest.approx(lost.value)
+    objective_curve = client.get_metric_history(lost.mlflow_run_id, "val/loss")
+    assert len(objective_curve) == lost.epochs_run
+    assert "train/loss" not in run.data.metrics  # lost with the queue: only the study's curve comes back
+
+    kept = next(r for r in result.coarse.trials if r.number == 0)
+    assert kept.mlflow_run_id is not None
+    intact = client.get_run(kept.mlflow_run_id)
+    assert RECOVERED_TAG not in intact.data.tags
+    assert "train/loss" in intact.data.metrics

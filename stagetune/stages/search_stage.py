@@ -4,6 +4,7 @@ The flow owns the loop that submits trials (so trials run as Prefect tasks, conc
 module owns everything else and never imports Prefect.
 """
 
+import logging
 import math
 import time
 import warnings
@@ -30,6 +31,7 @@ from stagetune.search.dead_trials import fail_dead_trials
 from stagetune.search.liveness import Liveness
 from stagetune.search.space import optuna_params, space_violations, suggest_hyperparams
 from stagetune.search.study import liveness_of, make_pruner, make_sampler, open_study, rdb_storage, storage_url
+from stagetune.stages.lost_records import rewrite_lost_trial_records
 from stagetune.stages.shared_study import (
     RECORD_ATTR,
     close_killed_trial_runs,
@@ -39,9 +41,11 @@ from stagetune.stages.shared_study import (
     study_records,
 )
 from stagetune.stages.trial import TrialContext, TrialData
+from stagetune.tracking.background import TrackingQueue
 from stagetune.tracking.run_tree import RunTree, end_run, log_metrics, log_model_json, log_params, log_tags
 from stagetune.tracking.study_plots import history_figure, importances_figure, parallel_coordinates_figure
 
+LOGGER = logging.getLogger(__name__)
 SearchStage = Literal["coarse", "refine"]
 
 
@@ -61,6 +65,7 @@ class SearchPlan:
     enqueued: list[int] = field(default_factory=list)
     records: list[TrialRecord] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
+    dead_checked: float = -math.inf  # time.monotonic() of the last look for dead processes' trials
 
 
 def start_coarse(
@@ -117,7 +122,10 @@ def ask(plan: SearchPlan) -> tuple[optuna.Trial, HyperParams, dict[str, object]]
     """The next trial and its typed hyperparameters (enqueued points first); None once the study's
     budget is used up, counting every process's trials."""
     config = plan.context.config
-    fail_dead(plan)
+    # Reading every running trial at each ask costs ~7 ms; a dead process is found within a heartbeat
+    # interval instead (its trials are retried, whenever they are found).
+    if time.monotonic() - plan.dead_checked >= plan.liveness.heartbeat_seconds:
+        fail_dead(plan)
     trial = claim_trial(plan.study, plan.storage, plan.n_trials, plan.liveness.heartbeat_seconds)
     if trial is None:
         return None
@@ -140,14 +148,17 @@ def tell(plan: SearchPlan, trial: optuna.Trial, record: TrialRecord) -> None:
 
 
 def abandon(plan: SearchPlan, trials: list[optuna.Trial]) -> None:
-    """Stop the heartbeats of trials this process will not tell (the search stopped on an error)."""
+    """Stop the heartbeats of trials this process will not tell (the search stopped on an error), and
+    write what its finished trials queued for MLflow."""
     for trial in trials:
         release_trial(trial, plan.storage, plan.liveness.heartbeat_seconds)
+    _close_tracking(plan, log_failure=True)
 
 
 def fail_dead(plan: SearchPlan) -> list[int]:
     """Mark the trials of dead processes FAIL (their retries enqueued) and close their MLflow runs
     as KILLED; return their numbers."""
+    plan.dead_checked = time.monotonic()
     killed = fail_dead_trials(plan.study, plan.storage, plan.liveness)
     if killed:
         close_killed_trial_runs(plan.study, killed)
@@ -164,35 +175,37 @@ def others_running(plan: SearchPlan) -> bool:
 def pruning_reporter(trial: optuna.Trial, storage: str) -> "PruningReporter":
     """The `report(epoch, value) -> should_prune` callback a trial gets instead of the Optuna trial.
 
-    It names the trial (storage URL, study, number) instead of holding it, so it pickles small and
-    reports to the same study from any process that reaches the storage (a thread, a Dask worker).
+    In this process it reports through the asked trial itself; it also names the trial (storage URL,
+    study, number), so a pickled copy reports to the same study from any process that reaches the
+    storage (a Dask worker).
     """
-    return PruningReporter(storage, trial.study.study_name, trial.number, trial.study.pruner)
+    return PruningReporter(storage, trial.study.study_name, trial.number, trial.study.pruner, trial)
 
 
 @dataclass
 class PruningReporter:
     """Forwards per-epoch values to Optuna and asks its pruner whether to stop.
 
-    The Optuna trial is rebuilt from the RDB storage once per process that calls it, over one
-    storage (one SQLAlchemy engine) per process and URL; it is never pickled.
+    `trial`, the asked trial, is used in the process that asked for it; it is never pickled, and a
+    copy in another process rebuilds it from the RDB storage once, over one storage (one SQLAlchemy
+    engine) per process and URL.
     """
 
     storage: str
     study_name: str
     number: int
     pruner: BasePruner
-    _trial: optuna.Trial | None = field(default=None, init=False, repr=False, compare=False)
+    trial: optuna.Trial | None = field(default=None, repr=False, compare=False)
 
     def __call__(self, epoch: int, value: float) -> bool:
         if not math.isfinite(value):
             return False
-        trial = self._trial or self._load_trial()
+        trial = self.trial or self._load_trial()
         trial.report(value, epoch)
         return bool(trial.should_prune())
 
     def __getstate__(self) -> dict[str, object]:
-        return {**self.__dict__, "_trial": None}
+        return {**self.__dict__, "trial": None}
 
     def _load_trial(self) -> optuna.Trial:
         storage = rdb_storage(self.storage)
@@ -203,12 +216,14 @@ class PruningReporter:
         trial_id = storage.get_trial_id_from_study_id_trial_number(
             storage.get_study_id_from_name(self.study_name), self.number
         )
-        self._trial = optuna.Trial(study, trial_id)
-        return self._trial
+        self.trial = optuna.Trial(study, trial_id)
+        return self.trial
 
 
 def finish(plan: SearchPlan) -> SearchStageResult:
-    """Summarise the stage in its MLflow run (best trial, counts, plots) and end that run."""
+    """Summarise the stage in its MLflow run (best trial, counts, plots) and end that run, once every
+    trial's own records are written."""
+    _close_tracking(plan, log_failure=False)
     records = study_records(plan)
     config, client, run_id = plan.context.config, plan.context.tree.client, plan.context.stage_run_id
     complete = [r for r in records if r.state == "COMPLETE" and r.value is not None and math.isfinite(r.value)]
@@ -241,6 +256,7 @@ def finish(plan: SearchPlan) -> SearchStageResult:
     log_tags(client, run_id, {"stagetune.diagnosis_summary": result.diagnosis.message[:5000]})
     log_model_json(client, run_id, result, f"results/{plan.stage}.json")
     _log_study_plots(plan, records)
+    rewrite_lost_trial_records(plan)  # told trials of a killed attempt, whose records were still queued
     close_orphan_trial_runs(plan.context.tree, run_id)
     end_run(client, run_id, "FINISHED")
     return result
@@ -300,7 +316,9 @@ def _plan(
         log_params(tree.client, run_id, {**params, "epochs": epochs, "objective": config.search.objective})
         log_params(tree.client, run_id, {"train_rows": len(data.y_train)})
         log_tags(tree.client, run_id, {"stagetune.study": study.study_name})
-    context = TrialContext(config, tree, stage, run_id, study.study_name, epochs, data)
+    # The pipeline's own trials record themselves on a background thread (drained in `finish`/`abandon`).
+    tracking = TrackingQueue()
+    context = TrialContext(config, tree, stage, run_id, study.study_name, epochs, data, tracking)
     return SearchPlan(stage, study, space, n_trials, context, sampler, pruner, storage_url(config), liveness_of(config))
 
 
@@ -320,6 +338,19 @@ def _log_study_plots(plan: SearchPlan, records: list[TrialRecord]) -> None:
         else:
             if importances:
                 client.log_figure(run_id, importances_figure(importances), "plots/param_importances.png")
+
+
+def _close_tracking(plan: SearchPlan, log_failure: bool) -> None:
+    tracking = plan.context.tracking
+    if tracking is None:
+        return
+    if not log_failure:
+        tracking.close()
+        return
+    try:  # already failing: a tracking error must not hide the error that stopped the search
+        tracking.close()
+    except Exception as error:
+        LOGGER.warning("%s stage: a trial's MLflow records were not all written: %s", plan.stage, error)
 
 
 def record_narrowing(plan: SearchPlan, report: NarrowingReport) -> None:

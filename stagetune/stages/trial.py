@@ -3,11 +3,13 @@
 The tuner is reached only through `report(epoch, value) -> should_prune`; the trial never sees an
 Optuna object, so the same function serves any sampler, pruner or executor.
 
-A trial makes three tracking calls around its training: the run is created with its tags, one
-`log_batch` carries its params, metrics and outcome tags, and the run is ended. Its learning-curve
-PNG (~0.1-0.3 s of matplotlib CPU here) goes to the stage's `BackgroundFigures` thread when the
-stage provides one (`TrialContext.figures`), off the trial's critical path; otherwise it is drawn
-in line.
+A trial makes three tracking calls around its training: the run is created with its tags (and its
+real start time), one `log_batch` carries its params, metrics and outcome tags, and the run is ended
+(with its real end time); then its learning-curve PNG is drawn and logged. When the stage gives its
+trials a background `TrackingQueue` (`TrialContext.tracking`), all of that runs on the queue's
+thread, in that order, while the search loop goes on: the trial only waits for its run to exist
+(created while it trained) so that its record can name the run. The stage drains the queue before
+it ends its own run. Without a queue (a `stagetune worker`, a Dask worker) the calls run in line.
 """
 
 import json
@@ -33,7 +35,8 @@ from schemas.results import EpochRecord
 from schemas.search import TrialRecord
 from stagetune.diagnosis import diagnose_curves
 from stagetune.errors import InputError
-from stagetune.tracking.plots import BackgroundFigures, learning_curve_figure
+from stagetune.tracking.background import TrackingQueue
+from stagetune.tracking.plots import learning_curve_figure
 from stagetune.tracking.run_tree import (
     RunTree,
     Stage,
@@ -76,8 +79,9 @@ class TrialContext:
     study_name: str
     epochs: int
     data: TrialData
-    # The stage's PNG thread; None draws in line (the stage must drain it before ending its run).
-    figures: BackgroundFigures | None = None
+    # The stage's background tracking thread; None: tracking calls run in line (the stage drains it
+    # before ending its run).
+    tracking: TrackingQueue | None = None
 
 
 def objective_value(record: EpochRecord, objective: Objective) -> float:
@@ -103,15 +107,18 @@ def run_trial(
     batches) propagate: they are the user's to fix, not a property of the trial.
     """
     config, client = context.config, context.tree.client
-    run_id = context.tree.start_trial(context.stage_run_id, context.stage, number, context.study_name)
-    run_params = {**hp.model_dump(mode="json"), "epochs": context.epochs, "seed": config.seed + number}
-    run_params |= {f"optuna.{k}": v for k, v in params.items()}
+    tracking = context.tracking or TrackingQueue(background=False)
+    started = now_ms()
+    created = tracking.submit(
+        lambda: context.tree.start_trial(context.stage_run_id, context.stage, number, context.study_name, started)
+    )
+    run_params = trial_run_params(context, number, hp, params)
     history: list[EpochRecord] = []
     try:
         outcome = _train(context, number, hp, report, history)
     except InputError:
-        log_params(client, run_id, run_params)
-        end_run(client, run_id, "FAILED")
+        run_id = created.result()
+        tracking.submit(lambda: _end_invalid(client, run_id, run_params))
         raise
     except Exception as error:  # e.g. CUDA out of memory: the trial fails, the study goes on
         outcome = FitResult(history=history, status="diverged", reason=f"{type(error).__name__}: {error}")
@@ -120,6 +127,7 @@ def run_trial(
         outcome_state = {"completed": "COMPLETE", "early_stopped": "COMPLETE", "stopped": "PRUNED"}.get(
             outcome.status, "FAIL"
         )
+    ended = now_ms()
     value = best_value(outcome.history, config.search.objective)
     if outcome_state == "COMPLETE" and value is None:
         outcome_state, outcome.reason = "FAIL", "no finite validation value"
@@ -134,11 +142,24 @@ def run_trial(
         params=dict(params),
         epochs_run=len(outcome.history),
         fail_reason=outcome.reason if outcome_state == "FAIL" else None,
-        mlflow_run_id=run_id,
+        mlflow_run_id=created.result(),  # created while the trial trained: normally no wait
         diagnosis=diagnosis.code,
     )
-    _record(context, client, run_id, record, run_params, outcome.history, outcome.reason)
+    reason = outcome.reason
+    tracking.submit(lambda: _record(context, client, record, run_params, outcome.history, reason, ended))
     return record
+
+
+def trial_run_params(
+    context: TrialContext, number: int, hp: HyperParams, params: Mapping[str, object]
+) -> dict[str, object]:
+    """The params of a trial's MLflow run: its hyperparameters, epochs, seed and the Optuna params."""
+    run_params: dict[str, object] = {
+        **hp.model_dump(mode="json"),
+        "epochs": context.epochs,
+        "seed": context.config.seed + number,
+    }
+    return run_params | {f"optuna.{k}": v for k, v in params.items()}
 
 
 def _train(
@@ -173,15 +194,21 @@ def _train(
     )
 
 
+def _end_invalid(client: MlflowClient, run_id: str, params: Mapping[str, object]) -> None:
+    log_params(client, run_id, params)
+    end_run(client, run_id, "FAILED")
+
+
 def _record(
     context: TrialContext,
     client: MlflowClient,
-    run_id: str,
     record: TrialRecord,
     params: Mapping[str, object],
     history: list[EpochRecord],
     reason: str | None,
+    ended_ms: int,
 ) -> None:
+    run_id = record.mlflow_run_id or ""
     rows = epoch_metric_rows(history)
     if record.value is not None:
         rows.append(("objective", record.value, max(record.epochs_run - 1, 0)))
@@ -189,12 +216,10 @@ def _record(
     if reason:
         tags["stagetune.reason"] = reason[:5000]
     log_trial_batch(client, run_id, params, [row for row in rows if math.isfinite(row[1])], tags)
-    end_run(client, run_id, "FAILED" if record.state == "FAIL" else "FINISHED")
+    end_run(client, run_id, "FAILED" if record.state == "FAIL" else "FINISHED", ended_ms)
     if history and context.config.tracking.trial_plots:
         title = f"{context.stage} trial {record.number} ({record.state})"
-        curves = tuple(history)
-        figures = context.figures or BackgroundFigures(background=False)
-        figures.log(client, run_id, lambda: learning_curve_figure(curves, title), "plots/learning_curve.png")
+        client.log_figure(run_id, learning_curve_figure(history, title), "plots/learning_curve.png")
 
 
 def log_trial_batch(

@@ -5,12 +5,9 @@ tick label twice per draw and was half of a figure's ~400 ms of CPU here. These 
 once per trial, so their cost is part of the search's overhead.
 """
 
-import threading
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable, Sequence
 
 from matplotlib.figure import Figure
-from mlflow.tracking import MlflowClient
 
 from schemas.results import EpochRecord, LrRangePoint
 
@@ -51,55 +48,6 @@ def framed_figure(
 def text_width_in(texts: Iterable[str], fontsize: float = 10.0) -> float:
     """Estimated width in inches of the longest of `texts` at `fontsize` points (0 when there are none)."""
     return max((len(text) for text in texts), default=0) * _CHAR_EM * fontsize / 72
-
-
-class BackgroundFigures:
-    """Figures drawn and logged to MLflow on one background thread, so that the caller does not wait
-    for matplotlib (its CPU time then overlaps the caller's next work).
-
-    Call `drain()` (or `close()`) once no more figures are being queued and before the runs they
-    belong to are considered complete: it waits for every queued figure and raises the first failure,
-    so nothing is dropped. A copy made by pickling (e.g. a trial context sent to a Dask worker) draws
-    in line instead: nobody would drain its queue in that process.
-    """
-
-    def __init__(self, background: bool = True) -> None:
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="stagetune-figures") if background else None
-        self._pending: list[Future[None]] = []
-        self._lock = threading.Lock()
-
-    def log(self, client: MlflowClient, run_id: str, draw: Callable[[], Figure], artifact_file: str) -> None:
-        """Draw `draw()` and log it as `artifact_file` of run `run_id`: queued, or now when in line."""
-        if self._executor is None:
-            client.log_figure(run_id, draw(), artifact_file)
-            return
-        future = self._executor.submit(lambda: client.log_figure(run_id, draw(), artifact_file))
-        with self._lock:
-            self._pending.append(future)
-
-    def drain(self) -> None:
-        """Wait until every queued figure is logged; raise the first failure, if any, after all ended."""
-        with self._lock:
-            pending, self._pending = self._pending, []
-        errors = [error for error in (future.exception() for future in pending) if error is not None]
-        if errors:
-            raise errors[0]
-
-    def close(self) -> None:
-        """Drain, then stop the thread."""
-        try:
-            self.drain()
-        finally:
-            if self._executor is not None:
-                self._executor.shutdown()
-
-    def __getstate__(self) -> dict[str, object]:
-        return {}
-
-    def __setstate__(self, state: dict[str, object]) -> None:
-        self._executor = None
-        self._pending = []
-        self._lock = threading.Lock()
 
 
 def learning_curve_figure(history: Sequence[EpochRecord], title: str) -> Figure:

@@ -57,10 +57,13 @@ class RunTree:
         tags = {STAGE_TAG: stage}
         return start_child_run(self.client, self.experiment_id, self.parent_run_id, stage, tags, start_time_ms)
 
-    def start_trial(self, stage_run_id: str, stage: Stage, number: int, study: str) -> str:
+    def start_trial(
+        self, stage_run_id: str, stage: Stage, number: int, study: str, start_time_ms: int | None = None
+    ) -> str:
         """Create the nested run of one trial under its stage run and return its id."""
         tags = {STAGE_TAG: stage, TRIAL_TAG: str(number), "stagetune.study": study}
-        return start_child_run(self.client, self.experiment_id, stage_run_id, f"{stage}-trial-{number}", tags)
+        name = f"{stage}-trial-{number}"
+        return start_child_run(self.client, self.experiment_id, stage_run_id, name, tags, start_time_ms)
 
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
