@@ -147,10 +147,11 @@ def _run_config(config: Path | None, overrides: list[str], resume: str | None, n
 def _run_flow(
     settings: PipelineConfig, console: Console, resume: str | None = None, new: bool = False
 ) -> PipelineResult:
-    # Imported here: Prefect reads its settings at import, after configure_process set them.
     from stagetune.prefect_startup import start_api_server_early
 
-    api_server = start_api_server_early()  # Prefect's temporary server starts while the flow's modules import
+    # Prefect's temporary API server starts in a child process while this one imports the flow's modules
+    # (imported here: Prefect reads its settings at import, after configure_process set them).
+    api_server = start_api_server_early()
     from flows.runners import make_task_runner
     from flows.tune_pipeline import tune_pipeline
     from stagetune.progress import RichReporter, use

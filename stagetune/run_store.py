@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from schemas.config import PipelineConfig
 from schemas.run_state import RESUMABLE, RunState
 from stagetune.errors import InputError
-from stagetune.tracking.run_tree import flatten
+from stagetune.flat_keys import flatten
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemas.pipeline import PipelineResult, SearchStageResult
+from stagetune.flat_keys import flatten
 from stagetune.report.markup import esc, format_value, html_page, html_table, paragraph
 from stagetune.report.masking import mask_data
-from stagetune.tracking.run_tree import flatten
 
 
 @dataclass(frozen=True)

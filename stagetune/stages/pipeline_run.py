@@ -10,6 +10,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from schemas.config import PipelineConfig
 from schemas.pipeline import PipelineResult
 from stagetune.errors import InputError
+from stagetune.flat_keys import flatten
 from stagetune.run_store import PipelineRun
 from stagetune.settings import load_settings
 from stagetune.tracking.io_retry import RetryingClient
@@ -19,7 +20,6 @@ from stagetune.tracking.run_tree import (
     RunTree,
     end_run,
     ensure_experiment,
-    flatten,
     log_metrics,
     log_model_json,
     log_params,
