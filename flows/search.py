@@ -54,6 +54,7 @@ def _ask_and_tell(plan: SearchPlan, concurrency: int, pending: dict[PrefectFutur
             report = search_stage.pruning_reporter(trial, plan.storage)
             with trial_resources(plan.context.config.execution):  # Dask: one trial per GPU, when asked
                 pending[train_trial.submit(plan.context, trial.number, hp, params, report)] = trial
+        search_stage.trials_started(plan)
         if not pending:
             # Nothing of ours in flight: done, unless another process still runs trials, or one of
             # them died and its trial was put back for a retry (then ask again).

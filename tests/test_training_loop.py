@@ -48,6 +48,20 @@ def test_same_seed_gives_same_batches_and_another_seed_others() -> None:
         assert not all(torch.equal(a, b) for a, b in zip(first, other, strict=True)), strategy
 
 
+def test_an_epoch_yields_every_row_once_in_a_fresh_order_and_evaluation_keeps_row_order() -> None:
+    x, y = blobs(n=70)
+    loader = make_train_loader(x, y, HP, 3, seed=0).loader
+    epochs = [torch.cat([inputs for inputs, _ in loader]) for _ in range(2)]
+    for rows in epochs:
+        assert [len(inputs) for inputs, _ in loader] == [32, 32, 6]
+        assert sorted(rows[:, 0].tolist()) == sorted(x[:, 0].tolist())  # each row once
+    assert not torch.equal(epochs[0], epochs[1])  # reshuffled
+    ordered = torch.cat([inputs for inputs, _ in make_eval_loader(x, y, batch_size=32)])
+    assert torch.equal(ordered, torch.as_tensor(x))
+    labels = torch.cat([targets for _, targets in make_eval_loader(x, y, batch_size=32)])
+    assert labels.tolist() == y.tolist()
+
+
 def test_balanced_batches_hold_each_class_equally() -> None:
     x, y = imbalanced()
     feed = make_train_loader(x, y, HP.model_copy(update={"rebalance": "balanced_batches"}), 2, seed=0)

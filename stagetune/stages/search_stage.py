@@ -147,6 +147,12 @@ def tell(plan: SearchPlan, trial: optuna.Trial, record: TrialRecord) -> None:
     plan.records.append(record)
 
 
+def trials_started(plan: SearchPlan) -> None:
+    """The loop has started its next trials: let finished trials' held MLflow records be written now."""
+    if plan.context.tracking is not None:
+        plan.context.tracking.release()
+
+
 def abandon(plan: SearchPlan, trials: list[optuna.Trial]) -> None:
     """Stop the heartbeats of trials this process will not tell (the search stopped on an error), and
     write what its finished trials queued for MLflow."""

@@ -146,7 +146,8 @@ def run_trial(
         diagnosis=diagnosis.code,
     )
     reason = outcome.reason
-    tracking.submit(lambda: _record(context, client, record, run_params, outcome.history, reason, ended))
+    # Held until the search loop has started the next trial: it then overlaps that trial's training.
+    tracking.submit(lambda: _record(context, client, record, run_params, outcome.history, reason, ended), held=True)
     return record
 
 
