@@ -42,6 +42,8 @@ def test_mlflow_tree_is_parent_stages_and_one_run_per_trial(digits_run: Pipeline
             # A pruned trial is not a failed MLflow run.
             expected = "FAILED" if trial.data.tags["stagetune.state"] == "FAIL" else "FINISHED"
             assert trial.info.status == expected
+            curves = {a.path for a in client.list_artifacts(trial.info.run_id, "plots")}
+            assert curves == {"plots/learning_curve.svg"}
         artifacts = {a.path for a in client.list_artifacts(stages[stage].info.run_id, "plots")}
         assert {"plots/history.png", "plots/parallel_coordinates.png"} <= artifacts
     final_artifacts = {a.path for a in client.list_artifacts(stages["final"].info.run_id, "plots")}

@@ -5,7 +5,7 @@ Optuna object, so the same function serves any sampler, pruner or executor.
 
 A trial makes three tracking calls around its training: the run is created with its tags (and its
 real start time), one `log_batch` carries its params, metrics and outcome tags, and the run is ended
-(with its real end time); then its learning-curve PNG is drawn and logged. When the stage gives its
+(with its real end time); then its learning curves are logged as an SVG plot. When the stage gives its
 trials a background `TrackingQueue` (`TrialContext.tracking`), all of that runs on the queue's
 thread, in that order, while the search loop goes on: the trial only waits for its run to exist
 (created while it trained) so that its record can name the run. The stage drains the queue before
@@ -36,7 +36,6 @@ from schemas.search import TrialRecord
 from stagetune.diagnosis import diagnose_curves
 from stagetune.errors import InputError
 from stagetune.tracking.background import TrackingQueue
-from stagetune.tracking.plots import learning_curve_figure
 from stagetune.tracking.run_tree import (
     RunTree,
     Stage,
@@ -47,6 +46,7 @@ from stagetune.tracking.run_tree import (
     log_tags,
     now_ms,
 )
+from stagetune.tracking.svg_curves import learning_curve_svg
 from stagetune.training.device import resolve_device
 from stagetune.training.loaders import make_eval_loader, make_train_loader
 from stagetune.training.loop import FitResult, StopTraining, fit
@@ -220,7 +220,7 @@ def _record(
     end_run(client, run_id, "FAILED" if record.state == "FAIL" else "FINISHED", ended_ms)
     if history and context.config.tracking.trial_plots:
         title = f"{context.stage} trial {record.number} ({record.state})"
-        client.log_figure(run_id, learning_curve_figure(history, title), "plots/learning_curve.png")
+        client.log_text(run_id, learning_curve_svg(history, title), "plots/learning_curve.svg")
 
 
 def log_trial_batch(

@@ -148,7 +148,7 @@ def test_s3_down_for_30_s_during_refinement_fails_nothing_and_loses_no_artifact(
     expected = [artifact_key(parent.info.artifact_uri, name) for name in PARENT_ARTIFACTS]
     expected += [artifact_key(run.info.artifact_uri, f"results/{stage}.json") for stage, run in stage_runs.items()]
     expected += [
-        artifact_key(run.info.artifact_uri, "plots/learning_curve.png")
+        artifact_key(run.info.artifact_uri, "plots/learning_curve.svg")
         for run in trials
         if "train/loss" in run.data.metrics  # a trial that failed before its first epoch has no curve
     ]
