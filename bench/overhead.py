@@ -192,9 +192,13 @@ def warm_up(uri: str | None, folder: Path) -> float:
 
 @contextmanager
 def tracking_for(store: Store, folder: Path) -> Iterator[tuple[str | None, float]]:
-    """(tracking URI, server start seconds): None and 0 for the local store, else a fresh lean `mlflow server`."""
+    """(tracking URI, server start seconds): a SQLite store in `folder` and 0, else a fresh lean `mlflow server`.
+
+    The local store is named, not left to the default: Ray's MLflow callback sets `MLFLOW_TRACKING_URI` in this
+    process, and a later run would otherwise log to that (by then stopped) server.
+    """
     if store == "local":
-        yield None, 0.0
+        yield f"sqlite:///{folder.resolve() / 'mlflow.db'}", 0.0
         return
     with mlflow_server(folder / "server") as (url, seconds):
         yield url, seconds

@@ -53,7 +53,7 @@ class CallTimer:
         return timed
 
 
-BACKGROUND = ("tracking thread: trial run created", "tracking thread: records, end, learning-curve PNG")
+BACKGROUND = ("tracking thread: trial run created", "tracking thread: records, end, learning-curve SVG")
 OUTSIDE = ("report", "final stage")
 
 

@@ -14,6 +14,7 @@ from bench.common import REPO, format_table, ray_available, spread, write_result
 from bench.datasets import BUILTIN_SPECS
 from bench.gpu import SKIPPED, parse_smi_line, run_gpu
 from bench.overhead import Workload, run_overhead
+from bench.overhead_split import run_split
 from bench.search_efficiency import run_search_efficiency
 from bench.search_report import METHODS
 from bench.startup_memory import run_startup_memory
@@ -107,6 +108,22 @@ def test_overhead_measures_training_and_overhead_per_tool_and_store() -> None:
         assert row["wall_s"] > row["training_s"]
         assert all(math.isfinite(row[k]) for k in ("overhead_percent", "per_trial_ms", "search_overhead_percent"))
     assert results["targets"]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_server")
+def test_overhead_split_accounts_for_the_whole_search_overhead() -> None:
+    results = run_split(Workload(0.01, 1, 2))
+
+    parts, background = results["search_ms_per_trial"], results["background_ms_per_trial"]
+    assert results["trials"] == 2
+    assert parts["optuna: ask (claim a trial, suggest)"] > 0
+    assert parts["optuna: tell"] > 0
+    assert sum(parts.values()) == pytest.approx(results["measurement"]["search_per_trial_ms"])
+    # Each trial's MLflow run and records were written by the tracking thread, off the critical path.
+    assert all(ms > 0 for ms in background.values())
+    assert results["outside_search_s"]["report"] > 0
+    assert "off the critical path" in results["table"]
 
 
 @pytest.mark.slow
