@@ -6,6 +6,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from schemas.results import EpochRecord
+from stagetune.flat_keys import flatten
 from stagetune.tracking.run_tree import (
     STAGE_TAG,
     TRIAL_TAG,
@@ -13,7 +14,6 @@ from stagetune.tracking.run_tree import (
     end_run,
     ensure_experiment,
     epoch_metric_rows,
-    flatten,
     log_metrics,
     log_params,
     stage_run,
