@@ -1,9 +1,11 @@
 """The overhead benchmark's trials through Ray Tune: same timed model, data, epochs and trial count, one trial
 at a time, MLflow logging through Ray's own `MLflowLoggerCallback`; at Ray's defaults and with actor reuse."""
 
+import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +38,7 @@ def measure_ray(workload: Workload, store: Store, folder: Path, uri: str | None,
     config = overhead_config(workload, folder, uri, "ray-overhead")
     data = prepare_data(BUILTIN_SPECS["digits"], config)
     tracking_uri = uri or f"sqlite:///{folder / 'mlflow.db'}"
-    with tempfile.TemporaryDirectory(prefix="bench-ray-") as storage:
+    with tempfile.TemporaryDirectory(prefix="bench-ray-") as storage, _environment_kept("MLFLOW_TRACKING_URI"):
         tuner = tune.Tuner(
             tune.with_resources(tune.with_parameters(timed_trainable, data=data, epochs=workload.epochs), {"cpu": 1}),
             param_space=ray_param_space(config.space, 0),
@@ -68,6 +70,21 @@ def measure_ray(workload: Workload, store: Store, folder: Path, uri: str | None,
         search_training_s=training,
         startup_s=0.0,
     )
+
+
+@contextmanager
+def _environment_kept(*names: str) -> Iterator[None]:
+    # Ray's MLflowLoggerCallback sets MLFLOW_TRACKING_URI in this process and leaves it: later runs in the same
+    # process (the next store, a test) would log to a server that is stopped by then.
+    saved = {name: os.environ.get(name) for name in names}
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def run_ray_rows(
