@@ -252,7 +252,7 @@ class TrackingConfig(StrictModel):
     uri: str | None = None
     experiment: str = Field(default="stagetune", min_length=1)
     registered_model: str | None = Field(default=None, description="Model Registry name; None: the config's name.")
-    trial_plots: bool = Field(default=True, description="Log a learning-curve PNG for every trial.")
+    trial_plots: bool = Field(default=True, description="Log a learning-curve plot (SVG) for every trial.")
     report: bool = Field(default=True, description="Write the tuning report at the end of every run.")
     io_retry_seconds: float = Field(
         default=180.0,

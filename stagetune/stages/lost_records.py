@@ -6,7 +6,7 @@ process killed in between leaves a told trial whose MLflow run is still RUNNING,
 and metrics. When the stage ends, such runs are rebuilt from the study: params, the objective per
 epoch (Optuna's intermediate values), the outcome tags and the right end status, tagged
 `stagetune.recovered`. Only the other per-epoch curves (train loss and accuracy, learning rate) and the
-learning-curve PNG are lost.
+learning-curve plot are lost.
 """
 
 import datetime as dt

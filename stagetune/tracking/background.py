@@ -1,15 +1,16 @@
 """Tracking writes done in order on one background thread, off the critical path of the search loop.
 
-A trial's MLflow records (its run, params, metrics, tags, end, learning-curve PNG) cost ~0.1-0.2 s
-of store round trips and matplotlib CPU here: done in line, with 1-second trials, that is 10-20% of
-the search's wall time. Queued, they overlap the next trial's training. The queue keeps the order in
-which calls were submitted (a run is created before it is logged to, logged to before it is ended),
-and `drain()` is the point where the caller knows everything queued so far is written.
+A trial's MLflow records (its run, params, metrics, tags, end, learning-curve plot) are several store
+round trips (~50 ms here with a local SQLite store; more against a server): done in line, with
+1-second trials, that is ~5% of the search's wall time. Queued, they overlap the next trial's
+training. The queue keeps the order in which calls were submitted (a run is created before it is
+logged to, logged to before it is ended), and `drain()` is the point where the caller knows
+everything queued so far is written.
 
-The work queued when a trial ends (~0.1 s of matplotlib CPU for its PNG) would compete for the GIL
-with the search loop's own critical path right then (telling Optuna, asking for and starting the next
-trial: measured 53 -> 113 ms per ask). Such calls are submitted `held`: they wait until the loop
-calls `release()` once the next trial is under way (or `HOLD_SECONDS` at most, or a drain).
+The work queued when a trial ends would compete for the GIL with the search loop's own critical path
+right then (telling Optuna, asking for and starting the next trial: measured 53 -> 113 ms per ask
+while it drew a matplotlib PNG). Such calls are submitted `held`: they wait until the loop calls
+`release()` once the next trial is under way (or `HOLD_SECONDS` at most, or a drain).
 """
 
 import threading
