@@ -1,7 +1,14 @@
-"""Shared fixtures: tiny CPU configs, one Prefect test server per session, isolated stores."""
+"""Shared fixtures: tiny CPU configs, one Prefect test server per session, isolated stores.
+
+The suite runs on two pytest-xdist workers (`addopts` in pyproject.toml). Each worker is its own
+session: its own Prefect test server, temporary folders (per-worker basetemp), stacks on free ports
+and PostgreSQL databases with random names. Tests that share a module- or session-scoped fixture
+are sent to one worker together (see `pytest_collection_modifyitems`) so that fixture is made once.
+"""
 
 import os
-from collections.abc import Iterator
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +38,69 @@ TINY_OVERRIDES = (
     "final.max_epochs=3",
     "tracking.report=false",  # the report tests switch it on
 )
+
+
+# Shared fixtures that are cheap to make on each worker: sharing only these does not tie tests together.
+PER_WORKER_FIXTURES = frozenset({"_quiet_third_parties", "prefect_server", "scratch", "cases_root"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist turns the `xdist_group` marks into work units
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under `--dist loadgroup`, give tests that share a costly module/session fixture one xdist group."""
+    if not getattr(config.option, "loadgroup", False):  # set on xdist workers by `--dist loadgroup`
+        return
+    for item, group in zip(items, shared_fixture_groups(items), strict=True):
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Say so when xdist dropped the groups (pytest-xdist#1386: pytest 9.2 ignores its node-id suffix)."""
+    if getattr(session.config.option, "loadgroup", False):
+        grouped = [item for item in session.items if item.get_closest_marker("xdist_group")]
+        if grouped and "@" not in grouped[0].nodeid:
+            warnings.warn(
+                "pytest-xdist ignored the xdist_group marks: shared fixtures are made on every worker",
+                pytest.PytestWarning,
+                stacklevel=1,
+            )
+
+
+def shared_fixture_groups(items: Sequence[pytest.Item]) -> list[str | None]:
+    """For each item, the name of its group of items linked by shared fixture instances (None: unlinked)."""
+    parent: dict[str, str] = {}
+
+    def root(key: str) -> str:
+        while parent.setdefault(key, key) != key:
+            key = parent[key]
+        return key
+
+    keys_of = [_shared_fixture_keys(item) for item in items]
+    for keys in keys_of:
+        for key in keys[1:]:
+            first, other = root(keys[0]), root(key)
+            parent[max(first, other)] = min(first, other)  # the smallest key names the group
+    return [root(keys[0]) if keys else None for keys in keys_of]
+
+
+def _shared_fixture_keys(item: pytest.Item) -> list[str]:
+    """One key per instance of a module/session fixture of this test suite that `item` uses."""
+    info = getattr(item, "_fixtureinfo", None)
+    keys = []
+    for name in sorted(getattr(item, "fixturenames", ())):
+        definitions = info.name2fixturedefs.get(name) if info is not None else None
+        if not definitions or name in PER_WORKER_FIXTURES:
+            continue
+        definition = definitions[-1]
+        if definition.scope == "function" or not definition.func.__module__.startswith("tests."):
+            continue
+        # Named by the fixture, not by where it is visible: a fixture imported into two modules is one.
+        if definition.scope in ("module", "class") and isinstance(item, pytest.Function):
+            keys.append(f"{name}:{item.module.__name__.rpartition('.')[2]}")  # one instance per module
+        else:
+            keys.append(name)
+    return keys
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -5,10 +5,10 @@ through the real `stagetune run` in-process (typer's CliRunner; data cases throu
 on the session's test server, whose first task loads the data). Every case has its own workdir,
 which must end up without an MLflow run, an Optuna study or any file in it.
 
-Generated cases (EXPECTED, counted in GENERATED and checked by the last test): config 135 (a wrong
-type for any number setting 30, beyond any declared bound 30, unknown keys and typos 20,
-search-space ranges 20, impossible budgets 25, malformed URLs 10), command line 30, environment
-40, data 40: 245 in all.
+Generated cases (EXPECTED, counted in the `generated` fixture and checked by the last test):
+config 135 (a wrong type for any number setting 30, beyond any declared bound 30, unknown keys and
+typos 20, search-space ranges 20, impossible budgets 25, malformed URLs 10), command line 30,
+environment 40, data 40: 245 in all.
 """
 
 import math
@@ -40,7 +40,6 @@ from tests.conftest import TINY_OVERRIDES
 
 CONFIG_EXAMPLES = {"wrong type": 30, "out of range": 30, "unknown key": 20, "range": 20, "budget": 25, "url": 10}
 EXPECTED = {"config": sum(CONFIG_EXAMPLES.values()), "command line": 30, "environment": 40, "data": 40}
-GENERATED: Counter[str] = Counter()
 
 FAST = settings(
     deadline=None,
@@ -117,6 +116,15 @@ def assert_nothing_written(workdir: Path) -> None:
 @pytest.fixture(scope="module")
 def cases_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("bad-input")
+
+
+@pytest.fixture(scope="module")
+def generated() -> Counter[str]:
+    """Cases generated per category, counted by every test of the module and checked by the last one.
+
+    A fixture, not a global: the tests sharing it run in one process even on several xdist workers.
+    """
+    return Counter()
 
 
 # ---------------------------------------------------------------- configs
@@ -295,9 +303,9 @@ def config_case(strategy: st.SearchStrategy[tuple[dict[str, Any], str]], example
 
     @settings(FAST, max_examples=examples)
     @given(case=strategy)
-    def check(cases_root: Path, case: tuple[dict[str, Any], str]) -> None:
+    def check(cases_root: Path, generated: Counter[str], case: tuple[dict[str, Any], str]) -> None:
         changes, field = case
-        GENERATED["config"] += 1
+        generated["config"] += 1
         result, workdir = run_case(cases_root, changes)
         assert_rejected(result, workdir, field)
 
@@ -348,9 +356,9 @@ def bad_command_lines(draw: st.DrawFn, root: Path) -> tuple[tuple[str, ...], str
 
 @settings(FAST, max_examples=EXPECTED["command line"])
 @given(data=st.data())
-def test_bad_command_lines(cases_root: Path, data: st.DataObject) -> None:
+def test_bad_command_lines(cases_root: Path, generated: Counter[str], data: st.DataObject) -> None:
     args, field, broken = data.draw(bad_command_lines(cases_root))
-    GENERATED["command line"] += 1
+    generated["command line"] += 1
     if broken is None:
         result, workdir = run_case(cases_root, {}, args)
     else:  # a broken config file in place of the good one
@@ -425,19 +433,19 @@ def bad_environments(draw: st.DrawFn, root: Path) -> tuple[dict[str, str], str, 
 
 @settings(FAST, max_examples=EXPECTED["environment"])
 @given(data=st.data())
-def test_malformed_environment_settings(cases_root: Path, data: st.DataObject) -> None:
+def test_malformed_environment_settings(cases_root: Path, generated: Counter[str], data: st.DataObject) -> None:
     env, variable, hidden = data.draw(bad_environments(cases_root))
-    GENERATED["environment"] += 1
+    generated["environment"] += 1
     result, workdir = run_case(cases_root, {}, env=env)
     assert_rejected(result, workdir, variable, hidden)
 
 
 @settings(FAST, max_examples=CONFIG_EXAMPLES["url"])
 @given(data=st.data())
-def test_malformed_urls_in_the_config(cases_root: Path, data: st.DataObject) -> None:
+def test_malformed_urls_in_the_config(cases_root: Path, generated: Counter[str], data: st.DataObject) -> None:
     key = data.draw(st.sampled_from(["tracking.uri", "search.storage"]))
     url, secret = data.draw(malformed_urls("tracking" if key == "tracking.uri" else "storage"))
-    GENERATED["config"] += 1
+    generated["config"] += 1
     result, workdir = run_case(cases_root, {key: url})
     assert_rejected(result, workdir, key, (secret,) if secret else ())
 
@@ -535,15 +543,15 @@ def quick_flow_runs(prefect_server: str) -> Iterator[None]:
 @pytest.mark.usefixtures("quick_flow_runs")
 @settings(SLOW, max_examples=EXPECTED["data"])
 @given(data=st.data())
-def test_bad_data_files(cases_root: Path, data: st.DataObject) -> None:
+def test_bad_data_files(cases_root: Path, generated: Counter[str], data: st.DataObject) -> None:
     changes, field = data.draw(bad_tables(cases_root))
-    GENERATED["data"] += 1
+    generated["data"] += 1
     result, workdir = run_case(cases_root, changes)
     assert_rejected(result, workdir, field)
 
 
-def test_every_category_generated_its_cases() -> None:
-    if not all(GENERATED[category] for category in EXPECTED):
-        pytest.skip(f"only some categories ran ({dict(GENERATED)}): run the whole file to count them")
-    assert Counter(EXPECTED) == GENERATED
-    assert sum(GENERATED.values()) >= 200
+def test_every_category_generated_its_cases(generated: Counter[str]) -> None:
+    if not all(generated[category] for category in EXPECTED):
+        pytest.skip(f"only some categories ran ({dict(generated)}): run the whole file to count them")
+    assert Counter(EXPECTED) == generated
+    assert sum(generated.values()) >= 200
