@@ -57,8 +57,8 @@ def machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "commit": _git("rev-parse", "--short", "HEAD"),
-        # Uncommitted code changes; results written by an earlier benchmark of the same run do not count.
-        "dirty": bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench/results")),
+        # Uncommitted changes (which files); results written by an earlier benchmark of the same run do not count.
+        "dirty_files": _git("diff", "HEAD", "--name-only", "--", ".", ":(exclude)bench/results").split(),
     }
 
 
