@@ -8,7 +8,7 @@ On the critical path, per trial: Optuna (ask, tell, the per-epoch report), the t
 function, the wait for the queued MLflow records when a stage ends, and the rest of the search window:
 Prefect's task machinery (task run and state records, result hand-over) and the loop. Off the critical
 path, for information: the busy time of the tracking thread (each trial's run created, then its params,
-metrics, tags, end and learning-curve PNG), which overlaps the trials' training. Outside the searches:
+metrics, tags, end and learning-curve SVG), which overlaps the trials' training. Outside the searches:
 the report, the final stage, and the rest (flow run start, sample stage, narrowing, the MLflow parent
 run). Timers wrap functions by name, for this run only.
 """

@@ -2,8 +2,8 @@
 
 Stage figures that already exist (class distribution, LR range test, confusion matrix, optimisation
 history, parallel coordinates) are reused from where the stages draw them; these are the ones only
-the report needs. Margins are fixed (`framed_figure`): the report draws one figure per trial
-parameter and stage, and constrained layout doubled the cost of each.
+the report needs (its per-hyperparameter scatters are SVG text: stagetune/report/svg_scatter.py).
+Margins are fixed (`framed_figure`): constrained layout doubled the cost of each figure.
 """
 
 import math
@@ -32,42 +32,6 @@ def overfit_figure(sanity: SanityResult) -> Figure:
     axes.set(xlabel="step", ylabel="loss", title=f"overfit test: train accuracy {sanity.overfit_train_acc:.2f}")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
-    return figure
-
-
-def param_scatter_figure(
-    name: str,
-    points: Sequence[tuple[object, float, str]],
-    highlight: Sequence[tuple[object, float, int]],
-    log: bool,
-    objective: str,
-) -> Figure:
-    """Objective against one hyperparameter: (value, objective, state) points, highlighted top trials labelled."""
-    categorical = any(isinstance(x, str | bool) for x, _, _ in points)
-    labels = sorted({str(x) for x, _, _ in points}) if categorical else []
-    figure = framed_figure(3.4, 2.7, left=0.55, right=0.2, bottom=0.42, top=0.1)
-    axes = figure.subplots()
-
-    def position(value: object) -> float:
-        if categorical:
-            return float(labels.index(str(value)))
-        return float(value) if isinstance(value, int | float) else math.nan
-
-    for state, colour in _STATE_COLOURS.items():
-        xs = [position(x) for x, _, s in points if s == state]
-        ys = [y for _, y, s in points if s == state]
-        if xs:
-            axes.scatter(xs, ys, s=14, color=colour, alpha=0.6, label=state.lower())
-    for x, y, number in highlight:
-        axes.scatter([position(x)], [y], s=60, facecolors="none", edgecolors="black", linewidths=1.4)
-        axes.annotate(f"#{number}", (position(x), y), fontsize=7, xytext=(4, 4), textcoords="offset points")
-    if categorical:
-        axes.set_xticks(range(len(labels)), labels, fontsize=7)
-    elif log:
-        axes.set_xscale("log")
-    axes.set(xlabel=name + (" (log)" if log and not categorical else ""), ylabel=objective)
-    axes.tick_params(labelsize=7)
-    axes.grid(alpha=0.3)
     return figure
 
 

@@ -100,6 +100,12 @@ def image(figure: Figure, alt: str, css_class: str = "plot") -> str:
     return f'<img class="{css_class}" alt="{esc(alt)}" src="{png_data_uri(figure)}">'
 
 
+def svg_image(svg: str, alt: str, css_class: str = "plot") -> str:
+    """An `<img>` holding an SVG document inline (a data URI: the page's policy allows images from data: only)."""
+    uri = "data:image/svg+xml;base64," + base64.b64encode(svg.encode("utf-8")).decode("ascii")
+    return f'<img class="{css_class}" alt="{esc(alt)}" src="{uri}">'
+
+
 def paragraph(text: str) -> str:
     """An escaped paragraph."""
     return f"<p>{esc(text)}</p>"

@@ -8,11 +8,22 @@ from mlflow.tracking import MlflowClient
 from schemas.pipeline import SearchStageResult
 from schemas.search import NarrowingReport, TrialRecord
 from schemas.search_space import CategoricalParam, Param
-from stagetune.report.figures import best_curves_figure, narrowing_figure, param_scatter_figure, trial_states_figure
+from stagetune.report.figures import best_curves_figure, narrowing_figure, trial_states_figure
 from stagetune.report.importance import Importances
-from stagetune.report.markup import Numbers, Scalar, esc, html_table, image, key_value_rows, md_table, paragraph
+from stagetune.report.markup import (
+    Numbers,
+    Scalar,
+    esc,
+    html_table,
+    image,
+    key_value_rows,
+    md_table,
+    paragraph,
+    svg_image,
+)
 from stagetune.report.mlflow_io import trial_history
 from stagetune.report.model import Section
+from stagetune.report.svg_scatter import param_scatter_svg
 from stagetune.stages.search_stage import top_trials
 from stagetune.tracking.study_plots import history_figure, importances_figure, parallel_coordinates_figure
 
@@ -176,9 +187,9 @@ def _param_scatters(stage: SearchStageResult, ringed: set[int]) -> list[str]:
             continue
         highlight = [(_param_value(t, name), float(t.value or 0.0), t.number) for t in scored if t.number in ringed]
         log = _is_log(stage, name)
-        figure = param_scatter_figure(name, points, highlight, log, stage.objective)
+        svg = param_scatter_svg(name, points, highlight, log, stage.objective)
         alt = f"{stage.objective} against {name}" + (" (log scale)" if log else "")
-        images.append(image(figure, alt, css_class="small"))
+        images.append(svg_image(svg, alt, css_class="small"))
     return images
 
 
