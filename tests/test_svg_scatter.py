@@ -27,9 +27,10 @@ def _rings(svg: str) -> dict[str, tuple[float, float]]:
     return found
 
 
-def _tick_labels(svg: str) -> list[str]:
+def _texts(svg: str, css_class: str | None = None) -> list[str]:
+    """Every text of the figure, or those of one class ("x-tick", "y-tick")."""
     root = ET.fromstring(svg)
-    return [t.text or "" for t in root.iterfind("svg:text", NS)]
+    return [t.text or "" for t in root.iterfind("svg:text", NS) if css_class in (None, t.attrib.get("class"))]
 
 
 def test_log_axis_places_each_decade_equally_apart_and_lower_objective_lower_on_the_page() -> None:
@@ -44,8 +45,8 @@ def test_log_axis_places_each_decade_equally_apart_and_lower_objective_lower_on_
     ys = {y_value: y for (_, y), y_value in zip(dots["COMPLETE"], (0.9, 0.5, 0.1), strict=True)}
     assert ys[0.1] > ys[0.5] > ys[0.9]  # SVG's y points down: the best (lowest) loss is lowest on the page
     assert _rings(svg) == {"7": dots["COMPLETE"][2]}
-    assert {"0.0001", "0.001", "0.01", "0.1"} <= set(_tick_labels(svg))
-    assert "learning_rate (log)" in _tick_labels(svg)
+    assert {"0.0001", "0.001", "0.01", "0.1"} <= set(_texts(svg, "x-tick"))
+    assert "learning_rate (log)" in _texts(svg)
     assert all(0 <= x <= WIDTH and 0 <= y <= HEIGHT for pts in dots.values() for x, y in pts)
 
 
@@ -59,9 +60,9 @@ def test_choices_sit_on_sorted_categories_and_each_state_has_its_own_colour_grou
     x_adamw = dots["FAIL"][0][0]
     x_sgd, x_adam_complete = dots["COMPLETE"][0][0], dots["COMPLETE"][1][0]
     assert x_adam_pruned == x_adam_complete < x_adamw < x_sgd  # adam, adamw, sgd: sorted, one slot each
-    assert "optimizer" in _tick_labels(svg)  # no "(log)" for choices
-    assert {"adam", "adamw", "sgd"} <= set(_tick_labels(svg))
-    assert {"complete", "pruned", "fail"} <= set(_tick_labels(svg))  # legend
+    assert "optimizer" in _texts(svg)  # no "(log)" for choices
+    assert _texts(svg, "x-tick") == ["adam", "adamw", "sgd"]
+    assert {"complete", "pruned", "fail"} <= set(_texts(svg))  # legend
 
 
 def test_values_a_log_axis_cannot_show_are_left_out_and_names_are_escaped() -> None:
@@ -70,10 +71,13 @@ def test_values_a_log_axis_cannot_show_are_left_out_and_names_are_escaped() -> N
 
     assert len(_dots(svg)["COMPLETE"]) == 2
     assert _rings(svg) == {}  # the ringed trial's value (0) has no place on a log axis
-    labels = _tick_labels(svg)
+    labels = _texts(svg)
     assert "w<d> (log)" in labels
     assert "loss & co" in labels
-    assert len([t for t in labels if t[:1].isdigit()]) >= 3  # less than a decade: round values are labelled
+    # Less than a decade (0.001-0.002): round values inside it are labelled, not just one power of ten.
+    x_ticks = [float(t) for t in _texts(svg, "x-tick")]
+    assert len(x_ticks) >= 3
+    assert all(0.0009 <= t <= 0.0021 for t in x_ticks)
 
 
 def test_a_linear_axis_keeps_order_and_constant_values_do_not_divide_by_zero() -> None:

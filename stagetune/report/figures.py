@@ -15,9 +15,8 @@ from schemas.final import FinalResult
 from schemas.results import EpochRecord, SanityResult
 from schemas.search import ParamChange, TrialRecord
 from schemas.search_space import CategoricalParam, Param
+from stagetune.report.svg_scatter import STATE_COLOURS
 from stagetune.tracking.plots import LEFT_IN, framed_figure, text_width_in
-
-_STATE_COLOURS = {"COMPLETE": "tab:blue", "PRUNED": "tab:orange", "FAIL": "tab:red"}
 
 
 def overfit_figure(sanity: SanityResult) -> Figure:
@@ -107,7 +106,7 @@ def trial_states_figure(trials: Sequence[TrialRecord], max_epochs: int) -> Figur
     """Epochs each trial ran, coloured by state: where pruning stopped the pruned ones."""
     figure = framed_figure(6.5, 3.2)
     axes = figure.subplots()
-    for state, colour in _STATE_COLOURS.items():
+    for state, colour in STATE_COLOURS.items():
         chosen = [t for t in trials if t.state == state]
         if chosen:
             axes.bar(

@@ -55,11 +55,11 @@ def param_scatter_svg(
     for label, position in axis.ticks:
         x = _LEFT + position * plot_w
         out.append(f'<line x1="{x:.1f}" y1="{_TOP}" x2="{x:.1f}" y2="{bottom}" stroke="#e3e3e3"/>')
-        out.append(f'<text x="{x:.1f}" y="{bottom + 13}" text-anchor="middle">{escape(label)}</text>')
+        out.append(f'<text class="x-tick" x="{x:.1f}" y="{bottom + 13}" text-anchor="middle">{escape(label)}</text>')
     for tick in y_ticks:
         y = y_at(tick)
         out.append(f'<line x1="{_LEFT}" y1="{y:.1f}" x2="{_LEFT + plot_w}" y2="{y:.1f}" stroke="#e3e3e3"/>')
-        out.append(f'<text x="{_LEFT - 5}" y="{y + 3.5:.1f}" text-anchor="end">{tick:g}</text>')
+        out.append(f'<text class="y-tick" x="{_LEFT - 5}" y="{y + 3.5:.1f}" text-anchor="end">{tick:g}</text>')
     out.append(f'<text x="{_LEFT + plot_w / 2}" y="{HEIGHT - 8}" text-anchor="middle">{escape(x_label)}</text>')
     out.append(
         f'<text x="12" y="{_TOP + plot_h / 2}" text-anchor="middle" '
@@ -127,11 +127,10 @@ class _Axis:
         placed = [(label, (at - span[0]) / width) for label, at in ticks if span[0] <= at <= span[1]]
         return cls(placed, {}, span, log)
 
-    def position(self, value: object) -> float | None:
+    def position(self, value: str | float) -> float | None:
         if isinstance(value, str):
             return self._slots.get(value)
-        number = float(value) if isinstance(value, float) else math.nan
-        if not math.isfinite(number) or (self._log and number <= 0):
+        if not math.isfinite(value) or (self._log and value <= 0):
             return None
-        at = math.log10(number) if self._log else number
+        at = math.log10(value) if self._log else value
         return (at - self._span[0]) / ((self._span[1] - self._span[0]) or 1.0)
