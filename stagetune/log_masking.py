@@ -3,7 +3,7 @@
 What is masked, with ***: any password inside a URL (`scheme://user:PASSWORD@host`) or a DSN
 (`password=...`), and the known secret values: the runtime settings' SecretStr fields (S3 keys),
 the passwords of their URLs, and the values of secret-named environment variables (…_PASSWORD,
-…_TOKEN, …_SECRET…).
+…_TOKEN, …_SECRET…, …_AUTH_STRING).
 
 Why the record factory: Prefect configures its handlers when it is imported (after a command
 starts) and its loggers, like MLflow's, do not propagate to the root logger, so a filter on the
@@ -26,7 +26,7 @@ MIN_SECRET_LENGTH = 6
 
 _URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][\w+.-]*://[^/@:\s]*:)(?P<password>[^/@\s]+)@")
 _DSN_PASSWORD = re.compile(r"(?P<head>\b(?:password|passwd|pwd)\s*=\s*)(?P<password>[^\s&;,'\"]+)", re.IGNORECASE)
-_SECRET_VARIABLE = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|ACCESS_KEY|API_KEY|CREDENTIAL", re.IGNORECASE)
+_SECRET_VARIABLE = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|ACCESS_KEY|API_KEY|CREDENTIAL|AUTH_STRING", re.IGNORECASE)
 
 
 def mask_secrets(text: str, secrets: Iterable[str] = ()) -> str:

@@ -1,11 +1,14 @@
 """Process-wide settings applied when a command starts (never at import time)."""
 
+import contextlib
 import logging
 import os
 import sys
 import warnings
 
+from stagetune.errors import InputError
 from stagetune.log_masking import install_log_masking
+from stagetune.settings import export_client_settings, load_settings
 
 # Prefect's ephemeral API server takes ~15 s to start cold on 2 busy cores, close to its 20 s
 # default timeout; its analytics log "database is locked" tracebacks. MLflow prints a "View run"
@@ -33,8 +36,12 @@ QUIET_DEFAULTS = {
 }
 
 
-def configure_process(verbose: bool = False) -> None:
-    """Quiet third-party noise and mask secrets in every log line; call before Prefect or MLflow are imported."""
+def configure_process(verbose: bool = False, *, prefect_api_url: bool = False) -> None:
+    """Quiet third-party noise, pass the settings file's logins to MLflow and Prefect, and mask secrets
+    in every log line; call before Prefect or MLflow are imported.
+
+    `prefect_api_url`: also take PREFECT_API_URL from the settings file (commands that need a server).
+    """
     for key, value in QUIET_DEFAULTS.items():
         if verbose and key in (
             "PREFECT_LOGGING_LEVEL",
@@ -48,6 +55,9 @@ def configure_process(verbose: bool = False) -> None:
     if not verbose:
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"mlflow(\..*)?")
         warnings.filterwarnings("ignore", category=DeprecationWarning)
+    # Bad settings are reported (exit 2) by the command that reads them.
+    with contextlib.suppress(InputError):
+        export_client_settings(load_settings(), prefect_api_url=prefect_api_url)
     install_log_masking()
     if not verbose:
         _show_own_warnings()

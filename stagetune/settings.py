@@ -1,8 +1,9 @@
 """Runtime settings from the environment (and an optional env file), read when a command starts.
 
 Connection details and secrets live here, never in the config YAML: tracking URI, Optuna storage,
-S3 endpoint and credentials. Precedence: the config's explicit value, then these settings, then
-the local defaults under `execution.workdir`.
+S3 endpoint and credentials, the MLflow server's login and the Prefect API's auth string.
+Precedence: the config's explicit value, then these settings, then the local defaults under
+`execution.workdir`.
 """
 
 import os
@@ -18,6 +19,11 @@ from schemas.urls import endpoint_url_problem, storage_url_problem, tracking_uri
 from stagetune.errors import InputError
 
 SETTINGS_FILE_VARIABLE = "STAGETUNE_SETTINGS_FILE"
+# MLflow's and Prefect's own clients read these from the process environment, not from stagetune.
+MLFLOW_USERNAME_VARIABLE = "MLFLOW_TRACKING_USERNAME"
+MLFLOW_PASSWORD_VARIABLE = "MLFLOW_TRACKING_PASSWORD"
+PREFECT_URL_VARIABLE = "PREFECT_API_URL"
+PREFECT_AUTH_VARIABLE = "PREFECT_API_AUTH_STRING"
 
 
 class RuntimeSettings(BaseSettings):
@@ -37,6 +43,10 @@ class RuntimeSettings(BaseSettings):
     aws_secret_access_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("AWS_SECRET_ACCESS_KEY")
     )
+    mlflow_username: str | None = Field(default=None, validation_alias=AliasChoices(MLFLOW_USERNAME_VARIABLE))
+    mlflow_password: SecretStr | None = Field(default=None, validation_alias=AliasChoices(MLFLOW_PASSWORD_VARIABLE))
+    prefect_api_url: str | None = Field(default=None, validation_alias=AliasChoices(PREFECT_URL_VARIABLE))
+    prefect_auth_string: SecretStr | None = Field(default=None, validation_alias=AliasChoices(PREFECT_AUTH_VARIABLE))
 
     @field_validator("tracking_uri")
     @classmethod
@@ -91,6 +101,30 @@ def export_s3_environment(settings: RuntimeSettings) -> None:
     if settings.aws_access_key_id and settings.aws_secret_access_key:
         os.environ.setdefault("AWS_ACCESS_KEY_ID", settings.aws_access_key_id.get_secret_value())
         os.environ.setdefault("AWS_SECRET_ACCESS_KEY", settings.aws_secret_access_key.get_secret_value())
+
+
+def export_client_settings(settings: RuntimeSettings, *, prefect_api_url: bool = False) -> list[str]:
+    """Put the MLflow login and the Prefect auth string (and, asked for, the Prefect API URL) of the
+    settings into this process's environment, where MLflow's and Prefect's clients read them.
+
+    A variable the environment already sets is left alone. Call before Prefect is imported: it reads
+    its settings once, at import. Returns the names of the variables it set.
+    """
+    wanted: dict[str, str | None] = {
+        MLFLOW_USERNAME_VARIABLE: settings.mlflow_username,
+        MLFLOW_PASSWORD_VARIABLE: _secret(settings.mlflow_password),
+        PREFECT_AUTH_VARIABLE: _secret(settings.prefect_auth_string),
+    }
+    if prefect_api_url:
+        wanted[PREFECT_URL_VARIABLE] = settings.prefect_api_url
+    exported = [name for name, value in wanted.items() if value and not os.environ.get(name)]
+    for name in exported:
+        os.environ[name] = str(wanted[name])
+    return exported
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
 
 
 def _read_env_file(path: Path) -> dict[str, str]:

@@ -3,6 +3,7 @@
 Plain functions; `stagetune.cli_stack` is the thin command layer over them.
 """
 
+from stagetune.stack.auth import ServiceAuth, load_or_create_auth, read_auth
 from stagetune.stack.credentials import S3Credentials, load_or_create_credentials, read_credentials
 from stagetune.stack.health import StackError, ensure_bucket, http_ok, s3_client, s3_ok, wait_healthy
 from stagetune.stack.paths import StackPaths, resolve_paths
@@ -28,6 +29,7 @@ __all__ = [
     "SEAWEED",
     "ProcessRecord",
     "S3Credentials",
+    "ServiceAuth",
     "ServiceStatus",
     "StackError",
     "StackInfo",
@@ -38,7 +40,9 @@ __all__ = [
     "ensure_database",
     "http_ok",
     "is_running",
+    "load_or_create_auth",
     "load_or_create_credentials",
+    "read_auth",
     "read_credentials",
     "read_record",
     "redact_url",

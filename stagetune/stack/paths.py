@@ -1,7 +1,7 @@
 """Where the local stack keeps its state: data, credentials, logs, PIDs and the settings file.
 
 The folder lives outside the repository (default `~/.local/state/stagetune/stack`, or
-`$STAGETUNE_STACK_DIR`): it holds the generated S3 credentials, so it is created with mode 0700 and
+`$STAGETUNE_STACK_DIR`): it holds the generated S3 credentials and server logins, so it is created with mode 0700 and
 every file with a secret in it with mode 0600.
 """
 
@@ -50,6 +50,21 @@ class StackPaths:
     def identities_file(self) -> Path:
         """SeaweedFS's S3 identities (the access key and secret): mode 0600."""
         return self.root / "s3-identities.json"
+
+    @property
+    def auth_file(self) -> Path:
+        """The MLflow admin login and the Prefect API's auth string: mode 0600."""
+        return self.root / "service-auth.json"
+
+    @property
+    def mlflow_auth_db(self) -> Path:
+        """The users and permissions of MLflow's basic-auth app (SQLite; passwords hashed)."""
+        return self.root / "mlflow-auth.db"
+
+    @property
+    def mlflow_auth_config(self) -> Path:
+        """The basic-auth app's ini (MLFLOW_AUTH_CONFIG_PATH): mode 0600."""
+        return self.root / "mlflow-auth.ini"
 
     @property
     def env_file(self) -> Path:

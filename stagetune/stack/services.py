@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from stagetune.stack.auth import ServiceAuth
 from stagetune.stack.credentials import S3Credentials
 from stagetune.stack.health import S3_REGION, StackError
 from stagetune.stack.paths import StackPaths
@@ -27,8 +28,17 @@ DEFAULT_PORTS = {SEAWEED: 8333, MLFLOW: 5000, PREFECT: 4200}
 ARTIFACT_PREFIX = "mlartifacts"
 GRPC_OFFSET = 10000  # SeaweedFS's default gRPC port = HTTP port + 10000
 _SEAWEED_INTERNAL = ("master", "volume", "filer", "admin")
-# Variables a service must not inherit from the caller: another S3 identity, another Prefect API.
+# Variables a service must not inherit from the caller: another S3 identity, another Prefect API,
+# other logins.
 _DROPPED = (
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_AUTH_CONFIG_PATH",
+    "MLFLOW_AUTH_ADMIN_USERNAME",
+    "MLFLOW_AUTH_ADMIN_PASSWORD",
+    "MLFLOW_FLASK_SERVER_SECRET_KEY",
+    "PREFECT_API_AUTH_STRING",
+    "PREFECT_SERVER_API_AUTH_STRING",
     "AWS_PROFILE",
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
@@ -100,7 +110,8 @@ def start_seaweed(paths: StackPaths, s3_port: int) -> ProcessRecord:
 
 
 def mlflow_command(port: int, bucket: str) -> list[str]:
-    """A lean `mlflow server`: loopback, one uvicorn worker, artifacts proxied to s3://BUCKET/mlartifacts."""
+    """A lean `mlflow server` behind its basic-auth app: loopback, one uvicorn worker, artifacts
+    proxied to s3://BUCKET/mlartifacts."""
     return [
         sys.executable,
         "-m",
@@ -112,6 +123,8 @@ def mlflow_command(port: int, bucket: str) -> list[str]:
         str(port),
         "--workers",
         "1",
+        "--app-name",
+        "basic-auth",
         "--artifacts-destination",
         f"s3://{bucket}/{ARTIFACT_PREFIX}",
     ]
@@ -123,11 +136,13 @@ def start_mlflow(
     *,
     s3_endpoint_url: str,
     credentials: S3Credentials,
+    auth: ServiceAuth,
     bucket: str,
     backend_store_uri: str,
     backend_display: str,
 ) -> ProcessRecord:
-    """Start the MLflow server; the backend store URI and S3 keys go through its environment, not argv."""
+    """Start the MLflow server; the backend store URI, S3 keys and admin password go through its
+    environment, not argv (the basic-auth ini written by `write_mlflow_auth_config` holds no secret)."""
     env = _base_env()
     env.update(
         {
@@ -138,6 +153,9 @@ def start_mlflow(
             "AWS_SECRET_ACCESS_KEY": credentials.secret_access_key,
             "AWS_DEFAULT_REGION": S3_REGION,
             "GIT_PYTHON_REFRESH": "quiet",
+            "MLFLOW_AUTH_CONFIG_PATH": str(paths.mlflow_auth_config),
+            "MLFLOW_AUTH_ADMIN_PASSWORD": auth.mlflow_password,
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": auth.mlflow_secret_key,
         }
     )
     return start_process(
@@ -148,22 +166,32 @@ def start_mlflow(
         port=port,
         url=f"http://{LOOPBACK}:{port}",
         marker="mlflow",
-        details={"backend_store": backend_display, "artifacts": f"s3://{bucket}/{ARTIFACT_PREFIX}"},
+        details={
+            "backend_store": backend_display,
+            "artifacts": f"s3://{bucket}/{ARTIFACT_PREFIX}",
+            "auth": f"basic-auth, user {auth.mlflow_username}",
+        },
     )
 
 
-def start_prefect(paths: StackPaths, port: int) -> ProcessRecord:
-    """Start `prefect server start` on loopback with its database under the state folder."""
+def start_prefect(paths: StackPaths, port: int, auth: ServiceAuth) -> ProcessRecord:
+    """Start `prefect server start` on loopback with its database under the state folder; its API
+    answers 401 to requests without the auth string (its health check stays open)."""
     env = _base_env()
     env.update(
         {
             "PREFECT_HOME": str(paths.prefect_home),
+            "PREFECT_SERVER_API_AUTH_STRING": auth.prefect_auth_string,
+            "PREFECT_API_AUTH_STRING": auth.prefect_auth_string,  # the server's own client, if it calls itself
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "DO_NOT_TRACK": "1",
         }
     )
     argv = [sys.executable, "-m", "prefect", "server", "start", "--host", LOOPBACK, "--port", str(port)]
-    return start_process(paths, PREFECT, argv, env, port=port, url=f"http://{LOOPBACK}:{port}/api", marker="prefect")
+    url = f"http://{LOOPBACK}:{port}/api"
+    return start_process(
+        paths, PREFECT, argv, env, port=port, url=url, marker="prefect", details={"auth": "auth string"}
+    )
 
 
 def health_url(record: ProcessRecord) -> str | None:

@@ -1,7 +1,8 @@
 """`stack up / down`: the local S3 + MLflow (+ Prefect) stack as plain functions.
 
 `stack_up` is idempotent: a service whose recorded PID still runs is kept, a dead or missing one
-is started; then the settings the pipeline reads are written to `stack.env` (mode 0600).
+is started; then the settings the pipeline reads are written to `stack.env` (mode 0600): the S3
+endpoint and keys, MLflow's URL and login, Prefect's API URL and auth string.
 `stack_down` stops every process it started, by PID.
 """
 
@@ -9,10 +10,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from stagetune.settings import SETTINGS_FILE_VARIABLE
+from stagetune.settings import (
+    MLFLOW_PASSWORD_VARIABLE,
+    MLFLOW_USERNAME_VARIABLE,
+    PREFECT_AUTH_VARIABLE,
+    PREFECT_URL_VARIABLE,
+    SETTINGS_FILE_VARIABLE,
+)
+from stagetune.stack.auth import ServiceAuth, load_or_create_auth, write_mlflow_auth_config
 from stagetune.stack.credentials import S3Credentials, load_or_create_credentials
 from stagetune.stack.envfile import write_env_file
-from stagetune.stack.health import ensure_bucket, wait_healthy
+from stagetune.stack.health import StackError, ensure_bucket, wait_healthy
 from stagetune.stack.paths import StackPaths, prepare_state
 from stagetune.stack.plan import Plan, StackOptions, check_options, plan_ports, resolve_stores, save_stores
 from stagetune.stack.postgres import ensure_database, is_postgres, redact_url
@@ -38,6 +46,7 @@ class StackInfo:
     services: list[ServiceStatus]
     settings: dict[str, str] = field(repr=False)
     credentials: S3Credentials = field(repr=False)
+    auth: ServiceAuth = field(repr=False)
 
     @property
     def export_line(self) -> str:
@@ -60,6 +69,7 @@ def stack_up(paths: StackPaths, options: StackOptions) -> StackInfo:
         wanted.append(PREFECT)
     requested = {SEAWEED: options.s3_port, MLFLOW: options.mlflow_port, PREFECT: options.prefect_port}
     plans = plan_ports(paths, {name: requested[name] for name in wanted})
+    _refuse_open_servers(plans)
     stores = resolve_stores(paths, options)
     for url, option in ((stores.backend_store_uri, "--backend-store-uri"), (stores.optuna_storage, "--optuna-storage")):
         if url and is_postgres(url):
@@ -68,6 +78,8 @@ def stack_up(paths: StackPaths, options: StackOptions) -> StackInfo:
     prepare_state(paths)
     save_stores(paths, stores)
     credentials = load_or_create_credentials(paths)
+    auth = load_or_create_auth(paths)
+    write_mlflow_auth_config(paths, auth)
     record, started = _launch(paths, plans[SEAWEED], lambda port: start_seaweed(paths, port))
     statuses = {SEAWEED: _wait(paths, record, started, credentials, options.timeout_s)}
     s3_url = record.url
@@ -78,20 +90,21 @@ def stack_up(paths: StackPaths, options: StackOptions) -> StackInfo:
             port,
             s3_endpoint_url=s3_url,
             credentials=credentials,
+            auth=auth,
             bucket=stores.bucket,
             backend_store_uri=stores.backend_store_uri,
             backend_display=redact_url(stores.backend_store_uri),
         ),
-        PREFECT: lambda port: start_prefect(paths, port),
+        PREFECT: lambda port: start_prefect(paths, port, auth),
     }
     # MLflow and Prefect are both started before either is waited for: their start-ups overlap.
     launched = [_launch(paths, plans[name], starters[name]) for name in wanted[1:]]
     for record, started in launched:
         statuses[record.service] = _wait(paths, record, started, credentials, options.timeout_s)
 
-    settings = stack_settings(statuses, credentials, stores.optuna_storage)
+    settings = stack_settings(statuses, credentials, auth, stores.optuna_storage)
     write_env_file(paths.env_file, settings)
-    return StackInfo(paths, [statuses[name] for name in SERVICES if name in statuses], settings, credentials)
+    return StackInfo(paths, [statuses[name] for name in SERVICES if name in statuses], settings, credentials, auth)
 
 
 def stack_down(paths: StackPaths, timeout_s: float = 15.0) -> list[ServiceStatus]:
@@ -114,20 +127,33 @@ def stack_down(paths: StackPaths, timeout_s: float = 15.0) -> list[ServiceStatus
 
 
 def stack_settings(
-    services: dict[str, ServiceStatus], credentials: S3Credentials, optuna_storage: str | None
+    services: dict[str, ServiceStatus], credentials: S3Credentials, auth: ServiceAuth, optuna_storage: str | None
 ) -> dict[str, str]:
     """The KEY=VALUE settings of `stack.env` (read by stagetune.settings.load_settings)."""
     settings = {
         "MLFLOW_TRACKING_URI": services[MLFLOW].url or "",
+        MLFLOW_USERNAME_VARIABLE: auth.mlflow_username,
+        MLFLOW_PASSWORD_VARIABLE: auth.mlflow_password,
         "STAGETUNE_S3_ENDPOINT_URL": services[SEAWEED].url or "",
         "AWS_ACCESS_KEY_ID": credentials.access_key_id,
         "AWS_SECRET_ACCESS_KEY": credentials.secret_access_key,
     }
     if PREFECT in services:
-        settings["PREFECT_API_URL"] = services[PREFECT].url or ""
+        settings[PREFECT_URL_VARIABLE] = services[PREFECT].url or ""
+        settings[PREFECT_AUTH_VARIABLE] = auth.prefect_auth_string
     if optuna_storage:
         settings["STAGETUNE_OPTUNA_STORAGE"] = optuna_storage
     return settings
+
+
+def _refuse_open_servers(plans: dict[str, Plan]) -> None:
+    """A server kept running must have been started with its login (not by a stagetune before it had one)."""
+    for plan in plans.values():
+        if plan.service in (MLFLOW, PREFECT) and plan.running is not None and "auth" not in plan.running.details:
+            raise StackError(
+                f"{plan.service} (PID {plan.running.pid}) was started without authentication by an older "
+                "stagetune: run `stagetune stack down`, then `stagetune stack up` to restart it with a login"
+            )
 
 
 def _launch(paths: StackPaths, plan: Plan, start: Callable[[int], ProcessRecord]) -> tuple[ProcessRecord, bool]:

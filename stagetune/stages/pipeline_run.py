@@ -12,7 +12,7 @@ from schemas.pipeline import PipelineResult
 from stagetune.errors import InputError
 from stagetune.flat_keys import flatten
 from stagetune.run_store import PipelineRun
-from stagetune.settings import load_settings
+from stagetune.settings import export_client_settings, load_settings
 from stagetune.tracking.io_retry import RetryingClient
 from stagetune.tracking.run_tree import (
     STAGE_TAG,
@@ -37,8 +37,14 @@ class TrackingTarget:
 
 
 def resolve_tracking(config: PipelineConfig) -> TrackingTarget:
-    """`tracking.uri`, else the runtime settings' tracking URI, else a local SQLite store in the workdir."""
-    uri = config.tracking.uri or load_settings().tracking_uri
+    """`tracking.uri`, else the runtime settings' tracking URI, else a local SQLite store in the workdir.
+
+    The settings' MLflow login goes into the environment, where MLflow's client reads it: flow runs
+    started by a Prefect worker never pass through the command that does it otherwise.
+    """
+    settings = load_settings()
+    export_client_settings(settings)
+    uri = config.tracking.uri or settings.tracking_uri
     if uri and uri.startswith("sqlite:///"):
         # A local store keeps its artifacts beside it, not in ./mlruns of whatever folder runs it.
         database = Path(uri.removeprefix("sqlite:///")).resolve()

@@ -7,10 +7,11 @@ retention sweep (it keeps the three newest) would delete them under the running 
 """
 
 import logging
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,14 @@ from stagetune.stack import StackInfo, StackOptions, StackPaths, stack_down, sta
 from stagetune.stack.procs import free_ports
 from tests.conftest import tiny_config
 from tests.integration.helpers import FOREIGN_SETTINGS, SMALL
+
+
+@dataclass(frozen=True)
+class PrefectApi:
+    """A stack's Prefect API and the auth string it wants."""
+
+    url: str
+    auth_string: str = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -54,12 +63,13 @@ def start_stack(
         raise
 
 
-def run_pipeline(stack: StackInfo, workdir: Path, prefect_api_url: str, *overrides: str) -> PipelineRun:
+def run_pipeline(stack: StackInfo, workdir: Path, prefect_api: PrefectApi, *overrides: str) -> PipelineRun:
     """The tiny pipeline with only the stack's settings file pointing it at the stack; Python logs captured.
 
-    Flow and task runs go to `prefect_api_url` (the session stack's `prefect server`).
+    Flow and task runs go to `prefect_api` (the session stack's `prefect server`). The MLflow login
+    comes from the settings file too (the pipeline puts it into the environment; restored after).
     """
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     from flows.tune_pipeline import tune_pipeline
 
@@ -67,6 +77,8 @@ def run_pipeline(stack: StackInfo, workdir: Path, prefect_api_url: str, *overrid
     handler = _ListHandler(records)
     root = logging.getLogger()
     previous_level = root.level
+    environ = dict(os.environ)
+    prefect = {PREFECT_API_URL: prefect_api.url, PREFECT_API_AUTH_STRING: prefect_api.auth_string}
     with pytest.MonkeyPatch.context() as patch:
         for name in FOREIGN_SETTINGS:
             patch.delenv(name, raising=False)
@@ -74,11 +86,13 @@ def run_pipeline(stack: StackInfo, workdir: Path, prefect_api_url: str, *overrid
         root.addHandler(handler)
         root.setLevel(logging.INFO)
         try:
-            with temporary_settings({PREFECT_API_URL: prefect_api_url}):
+            with temporary_settings(prefect):
                 result = tune_pipeline(tiny_config(workdir, *SMALL, *overrides))
         finally:
             root.removeHandler(handler)
             root.setLevel(previous_level)
+            os.environ.clear()
+            os.environ.update(environ)
     return PipelineRun(stack, result, workdir, records)
 
 
@@ -99,9 +113,9 @@ def stack(scratch: Path) -> Iterator[StackInfo]:
 
 
 @pytest.fixture(scope="session")
-def prefect_api(stack: StackInfo) -> str:
-    """The session stack's Prefect API URL."""
-    return stack.settings["PREFECT_API_URL"]
+def prefect_api(stack: StackInfo) -> PrefectApi:
+    """The session stack's Prefect API URL and auth string."""
+    return PrefectApi(stack.settings["PREFECT_API_URL"], stack.settings["PREFECT_API_AUTH_STRING"])
 
 
 @pytest.fixture(scope="session")

@@ -1,5 +1,6 @@
 """Helpers of the integration tests: bucket listings, MLflow artifact walks, sockets, processes, leaks."""
 
+import base64
 import json
 import os
 import time
@@ -28,7 +29,20 @@ FOREIGN_SETTINGS = (
     "AWS_ENDPOINT_URL",
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "PREFECT_API_AUTH_STRING",
 )
+
+
+def stack_client(info: StackInfo) -> MlflowClient:
+    """An MlflowClient of the stack's server, logged in as the stack's admin.
+
+    MLflow's client reads its login from the environment: it is set there, for this test process.
+    """
+    os.environ["MLFLOW_TRACKING_USERNAME"] = info.auth.mlflow_username
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = info.auth.mlflow_password
+    return MlflowClient(info.service("mlflow").url)
 
 
 def bucket_objects(info: StackInfo, bucket: str = "stagetune") -> dict[str, int]:
@@ -154,10 +168,12 @@ def files_under(folder: Path, label: str) -> dict[str, bytes]:
     return {f"{label} {p.relative_to(folder)}": p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
-def prefect_query(api_url: str, path: str, body: dict[str, Any] | None = None) -> Any:
-    """POST a filter query to the Prefect REST API (e.g. `flow_runs/filter`, `logs/filter`)."""
+def prefect_query(info: StackInfo, path: str, body: dict[str, Any] | None = None) -> Any:
+    """POST a filter query to the stack's Prefect REST API (e.g. `flow_runs/filter`), with its auth string."""
+    token = base64.b64encode(info.auth.prefect_auth_string.encode()).decode()
+    headers = {"Content-Type": "application/json", "Authorization": f"Basic {token}"}
     request = urllib.request.Request(
-        f"{api_url}/{path}", data=json.dumps(body or {}).encode(), headers={"Content-Type": "application/json"}
+        f"{info.settings['PREFECT_API_URL']}/{path}", data=json.dumps(body or {}).encode(), headers=headers
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())

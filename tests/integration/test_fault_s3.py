@@ -35,6 +35,7 @@ from tests.integration.helpers import (
     artifact_key,
     bucket_objects,
     referenced_artifacts,
+    stack_client,
     stop_service,
     wait_for,
 )
@@ -96,7 +97,7 @@ def _refine_trial(client: MlflowClient, process: subprocess.Popen[bytes], log: P
 def test_s3_down_for_30_s_during_refinement_fails_nothing_and_loses_no_artifact(
     fault_stack: StackInfo, tmp_path: Path
 ) -> None:
-    client = MlflowClient(fault_stack.service("mlflow").url)
+    client = stack_client(fault_stack)
     log = tmp_path / "pipeline.log"
     started = time.monotonic()
     process = _start_pipeline(fault_stack, tmp_path, log)
@@ -172,6 +173,7 @@ def test_mlflow_server_down_and_restarted_loses_and_doubles_no_run(
 ) -> None:
     for name, value in MLFLOW_HTTP_ENV.items():
         monkeypatch.setenv(name, value)
+    stack_client(fault_stack)  # puts the stack's MLflow login into the environment
     client = RetryingClient(fault_stack.service("mlflow").url, retry_seconds=120)
     experiment_id = client.create_experiment("fault-mlflow")
     spans: list[tuple[float, float]] = []  # (start, end) of each logging round

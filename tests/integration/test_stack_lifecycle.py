@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from stagetune.cli_stack import stack_app
-from stagetune.stack import StackPaths, read_record, stack_down
+from stagetune.stack import StackPaths, read_auth, read_record, stack_down
 from stagetune.stack.procs import free_port, free_ports
 from stagetune.stack.services import seaweed_sockets
 from tests.integration.helpers import processes_in
@@ -69,6 +69,10 @@ def _lifecycle(state: Path, paths: StackPaths) -> None:
     code, out, _ = _stack(state, "status")
     assert code == 0
     assert out.count("healthy") == 3
+    assert "auth: basic-auth, user stagetune" in out
+    auth = read_auth(paths)
+    assert auth is not None
+    assert not [secret for secret in auth.values() if secret in out + err]  # neither `up` nor `status` shows one
     for change in (["--bucket", "elsewhere"], ["--mlflow-port", other]):
         code, _, err = _stack(state, "up", *change)
         assert code == 2

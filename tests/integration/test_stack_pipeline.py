@@ -4,7 +4,6 @@ import json
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 from tests.integration.conftest import PipelineRun
 from tests.integration.helpers import (
@@ -16,6 +15,7 @@ from tests.integration.helpers import (
     mlflow_blobs,
     prefect_query,
     referenced_artifacts,
+    stack_client,
     walk_artifacts,
 )
 
@@ -26,10 +26,10 @@ def test_every_artifact_of_every_run_is_an_object_in_the_bucket(pipeline_run: Pi
     result = pipeline_run.result
     assert result.status == "completed"
     # The flow ran on the stack's own Prefect server.
-    flow_runs = prefect_query(pipeline_run.stack.settings["PREFECT_API_URL"], "flow_runs/filter")
+    flow_runs = prefect_query(pipeline_run.stack, "flow_runs/filter")
     assert (result.name, "COMPLETED") in {(run["name"], run["state_type"]) for run in flow_runs}
     assert result.tracking_uri == pipeline_run.stack.service("mlflow").url
-    client = MlflowClient(result.tracking_uri)
+    client = stack_client(pipeline_run.stack)
     experiment = client.get_experiment(result.mlflow_experiment_id)
     # Proxied through the server: the client never talks to S3 and needs no keys.
     assert experiment.artifact_location.startswith("mlflow-artifacts:")
@@ -47,7 +47,7 @@ def test_every_artifact_of_every_run_is_an_object_in_the_bucket(pipeline_run: Pi
 def test_the_registered_model_version_is_stored_in_the_bucket(pipeline_run: PipelineRun) -> None:
     registered = pipeline_run.result.registered_model
     assert registered is not None
-    client = MlflowClient(pipeline_run.result.tracking_uri)
+    client = stack_client(pipeline_run.stack)
     version = client.get_model_version(registered.name, str(registered.version))
     assert version.source is not None
     assert version.run_id is not None
@@ -60,14 +60,14 @@ def test_the_registered_model_version_is_stored_in_the_bucket(pipeline_run: Pipe
 
 def test_no_secret_reaches_mlflow_logs_or_command_lines(pipeline_run: PipelineRun, tmp_path: Path) -> None:
     stack = pipeline_run.stack
-    secrets = stack.credentials.values()
-    client = MlflowClient(pipeline_run.result.tracking_uri)
+    secrets = (*stack.credentials.values(), *stack.auth.values())
+    client = stack_client(pipeline_run.stack)
     blobs = mlflow_blobs(client, pipeline_run.result.mlflow_experiment_id, tmp_path)
     assert any("pipeline_config.json" in name for name in blobs)  # the walk did download the artifacts
     blobs |= files_under(stack.paths.logs, "stack log")
     blobs |= files_under(pipeline_run.workdir, "pipeline workdir")
     blobs["python log records"] = "\n".join(pipeline_run.log_records).encode()
-    prefect_logs = prefect_query(pipeline_run.stack.settings["PREFECT_API_URL"], "logs/filter", {"limit": 200})
+    prefect_logs = prefect_query(pipeline_run.stack, "logs/filter", {"limit": 200})
     blobs["prefect logs"] = json.dumps(prefect_logs).encode()
     for service in stack.services:
         blobs[f"{service.service} command line"] = Path(f"/proc/{service.pid}/cmdline").read_bytes()

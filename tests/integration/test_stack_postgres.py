@@ -12,12 +12,19 @@ from pathlib import Path
 import optuna
 import psycopg
 import pytest
-from mlflow.tracking import MlflowClient
 
 from stagetune.stack import drop_database, ensure_database, redact_url, stack_down
 from stagetune.stack.postgres import parse_postgres_url
-from tests.integration.conftest import PipelineRun, run_pipeline, start_stack
-from tests.integration.helpers import all_runs, bucket_objects, files_under, leaks, mlflow_blobs, referenced_artifacts
+from tests.integration.conftest import PipelineRun, PrefectApi, run_pipeline, start_stack
+from tests.integration.helpers import (
+    all_runs,
+    bucket_objects,
+    files_under,
+    leaks,
+    mlflow_blobs,
+    referenced_artifacts,
+    stack_client,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +38,7 @@ class PostgresRun:
 
 
 @pytest.fixture(scope="module")
-def postgres_run(scratch: Path, prefect_api: str) -> Iterator[PostgresRun]:
+def postgres_run(scratch: Path, prefect_api: PrefectApi) -> Iterator[PostgresRun]:
     suffix, password = secrets.token_hex(4), "pw" + secrets.token_hex(10)
     base = f"postgresql+psycopg://postgres:{password}@127.0.0.1:5432/stagetune_it"
     mlflow_url, optuna_url = f"{base}_mlflow_{suffix}", f"{base}_optuna_{suffix}"
@@ -57,7 +64,7 @@ def _query(url: str, statement: str, *args: object) -> list[tuple[object, ...]]:
 def test_runs_and_trials_are_stored_in_postgres(postgres_run: PostgresRun) -> None:
     result = postgres_run.run.result
     assert result.status == "completed"
-    client = MlflowClient(result.tracking_uri)
+    client = stack_client(postgres_run.run.stack)
     runs = all_runs(client, result.mlflow_experiment_id)
     statement = "SELECT run_uuid FROM runs WHERE experiment_id = %s"
     rows = _query(postgres_run.mlflow_url, statement, result.mlflow_experiment_id)
@@ -80,7 +87,7 @@ def test_runs_and_trials_are_stored_in_postgres(postgres_run: PostgresRun) -> No
 
 def test_every_artifact_is_in_the_bucket_with_a_postgres_backend(postgres_run: PostgresRun) -> None:
     result = postgres_run.run.result
-    referenced = referenced_artifacts(MlflowClient(result.tracking_uri), result.mlflow_experiment_id)
+    referenced = referenced_artifacts(stack_client(postgres_run.run.stack), result.mlflow_experiment_id)
     objects = bucket_objects(postgres_run.run.stack)
     assert referenced
     assert {key: objects.get(key) for key in referenced} == referenced
@@ -88,13 +95,13 @@ def test_every_artifact_is_in_the_bucket_with_a_postgres_backend(postgres_run: P
 
 def test_the_database_password_and_s3_keys_never_leak(postgres_run: PostgresRun, tmp_path: Path) -> None:
     run = postgres_run.run
-    client = MlflowClient(run.result.tracking_uri)
+    client = stack_client(run.stack)
     blobs = mlflow_blobs(client, run.result.mlflow_experiment_id, tmp_path)
     blobs |= files_under(run.stack.paths.logs, "stack log")
     blobs |= files_under(run.stack.paths.pids, "stack record")
     blobs |= files_under(run.workdir, "pipeline workdir")
     blobs["python log records"] = "\n".join(run.log_records).encode()
-    assert not leaks((postgres_run.password, *run.stack.credentials.values()), blobs)
+    assert not leaks((postgres_run.password, *run.stack.credentials.values(), *run.stack.auth.values()), blobs)
     mlflow_record = run.stack.service("mlflow")
     assert mlflow_record.details["backend_store"] == redact_url(postgres_run.mlflow_url)
     assert postgres_run.password not in mlflow_record.details["backend_store"]

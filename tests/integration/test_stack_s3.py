@@ -64,12 +64,18 @@ def test_every_port_of_the_stack_is_bound_to_loopback_only(stack: StackInfo) -> 
 
 def test_credentials_and_settings_are_private_to_the_user(stack: StackInfo) -> None:
     paths = stack.paths
-    for secret_file in (paths.identities_file, paths.env_file):
+    for secret_file in (paths.identities_file, paths.env_file, paths.auth_file, paths.mlflow_auth_config):
         assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600, secret_file
     assert stat.S_IMODE(paths.root.stat().st_mode) == 0o700
     settings = paths.env_file.read_text()
     assert f"MLFLOW_TRACKING_URI={stack.service('mlflow').url}\n" in settings
     assert f"STAGETUNE_S3_ENDPOINT_URL={stack.service('seaweed').url}\n" in settings
+    assert f"MLFLOW_TRACKING_PASSWORD={stack.auth.mlflow_password}\n" in settings
+    assert f"PREFECT_API_AUTH_STRING={stack.auth.prefect_auth_string}\n" in settings
+    # The basic-auth app's ini sets who may do what; the password itself only reaches MLflow's environment.
+    ini = paths.mlflow_auth_config.read_text()
+    assert "default_permission = NO_PERMISSIONS\n" in ini
+    assert stack.auth.mlflow_password not in ini
 
 
 def _group(pgid: int) -> list[int]:

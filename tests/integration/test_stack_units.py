@@ -1,6 +1,7 @@
 """The stack's plain functions without servers: settings file, credentials, URLs, state folder, PIDs."""
 
 import json
+import os
 import stat
 import sys
 import time
@@ -9,8 +10,19 @@ from pathlib import Path
 import pytest
 
 from stagetune.errors import InputError
-from stagetune.settings import SETTINGS_FILE_VARIABLE, load_settings
-from stagetune.stack import StackPaths, is_running, load_or_create_credentials, redact_url, resolve_paths, stop_pid
+from stagetune.log_masking import known_secrets, mask_secrets
+from stagetune.settings import SETTINGS_FILE_VARIABLE, export_client_settings, load_settings
+from stagetune.stack import (
+    StackPaths,
+    is_running,
+    load_or_create_auth,
+    load_or_create_credentials,
+    read_auth,
+    redact_url,
+    resolve_paths,
+    stop_pid,
+)
+from stagetune.stack.auth import write_mlflow_auth_config
 from stagetune.stack.envfile import format_env, read_env_file, write_env_file
 from stagetune.stack.paths import prepare_state
 from stagetune.stack.plan import StackOptions, Stores, resolve_stores, save_stores
@@ -58,6 +70,66 @@ def test_credentials_are_generated_once_private_and_hidden_from_repr(tmp_path: P
     assert len(first.secret_access_key) == 40
     assert first.secret_access_key not in repr(first)
     assert load_or_create_credentials(_paths(tmp_path / "other")) != first
+
+
+def test_server_logins_are_generated_once_private_and_hidden_from_repr(tmp_path: Path) -> None:
+    paths = _paths(tmp_path)
+    assert read_auth(paths) is None
+    first = load_or_create_auth(paths)
+    assert load_or_create_auth(paths) == first == read_auth(paths)
+    assert stat.S_IMODE(paths.auth_file.stat().st_mode) == 0o600
+    assert len(first.mlflow_password) >= 12  # MLflow refuses shorter admin passwords
+    assert first.prefect_auth_string.startswith("stagetune:")
+    assert not [secret for secret in first.values() if secret in repr(first)]
+    write_mlflow_auth_config(paths, first)
+    ini = paths.mlflow_auth_config.read_text()
+    assert stat.S_IMODE(paths.mlflow_auth_config.stat().st_mode) == 0o600
+    assert "default_permission = NO_PERMISSIONS" in ini
+    assert f"database_uri = sqlite:///{paths.mlflow_auth_db}" in ini
+    assert "auth_cache_ttl_seconds = 300" in ini  # else PBKDF2 on every request: ~0.6 s each
+    assert not [secret for secret in first.values() if secret in ini]
+    # Lost logins: MLflow's user database (whose admin has the old password) goes with them.
+    paths.mlflow_auth_db.write_bytes(b"users")
+    paths.auth_file.unlink()
+    second = load_or_create_auth(paths)
+    assert second.mlflow_password != first.mlflow_password
+    assert not paths.mlflow_auth_db.exists()
+
+
+def test_the_settings_file_s_logins_reach_the_clients_environment_and_are_masked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "stack.env"
+    values = {
+        "MLFLOW_TRACKING_URI": "http://127.0.0.1:5000",
+        "MLFLOW_TRACKING_USERNAME": "stagetune",
+        "MLFLOW_TRACKING_PASSWORD": "mlflow-password-0123456789",
+        "PREFECT_API_URL": "http://127.0.0.1:4200/api",
+        "PREFECT_API_AUTH_STRING": "stagetune:prefect-token-0123456789",
+    }
+    write_env_file(path, values)
+    for name in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PREFECT_API_URL", "PREFECT_API_AUTH_STRING"):
+        monkeypatch.setenv(name, "")  # recorded, so monkeypatch restores the environment afterwards
+        monkeypatch.delenv(name)
+    monkeypatch.setenv(SETTINGS_FILE_VARIABLE, str(path))
+    settings = load_settings()
+    assert set(settings.secrets()) >= {"mlflow-password-0123456789", "stagetune:prefect-token-0123456789"}
+    # Without asking for it, the Prefect API URL is left alone (`stagetune run` keeps its own Prefect).
+    assert export_client_settings(settings) == [
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
+        "PREFECT_API_AUTH_STRING",
+    ]
+    assert "PREFECT_API_URL" not in os.environ
+    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "mlflow-password-0123456789"
+    # A value the environment sets wins over the file's.
+    monkeypatch.setenv("PREFECT_API_URL", "http://elsewhere:4200/api")
+    assert export_client_settings(settings, prefect_api_url=True) == []
+    assert os.environ["PREFECT_API_URL"] == "http://elsewhere:4200/api"
+    line = "login stagetune:prefect-token-0123456789 and mlflow-password-0123456789"
+    assert mask_secrets(line, known_secrets()) == "login *** and ***"
+    monkeypatch.delenv(SETTINGS_FILE_VARIABLE)
+    assert mask_secrets(line, known_secrets()) == "login *** and ***"  # from the environment's names alone
 
 
 def test_urls_are_redacted_and_postgres_urls_checked() -> None:
