@@ -30,10 +30,13 @@ def serve(
     """Serve CONFIG as the deployment stagetune/NAME on a cron schedule (needs PREFECT_API_URL).
 
     The config is validated first; runs go to the MLflow/S3/Optuna targets of this process's
-    environment. It serves until stopped (Ctrl-C or SIGTERM).
+    environment. PREFECT_API_URL and the auth string, unless set, come from the settings file
+    (`stagetune stack up --prefect` writes them). A run changes the config only through its
+    `overrides` parameter (e.g. {"coarse.n_trials": 4}); code paths such as model.import_path come
+    only from CONFIG. It serves until stopped (Ctrl-C or SIGTERM).
     """
     console = Console(stderr=True, soft_wrap=True)
-    configure_process(verbose)
+    configure_process(verbose, prefect_api_url=True)
 
     def start() -> None:
         settings = load_config(config, overrides or [])

@@ -19,11 +19,13 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.exceptions import ParameterTypeError
 from typer.testing import CliRunner
 
+from flows.deployment import tune_deployment
 from flows.tune_pipeline import tune_pipeline
 from schemas.config import PipelineConfig
 from stagetune.cli_deploy import serve
-from stagetune.config_loading import load_config
-from stagetune.deploy import deployment_parameters
+from stagetune.config_loading import load_config, validate_config
+from stagetune.deploy import config_with_overrides, deployment_parameters
+from stagetune.errors import InputError
 from stagetune.stages.pipeline_run import resolve_tracking
 from tests.conftest import REPO, TINY_OVERRIDES, subprocess_env, tiny_config
 
@@ -86,13 +88,75 @@ def test_prefect_validates_run_parameters_with_the_pipeline_config(config: dict[
 def test_prefect_yaml_deploys_the_digits_config_weekly_on_a_process_pool() -> None:
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text(encoding="utf-8"))
     [deployment] = spec["deployments"]
-    assert deployment["entrypoint"] == "flows/tune_pipeline.py:tune_pipeline"
+    assert deployment["entrypoint"] == "flows/deployment.py:tune_deployment"
     assert deployment["work_pool"]["name"] == "stagetune-process"
     assert deployment["schedules"] == [{"cron": CRON, "timezone": "UTC"}]
-    # The embedded parameters are configs/digits.yaml, validated the way a run's are.
-    validated = tune_pipeline.validate_parameters(deployment["parameters"])["config"]
-    assert isinstance(validated, PipelineConfig)
-    assert validated == load_config(DIGITS)
+    # The embedded config is configs/digits.yaml, validated the way a run's merged config is.
+    parameters = tune_deployment.validate_parameters(deployment["parameters"])
+    assert validate_config(parameters["config"]) == load_config(DIGITS)
+    assert not parameters.get("overrides")
+
+
+def _digits() -> dict[str, Any]:
+    return deployment_parameters(load_config(DIGITS))["config"]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [{"coarse": {"n_trials": 4}}, {"coarse.n_trials": 4}, {"coarse.n_trials": 4, "refine": {"epochs": 3}}],
+)
+def test_run_overrides_merge_onto_the_deployment_s_config(overrides: dict[str, Any]) -> None:
+    merged = config_with_overrides(_digits(), overrides)
+    digits = load_config(DIGITS)
+    assert merged.coarse.n_trials == 4
+    # Everything the run did not name stays the deployment's, not the defaults (digits: 16 -> 4 only).
+    assert merged.coarse.epochs == digits.coarse.epochs == 4
+    assert merged.final.max_epochs == digits.final.max_epochs == 60
+    assert merged.tracking.experiment == "stagetune-digits"
+    assert merged.model_copy(update={"coarse": digits.coarse, "refine": digits.refine}) == digits
+    assert config_with_overrides(_digits(), {}) == digits
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"model.import_path": "os:system"}, "model.import_path"),
+        ({"model": {"family": "custom", "import_path": "os:system"}}, "model.import_path"),
+        ({"model": None}, "model"),
+        ({"data.source": "py:os:system"}, "data.source"),
+        ({"data": {"source": "py:tests.broken_models:factory"}}, "data.source"),
+        ({"execution.dask_address": "tcp://203.0.113.5:8786"}, "execution.dask_address"),
+        ({"coarse.n_trials": 0}, "coarse.n_trials"),
+        ({"coarse": {"trials": 3}}, "coarse.trials"),
+        ({"coarse..n_trials": 3}, "overrides"),
+    ],
+)
+def test_run_overrides_that_set_code_paths_or_bad_values_are_refused(overrides: dict[str, Any], field: str) -> None:
+    with pytest.raises(InputError) as caught:
+        config_with_overrides(_digits(), overrides)
+    assert caught.value.field == field
+
+
+def test_a_deployment_s_own_import_path_is_kept_and_may_be_restated(tmp_path: Path) -> None:
+    own = {**_digits(), "model": {"family": "custom", "import_path": "tests.broken_models:correct_mlp"}}
+    assert config_with_overrides(own, {"coarse.n_trials": 5}).model.import_path == "tests.broken_models:correct_mlp"
+    restated = {"model.import_path": "tests.broken_models:correct_mlp"}
+    assert config_with_overrides(own, restated).model.import_path == "tests.broken_models:correct_mlp"
+    with pytest.raises(InputError, match=r"model\.import_path"):
+        config_with_overrides(own, {"model": {"family": "mlp", "import_path": None}})
+
+
+def test_the_deployment_flow_refuses_an_import_path_override_before_importing_it(tmp_path: Path) -> None:
+    marker = tmp_path / "imported"
+    module = tmp_path / "planted_factory.py"
+    module.write_text(f"from pathlib import Path\nPath({str(marker)!r}).touch()\ndef factory(**kw): ...\n")
+    config = tiny_config(tmp_path / "work").model_dump(mode="json")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(tmp_path))
+        with pytest.raises(InputError, match=r"model\.import_path"):
+            tune_deployment.fn(config, {"model": {"family": "custom", "import_path": "planted_factory:factory"}})
+    assert not marker.exists()  # refused before anything imported the caller's module
+    assert not (tmp_path / "work").exists()  # no run folder, no MLflow store
 
 
 def _free_port() -> int:
@@ -137,6 +201,20 @@ def _wait_until_healthy(url: str, server: subprocess.Popen[bytes], log: Path, ti
     pytest.fail(f"prefect server not healthy after {timeout} s:\n{log.read_text()[-3000:]}")
 
 
+def _final_state(flow_run_id: Any, timeout: float = 120) -> Any:
+    """The final state of a flow run, polled from the API (PREFECT_API_URL set by the caller)."""
+    from prefect import get_client
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while True:
+            state = client.read_flow_run(flow_run_id).state
+            if state is not None and state.is_final():
+                return state
+            assert time.monotonic() < deadline, f"flow run {flow_run_id} not finished after {timeout} s: {state}"
+            time.sleep(0.5)
+
+
 def _read_deployment(url: str, name: str, waiting_for: subprocess.Popen[bytes] | None = None) -> Any:
     """The deployment `stagetune/<name>`, waiting up to 90 s for it to appear."""
     from prefect import get_client
@@ -161,7 +239,6 @@ def test_served_deployment_has_its_cron_schedule_and_a_triggered_run_completes(
     prefect_api: str, tmp_path: Path
 ) -> None:
     from prefect.deployments import run_deployment
-    from prefect.exceptions import PrefectHTTPStatusError
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     workdir = tmp_path / "work"
@@ -180,10 +257,22 @@ def test_served_deployment_has_its_cron_schedule_and_a_triggered_run_completes(
         assert deployment.enforce_parameter_schema
 
         with temporary_settings({PREFECT_API_URL: prefect_api}):
-            # The server checks a run's parameters against the config's JSON schema and names the field.
-            with pytest.raises(PrefectHTTPStatusError, match=r"config\.coarse\.n_trials"):
-                run_deployment("stagetune/digits-test", parameters={"config": {"coarse": {"n_trials": 0}}}, timeout=0)
-            flow_run = cast(FlowRun, run_deployment("stagetune/digits-test", timeout=240, poll_interval=1))
+            # A run changes the deployment's config only through overrides, never its code paths.
+            refused = {
+                field: cast(FlowRun, run_deployment("stagetune/digits-test", parameters=parameters, timeout=0))
+                for field, parameters in (
+                    ("model.import_path", {"overrides": {"model.import_path": "os:system"}}),
+                    ("config", {"config": {"coarse": {"n_trials": 1}}}),
+                )
+            }
+            partial = {"overrides": {"coarse": {"n_trials": 1}}}
+            flow_run = cast(
+                FlowRun, run_deployment("stagetune/digits-test", parameters=partial, timeout=240, poll_interval=1)
+            )
+            for field, created in refused.items():
+                state = _final_state(created.id)
+                assert state.is_failed(), (field, state)
+                assert f"{field}: a flow run cannot" in str(state.message), (field, state.message)
         assert flow_run.state is not None
         assert flow_run.state.is_completed(), (flow_run.state, (tmp_path / "serve.log").read_text()[-3000:])
     finally:
@@ -197,8 +286,12 @@ def test_served_deployment_has_its_cron_schedule_and_a_triggered_run_completes(
     mlflow = MlflowClient(resolve_tracking(expected).tracking_uri)
     experiment = mlflow.get_experiment_by_name(expected.tracking.experiment)
     assert experiment is not None
+    # Only the run with the partial override ran (the refused ones left no MLflow run), and it merged:
+    # coarse.n_trials from the run, everything else (final.max_epochs=2, refine.n_trials=0) the deployment's.
     [parent] = mlflow.search_runs([experiment.experiment_id], filter_string="tags.`stagetune.pipeline` = 'digits'")
     assert parent.data.tags["stagetune.status"] == "completed"
+    params = parent.data.params
+    assert (params["coarse.n_trials"], params["final.max_epochs"], params["refine.n_trials"]) == ("1", "2", "0")
     assert server.returncode == 0, (tmp_path / "serve.log").read_text()[-3000:]  # SIGTERM: a clean stop
 
 
@@ -223,7 +316,7 @@ def test_prefect_deploy_registers_the_prefect_yaml_deployment(prefect_api: str, 
     deployment = _read_deployment(prefect_api, "digits-weekly")
     assert [s.schedule.cron for s in deployment.schedules] == [CRON]
     assert deployment.work_pool_name == "stagetune-process"
-    assert deployment.entrypoint == "flows/tune_pipeline.py:tune_pipeline"
+    assert deployment.entrypoint == "flows/deployment.py:tune_deployment"
     assert PipelineConfig.model_validate(deployment.parameters["config"]) == load_config(DIGITS)
     # The worker's flow runs start in the directory `prefect deploy` ran in: the repository root.
     assert deployment.pull_steps == [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}]

@@ -89,6 +89,8 @@ def test_retune_passes_every_runtime_setting_from_secrets() -> None:
     secrets = {name for name, value in env.items() if str(value).startswith("${{ secrets.")}
     assert secrets == {
         "MLFLOW_TRACKING_URI",
+        "MLFLOW_TRACKING_USERNAME",
+        "MLFLOW_TRACKING_PASSWORD",
         "STAGETUNE_S3_ENDPOINT_URL",
         "AWS_ACCESS_KEY_ID",
         "AWS_SECRET_ACCESS_KEY",
@@ -100,6 +102,21 @@ def test_retune_passes_every_runtime_setting_from_secrets() -> None:
             for f in RuntimeSettings.model_fields.values()
         ), name
     assert all(f"secrets.{name} " in str(env[name]) for name in secrets)
+
+
+@pytest.mark.parametrize(
+    "override", ["model.import_path=os:system", "execution.dask_address=tcp://203.0.113.5:8786", "data.source=py:x:y"]
+)
+def test_retune_refuses_dispatch_overrides_that_name_code(tmp_path: Path, override: str) -> None:
+    bin_dir = tmp_path / ".venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "stagetune").write_text(f"#!/usr/bin/env bash\ntouch {shlex.quote(str(tmp_path / 'ran'))}\n")
+    (bin_dir / "stagetune").chmod(0o755)
+    env = {"CONFIGS": "configs/digits.yaml", "OVERRIDES": f"coarse.n_trials=4 {override}", "GITHUB_STEP_SUMMARY": "s"}
+    result = _run_step(_step(_workflow("retune.yml"), "Tune")["run"], tmp_path, env)
+    assert result.returncode == 2
+    assert f"override {override.split('=')[0]} refused" in result.stdout
+    assert not (tmp_path / "ran").exists()
 
 
 def _git(repo: Path, *args: str) -> str:
