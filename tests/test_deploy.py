@@ -36,6 +36,7 @@ SHORTER = (
     *("coarse.n_trials=2", "refine.n_trials=0", "refine.warm_start=0", "refine.narrowing.top_k=1"),
     *("sanity.lr_range_test=false", "sanity.baseline_epochs=0", "final.max_epochs=2", "tracking.trial_plots=false"),
 )
+AUTH_STRING = "stagetune:deploy-test-token-0123456789"  # the test server's; clients send PREFECT_API_AUTH_STRING
 # `stagetune serve` on its own until stagetune/cli.py wires it in: typer runs the one command.
 SERVE = [sys.executable, "-m", "stagetune", "serve"]
 
@@ -167,10 +168,16 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real `prefect server start` on a free loopback port with its own PREFECT_HOME; yields its API URL."""
+    """A real `prefect server start` on a free loopback port with its own PREFECT_HOME and an auth string
+    (AUTH_STRING); yields its API URL."""
     home = tmp_path_factory.mktemp("prefect-server")
     url = f"http://127.0.0.1:{_free_port()}/api"
-    env = subprocess_env(home, PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_UI_ENABLED="false")
+    env = subprocess_env(
+        home,
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_UI_ENABLED="false",
+        PREFECT_SERVER_API_AUTH_STRING=AUTH_STRING,
+    )
     port = url.split(":")[2].split("/")[0]
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", port]
     with (home / "server.log").open("w") as log:
@@ -219,10 +226,11 @@ def _read_deployment(url: str, name: str, waiting_for: subprocess.Popen[bytes] |
     """The deployment `stagetune/<name>`, waiting up to 90 s for it to appear."""
     from prefect import get_client
     from prefect.exceptions import ObjectNotFound
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     deadline = time.monotonic() + 90
-    with temporary_settings({PREFECT_API_URL: url}), get_client(sync_client=True) as client:
+    login = {PREFECT_API_URL: url, PREFECT_API_AUTH_STRING: AUTH_STRING}
+    with temporary_settings(login), get_client(sync_client=True) as client:
         while True:
             try:
                 return client.read_deployment_by_name(f"stagetune/{name}")
@@ -239,12 +247,15 @@ def test_served_deployment_has_its_cron_schedule_and_a_triggered_run_completes(
     prefect_api: str, tmp_path: Path
 ) -> None:
     from prefect.deployments import run_deployment
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
     workdir = tmp_path / "work"
     overrides = [*TINY_OVERRIDES, f"execution.workdir={workdir}", *SHORTER]
     arguments = [str(DIGITS), "--cron", CRON, "--name", "digits-test", *(f"--set={o}" for o in overrides)]
-    env = subprocess_env(tmp_path, PREFECT_API_URL=prefect_api, PREFECT_RUNNER_POLL_FREQUENCY="1")
+    # Only the settings file names the Prefect server and its auth string: `serve` takes them from there.
+    settings_file = tmp_path / "stack.env"
+    settings_file.write_text(f"PREFECT_API_URL={prefect_api}\nPREFECT_API_AUTH_STRING={AUTH_STRING}\n")
+    env = subprocess_env(tmp_path, STAGETUNE_SETTINGS_FILE=settings_file, PREFECT_RUNNER_POLL_FREQUENCY="1")
     with (tmp_path / "serve.log").open("w") as log:
         server = subprocess.Popen([*SERVE, *arguments], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -256,7 +267,7 @@ def test_served_deployment_has_its_cron_schedule_and_a_triggered_run_completes(
         assert deployment.parameters == deployment_parameters(expected)
         assert deployment.enforce_parameter_schema
 
-        with temporary_settings({PREFECT_API_URL: prefect_api}):
+        with temporary_settings({PREFECT_API_URL: prefect_api, PREFECT_API_AUTH_STRING: AUTH_STRING}):
             # A run changes the deployment's config only through overrides, never its code paths.
             refused = {
                 field: cast(FlowRun, run_deployment("stagetune/digits-test", parameters=parameters, timeout=0))
@@ -299,11 +310,12 @@ def test_served_deployment_has_its_cron_schedule_and_a_triggered_run_completes(
 def test_prefect_deploy_registers_the_prefect_yaml_deployment(prefect_api: str, tmp_path: Path) -> None:
     from prefect import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    with temporary_settings({PREFECT_API_URL: prefect_api}), get_client(sync_client=True) as client:
+    login = {PREFECT_API_URL: prefect_api, PREFECT_API_AUTH_STRING: AUTH_STRING}
+    with temporary_settings(login), get_client(sync_client=True) as client:
         client.create_work_pool(WorkPoolCreate(name="stagetune-process", type="process"))
-    env = subprocess_env(tmp_path, PREFECT_API_URL=prefect_api)
+    env = subprocess_env(tmp_path, PREFECT_API_URL=prefect_api, PREFECT_API_AUTH_STRING=AUTH_STRING)
     deploy = subprocess.run(
         [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all"],
         cwd=REPO,

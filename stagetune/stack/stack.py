@@ -69,7 +69,7 @@ def stack_up(paths: StackPaths, options: StackOptions) -> StackInfo:
         wanted.append(PREFECT)
     requested = {SEAWEED: options.s3_port, MLFLOW: options.mlflow_port, PREFECT: options.prefect_port}
     plans = plan_ports(paths, {name: requested[name] for name in wanted})
-    _refuse_open_servers(plans)
+    refuse_open_servers(plans)
     stores = resolve_stores(paths, options)
     for url, option in ((stores.backend_store_uri, "--backend-store-uri"), (stores.optuna_storage, "--optuna-storage")):
         if url and is_postgres(url):
@@ -146,7 +146,7 @@ def stack_settings(
     return settings
 
 
-def _refuse_open_servers(plans: dict[str, Plan]) -> None:
+def refuse_open_servers(plans: dict[str, Plan]) -> None:
     """A server kept running must have been started with its login (not by a stagetune before it had one)."""
     for plan in plans.values():
         if plan.service in (MLFLOW, PREFECT) and plan.running is not None and "auth" not in plan.running.details:

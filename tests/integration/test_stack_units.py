@@ -24,10 +24,12 @@ from stagetune.stack import (
 )
 from stagetune.stack.auth import write_mlflow_auth_config
 from stagetune.stack.envfile import format_env, read_env_file, write_env_file
+from stagetune.stack.health import StackError
 from stagetune.stack.paths import prepare_state
-from stagetune.stack.plan import StackOptions, Stores, resolve_stores, save_stores
+from stagetune.stack.plan import Plan, StackOptions, Stores, resolve_stores, save_stores
 from stagetune.stack.postgres import parse_postgres_url
 from stagetune.stack.procs import ProcessRecord, forget, read_record, start_process
+from stagetune.stack.stack import refuse_open_servers
 from tests.conftest import REPO
 
 
@@ -94,6 +96,18 @@ def test_server_logins_are_generated_once_private_and_hidden_from_repr(tmp_path:
     second = load_or_create_auth(paths)
     assert second.mlflow_password != first.mlflow_password
     assert not paths.mlflow_auth_db.exists()
+
+
+def test_up_refuses_to_keep_a_server_started_without_a_login() -> None:
+    def plans(service: str, details: dict[str, str]) -> dict[str, Plan]:
+        record = ProcessRecord(service, os.getpid(), 5000, "http://127.0.0.1:5000", "python", 0.0, details=details)
+        return {service: Plan(service, 5000, record)}
+
+    for service in ("mlflow", "prefect"):
+        with pytest.raises(StackError, match=f"{service} .* without authentication.*stagetune stack down"):
+            refuse_open_servers(plans(service, {"backend_store": "sqlite:///x.db"}))
+        refuse_open_servers(plans(service, {"auth": "basic-auth, user stagetune"}))
+    refuse_open_servers(plans("seaweed", {}))  # S3 auth is its identities file, checked by signed requests
 
 
 def test_the_settings_file_s_logins_reach_the_clients_environment_and_are_masked(
