@@ -37,6 +37,10 @@ class RuntimeSettings(BaseSettings):
     aws_secret_access_key: SecretStr | None = Field(
         default=None, validation_alias=AliasChoices("AWS_SECRET_ACCESS_KEY")
     )
+    # Reads of s3:// data files (see stagetune.data.remote for why these defaults).
+    s3_connect_timeout: float = Field(default=10.0, gt=0, validation_alias=AliasChoices("STAGETUNE_S3_CONNECT_TIMEOUT"))
+    s3_read_timeout: float = Field(default=20.0, gt=0, validation_alias=AliasChoices("STAGETUNE_S3_READ_TIMEOUT"))
+    s3_max_attempts: int = Field(default=3, ge=1, le=20, validation_alias=AliasChoices("STAGETUNE_S3_MAX_ATTEMPTS"))
 
     @field_validator("tracking_uri")
     @classmethod
