@@ -101,6 +101,12 @@ def s3_problem(source: str, error: BaseException, settings: RuntimeSettings) -> 
             f"{CREDENTIAL_VARIABLES} (in the environment or the STAGETUNE_SETTINGS_FILE) to a key that may "
             "read this bucket",
         )
+    if kind == "no credentials":
+        return InputError(
+            CREDENTIAL_VARIABLES,
+            f"no S3 credentials were found to read {source} from {endpoint} ({reason}): set {CREDENTIAL_VARIABLES} "
+            "(in the environment or the STAGETUNE_SETTINGS_FILE)",
+        )
     if isinstance(error, FileNotFoundError):
         return InputError("data.source", f"{source!r} does not exist at {endpoint}: check the bucket and key")
     return InputError("data.source", f"{source!r} cannot be read from {endpoint} ({reason}): check the URI")
@@ -116,7 +122,7 @@ def endpoint_of(settings: RuntimeSettings) -> tuple[str, str]:
 
 
 def _network_or_auth(error: BaseException) -> str | None:
-    """'timeout', 'unreachable' or 'auth' when `error` (or what raised it) is one; None otherwise."""
+    """'timeout', 'unreachable', 'auth' or 'no credentials' when `error` (or what raised it) is one; else None."""
     from botocore import exceptions as boto
 
     for link in _chain(error):
@@ -127,7 +133,9 @@ def _network_or_auth(error: BaseException) -> str | None:
             return "unreachable"
         if name in ("ClientConnectorError", "ServerDisconnectedError", "ClientOSError"):  # aiohttp's
             return "unreachable"
-        if isinstance(link, boto.NoCredentialsError | boto.PartialCredentialsError | PermissionError):
+        if isinstance(link, boto.NoCredentialsError | boto.PartialCredentialsError):
+            return "no credentials"
+        if isinstance(link, PermissionError):  # s3fs's translation of 403 AccessDenied and friends
             return "auth"
         if isinstance(link, boto.ClientError):
             code = str(link.response.get("Error", {}).get("Code", ""))
