@@ -217,8 +217,6 @@ def problem_field(item: Mapping[str, Any]) -> str:
         head = _message(item).split(" ", 1)[0]
         if "." in head and head.startswith(field):
             return head
-        if field and head in item["input"]:  # e.g. "activation choices ..." of section space
-            return f"{field}.{head}"
     return field or "config"
 
 

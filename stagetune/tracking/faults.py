@@ -20,8 +20,8 @@ from stagetune.errors import StoreError
 
 # Faults that retrying cannot fix, by what the store or the OS said (SQLite, PostgreSQL, MySQL, OSError text).
 PERMANENT_TEXT = (
-    ("read-only", re.compile(r"readonly database|read-only (file system|database|transaction)|EROFS", re.I)),
-    ("permission denied", re.compile(r"permission denied|unable to open database file|EACCES|EPERM", re.I)),
+    ("read-only", re.compile(r"readonly database|read-only (file system|database|transaction)|\bEROFS\b", re.I)),
+    ("permission denied", re.compile(r"permission denied|unable to open database file|\bEACCES\b|\bEPERM\b", re.I)),
     ("disk full", re.compile(r"database or disk is full|no space left on device|disk quota exceeded", re.I)),
     ("disk I/O error", re.compile(r"disk I/O error", re.I)),
     (
