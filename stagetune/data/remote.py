@@ -2,12 +2,14 @@
 
 botocore's defaults (60 s connect and read timeouts, several retries) times s3fs's own 5 retries
 stalled a read from an endpoint that accepts connections and never answers for ~7 minutes, and
-the error then blamed the file. Here a read gives up after at most about
-`attempts x (connect or read timeout)` (3 x 20 s by default): an object store answers a request
-in well under a second, and the read timeout is the longest silence *between* bytes, not the
-length of the whole download, so a large file on a slow link is not cut short. botocore's
-standard retry mode retries throttling, 5xx answers and timeouts within those attempts; s3fs's
-own retry loop is switched off so the two do not multiply.
+the error then blamed the file. Here a request gives up after about `attempts x read timeout`
+(3 x 20 s by default; measured 63 s against a listener that never answers): an object store
+answers a request in well under a second, and the read timeout is the longest silence *between*
+bytes, not the length of the whole download, so a large file on a slow link is not cut short.
+The connect timeout (10 s) covers a slow DNS lookup or TLS handshake; a refused port fails at
+once. botocore's standard retry mode retries throttling, 5xx answers and timeouts within those
+attempts; s3fs's own retry loop is switched off so the two do not multiply. All three are
+settings (`STAGETUNE_S3_CONNECT_TIMEOUT`, `STAGETUNE_S3_READ_TIMEOUT`, `STAGETUNE_S3_MAX_ATTEMPTS`).
 
 Network and credential problems are the user's configuration (exit code 2): the error names the
 endpoint and the variable it came from, or the credential variables; only a file that was read
@@ -80,7 +82,7 @@ def s3_problem(source: str, error: BaseException, settings: RuntimeSettings) -> 
     kind = _network_or_auth(error)
     reason = _innermost(error)
     if kind == "timeout":
-        waited = settings.s3_max_attempts * max(settings.s3_connect_timeout, settings.s3_read_timeout)
+        waited = settings.s3_max_attempts * settings.s3_read_timeout
         return InputError(
             variable,
             f"the S3 endpoint {endpoint} did not answer a request for {source} ({settings.s3_max_attempts} "
@@ -168,7 +170,7 @@ def _waiting_line(source: str, settings: RuntimeSettings) -> Iterator[None]:
         WAITING_LINE_AFTER_S,
         LOGGER.warning,
         (
-            "waiting for %s at %s (still reading after %.0f s; gives up after %g s of silence, %d attempt(s))",
+            "waiting for %s at %s (not done after %.0f s; each attempt gives up after %g s of silence, %d attempt(s))",
             source,
             endpoint,
             WAITING_LINE_AFTER_S,
