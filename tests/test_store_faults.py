@@ -172,3 +172,16 @@ def test_file_tracking_uris_are_refused_with_the_fix(uri: str, monkeypatch: pyte
         load_settings()
     assert from_environment.value.field == "MLFLOW_TRACKING_URI"
     assert "sqlite:///path/mlflow.db" in from_environment.value.message
+
+
+def test_prefect_does_not_retry_closing_the_run_on_a_permanent_store_fault() -> None:
+    from prefect.states import Failed
+
+    from stagetune.errors import StoreError
+    from tasks.tracking import close_tracking
+
+    retry = close_tracking.retry_condition_fn
+    assert retry is not None
+    # Prefect hands the condition a Failed state whose data is the exception the task raised.
+    assert retry(close_tracking, None, Failed(data=StoreError("read-only"))) is False
+    assert retry(close_tracking, None, Failed(data=ConnectionResetError())) is True
