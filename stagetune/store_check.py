@@ -42,8 +42,9 @@ def check_stores_writable(config: PipelineConfig) -> None:
     if target.artifact_location and target.artifact_location.startswith("file:"):
         artifacts = Path(unquote(urlsplit(target.artifact_location).path))
         check_folder_writable(artifacts, tracking_field, "the MLflow artifact folder")
-    storage = config.search.storage or settings.optuna_storage
-    if storage and storage.startswith("sqlite:///"):
+    # The default Optuna storage as `stagetune.search.study.storage_url` makes it (without creating the workdir).
+    storage = config.search.storage or settings.optuna_storage or f"sqlite:///{workdir.absolute() / 'optuna.db'}"
+    if storage.startswith("sqlite:///"):
         field = _source_field(
             config.search.storage, "search.storage", ("STAGETUNE_OPTUNA_STORAGE",), settings.optuna_storage
         )
