@@ -20,6 +20,7 @@ from schemas.results import SampleResult, SanityResult
 from stagetune import progress
 from stagetune.errors import InputError
 from stagetune.run_store import PipelineRun
+from stagetune.store_check import check_stores_writable
 from stagetune.tracking.run_tree import RunTree, end_run, now_ms
 from tasks.report import publish_tuning_report
 from tasks.sample import record_sample, sample_data
@@ -45,6 +46,7 @@ def tune_pipeline(config: PipelineConfig, resume: str | None = None, new: bool =
     FAILED (the run stays resumable) before it propagates.
     """
     require_configured_runner(config.execution)
+    check_stores_writable(config)  # a read-only store is refused before the run folder exists
     run, sample = open_attempt(config, resume, new)
     try:
         return _attempt(config, run, sample)

@@ -5,12 +5,12 @@ per-optimizer learning-rate ranges (widened for the coarse stage), dropout linea
 batch sizes that are multiples of 32, widths 32..512, one to three hidden layers.
 """
 
-from typing import Annotated, Literal, Self
+from typing import Annotated, Literal, Self, get_args
 
 from pydantic import Field, model_validator
 
 from schemas.base import StrictModel
-from schemas.hyperparams import OptimizerName
+from schemas.hyperparams import ActivationName, OptimizerName
 
 Scale = Literal["linear", "log"]
 Choice = bool | int | float | str
@@ -110,6 +110,16 @@ class SearchSpace(StrictModel):
         bad = [c for c in self.rebalance.choices if c not in strategies]
         if bad:
             raise ValueError(f"rebalance choices {bad} are not strategies: use {sorted(strategies)}")
+        # Every model family builds exactly the activations HyperParams names; a trial sampling another
+        # would fail at its first step, after the search stage's MLflow run was created.
+        activations = set(get_args(ActivationName))
+        bad = [c for c in self.activation.choices if c not in activations]
+        if bad:
+            raise ValueError(
+                f"activation choices {bad} are not activations the models build: use {sorted(activations)}"
+            )
+        if any(not isinstance(c, bool) for c in self.batch_norm.choices):
+            raise ValueError(f"batch_norm choices must be true/false, got {self.batch_norm.choices}")
         for name in ("batch_size", "width", "depth", "channels"):
             param = getattr(self, name)
             values = param.choices if isinstance(param, CategoricalParam) else [param.low, param.high]

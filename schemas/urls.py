@@ -13,7 +13,7 @@ def refuse_credentials(value: str | None, variable: str) -> str | None:
     return value
 
 
-TRACKING_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "postgresql+psycopg", "mysql", "databricks")
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "postgresql+psycopg", "mysql", "databricks")
 STORAGE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "postgresql+psycopg2", "mysql", "mysql+pymysql")
 
 
@@ -56,6 +56,12 @@ def url_problem(value: str, schemes: Collection[str]) -> str | None:
 
 def tracking_uri_problem(value: str) -> str | None:
     """A sentence on what is wrong with an MLflow tracking URI, or None."""
+    if value.strip().lower().startswith("file:"):
+        # MLflow 3.17 refuses its file store ("maintenance mode") only when the first run is logged.
+        return (
+            f"{redact_url(value)!r} is a file:// store, which MLflow 3 no longer writes: "
+            "use sqlite:///path/mlflow.db (a file beside your runs) or an MLflow server http(s)://host:port"
+        )
     problem = None if value == "databricks" else url_problem(value, TRACKING_SCHEMES)
     if problem is None:
         return None

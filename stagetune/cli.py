@@ -22,9 +22,10 @@ from stagetune.cli_errors import EXIT_OK, EXIT_SANITY, guarded
 from stagetune.cli_report import compare, report
 from stagetune.cli_stack import stack_app
 from stagetune.config_loading import check_environment, load_config, validate_config
-from stagetune.errors import InputError
+from stagetune.errors import InputError, StoreError
 from stagetune.run_store import find_run, saved_config
 from stagetune.runtime import configure_process
+from stagetune.store_check import check_stores_writable
 
 app = typer.Typer(
     add_completion=False,
@@ -66,9 +67,13 @@ def run(
     console = Console(stderr=True, soft_wrap=True)
     configure_process(verbose)
     settings = guarded(console, lambda: _run_config(config, overrides or [], resume, new), verbose)
+    # Before Prefect starts (seconds): a read-only store is refused before anything is written.
+    guarded(console, lambda: check_stores_writable(settings), verbose)
     if summary is not None:
         guarded(console, lambda: _check_writable(summary), verbose)
-    result = guarded(console, lambda: _run_flow(settings, console, resume=resume, new=new), verbose)
+    result = guarded(
+        console, lambda: _run_flow(settings, console, resume=resume, new=new), verbose, expected=(StoreError,)
+    )
     if summary is not None:
         write_json_atomically(summary, result.model_dump_json(indent=2))
     _print_result(console, result)
@@ -98,7 +103,8 @@ def worker(
             summary = run_worker(settings, study, wait_seconds=wait)
         return sum(len(records) for records in summary.trials.values())
 
-    ran = guarded(console, work, verbose)
+    guarded(console, lambda: check_stores_writable(settings), verbose)
+    ran = guarded(console, work, verbose, expected=(StoreError,))
     Console(file=sys.stdout, soft_wrap=True).print(f"worker done: {ran} trial(s) run for study {study!r}")
 
 

@@ -1,9 +1,10 @@
 """Reading the one config: a YAML file (optional), `--set dotted.key=value` overrides, one validation."""
 
 import importlib
+import inspect
 import math
 import types
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin
 
@@ -62,7 +63,30 @@ def resolve_factory(import_path: str) -> object:
         target = getattr(target, part)
     if not callable(target):
         raise InputError("model.import_path", f"{import_path!r} is not callable: point it at a factory function")
+    check_factory_signature(import_path, target)
     return target
+
+
+def check_factory_signature(import_path: str, factory: Callable[..., object]) -> None:
+    """An InputError unless `factory` can be called as `factory(hp, input_shape, num_classes)`.
+
+    Checked by `inspect.signature`, without calling it: an import path such as `os:system` would
+    otherwise pass as "a callable" and fail (or run) only when the first trial builds its model.
+    """
+    fix = (
+        "point it at a function (or class) called as factory(hp, input_shape, num_classes) returning a torch.nn.Module"
+    )
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):  # a builtin without introspectable parameters
+        raise InputError("model.import_path", f"{import_path!r} has no inspectable signature: {fix}") from None
+    try:
+        signature.bind("hp", "input_shape", "num_classes")
+    except TypeError as error:
+        raise InputError(
+            "model.import_path",
+            f"{import_path!r} takes {signature}, not (hp, input_shape, num_classes) ({error}): {fix}",
+        ) from None
 
 
 def _trains_here(execution: ExecutionConfig) -> bool:

@@ -13,3 +13,13 @@ class InputError(Exception):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+
+class StoreError(Exception):
+    """A tracking or artifact store failed in a way retrying cannot fix (read-only, permission denied,
+    disk full, schema mismatch, credentials refused) after the run had started: exit code 1.
+
+    Its message is one paragraph: which store, what failed, the fix, and that the run can be continued.
+    """
+
+    exit_code = 1

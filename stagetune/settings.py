@@ -47,6 +47,10 @@ class RuntimeSettings(BaseSettings):
     mlflow_password: SecretStr | None = Field(default=None, validation_alias=AliasChoices(MLFLOW_PASSWORD_VARIABLE))
     prefect_api_url: str | None = Field(default=None, validation_alias=AliasChoices(PREFECT_URL_VARIABLE))
     prefect_auth_string: SecretStr | None = Field(default=None, validation_alias=AliasChoices(PREFECT_AUTH_VARIABLE))
+    # Reads of s3:// data files (see stagetune.data.remote for why these defaults).
+    s3_connect_timeout: float = Field(default=10.0, gt=0, validation_alias=AliasChoices("STAGETUNE_S3_CONNECT_TIMEOUT"))
+    s3_read_timeout: float = Field(default=20.0, gt=0, validation_alias=AliasChoices("STAGETUNE_S3_READ_TIMEOUT"))
+    s3_max_attempts: int = Field(default=3, ge=1, le=20, validation_alias=AliasChoices("STAGETUNE_S3_MAX_ATTEMPTS"))
 
     @field_validator("tracking_uri")
     @classmethod

@@ -555,3 +555,46 @@ def test_every_category_generated_its_cases(generated: Counter[str]) -> None:
         pytest.skip(f"only some categories ran ({dict(generated)}): run the whole file to count them")
     assert Counter(EXPECTED) == generated
     assert sum(generated.values()) >= 200
+
+
+# ---------------------------------------------------------------- input that used to pass validation
+# Each of these once got past validation and failed later with exit 1, after writing MLflow runs.
+
+
+@pytest.mark.parametrize(
+    ("changes", "field", "words"),
+    [
+        ({"space.activation.choices": ["sigmoid"]}, "space.activation", "not activations the models build"),
+        ({"space.batch_norm.choices": ["yes", "maybe"]}, "space.batch_norm", "true/false"),
+        ({"model.family": "custom", "model.import_path": "os:system"}, "model.import_path", "(hp, input_shape"),
+    ],
+)
+def test_config_that_used_to_fail_after_validation(
+    cases_root: Path, changes: dict[str, Any], field: str, words: str
+) -> None:
+    result, workdir = run_case(cases_root, changes)
+    assert_rejected(result, workdir, field)
+    assert words in result.output
+    validated = runner.invoke(app, ["validate", *(f"--set={k}={v}" for k, v in changes.items())])
+    assert validated.exit_code == 2, validated.output  # `stagetune validate` catches it too
+    assert field in validated.output
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("quick_flow_runs")
+@pytest.mark.parametrize("case", ["parquet list column", "s3 endpoint refused"])
+def test_data_that_used_to_fail_after_validation(cases_root: Path, case: str) -> None:
+    from stagetune.stack.procs import free_port
+
+    folder = Path(tempfile.mkdtemp(dir=cases_root))
+    env: dict[str, str] = {}
+    if case == "parquet list column":
+        frame = pd.DataFrame({"x": np.arange(30.0), "tags": [[1, 2], [3]] * 15, "y": ["a", "b", "c"] * 10})
+        frame.to_parquet(folder / "data.parquet")
+        changes, field = {"data.source": str(folder / "data.parquet"), "data.target": "y"}, "data.features"
+    else:  # nothing listens on the endpoint: a configuration error, not a file problem, and no run folder
+        env = {"STAGETUNE_S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}", "STAGETUNE_S3_MAX_ATTEMPTS": "1"}
+        env |= {"AWS_ACCESS_KEY_ID": "STKTEST", "AWS_SECRET_ACCESS_KEY": "not-a-real-secret"}
+        changes, field = {"data.source": "s3://bucket/data.csv", "data.target": "y"}, "STAGETUNE_S3_ENDPOINT_URL"
+    result, workdir = run_case(cases_root, changes, env=env)
+    assert_rejected(result, workdir, field)

@@ -1,5 +1,7 @@
 """Loading: builtin sets, CSV and Parquet files, and every kind of bad data rejected with a clear InputError."""
 
+import gzip
+import io
 from pathlib import Path
 from typing import Any
 
@@ -8,6 +10,7 @@ import pandas as pd
 import pytest
 
 from schemas.config import DataConfig, SyntheticDataConfig
+from stagetune.data import loading
 from stagetune.data.loading import load_table
 from stagetune.errors import InputError
 
@@ -182,21 +185,32 @@ def test_text_column_with_a_few_numbers_is_categorical_not_an_error(tmp_path: Pa
     assert table.categorical_columns == ("v",)
 
 
-def test_s3_uris_go_to_pandas_untouched_and_their_errors_become_input_errors(monkeypatch: pytest.MonkeyPatch) -> None:
-    # No network in tests: stand in for fsspec/s3fs behind pandas and check what reaches it.
+def test_s3_uris_are_read_through_the_bounded_s3_reader(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No network here: stand in for `read_s3` (its timeouts and errors are tested against real sockets
+    # in test_s3_read_faults.py) and check that pandas parses what it hands over, compressed or not.
     seen: list[str] = []
 
-    def fake_read_csv(location: str) -> pd.DataFrame:
-        seen.append(location)
-        if "private" in location:
-            raise PermissionError("Access Denied")
-        return mixed_frame()
+    def fake_read_s3(source: str, read: Any) -> pd.DataFrame:
+        seen.append(source)
+        raw = mixed_frame().to_csv(index=False).encode()
+        return read(io.BytesIO(gzip.compress(raw) if source.endswith(".gz") else raw))
 
-    monkeypatch.setattr(pd, "read_csv", fake_read_csv)
-    table = load("s3://bucket/dir/data.csv")
-    assert seen == ["s3://bucket/dir/data.csv"]
-    assert table.class_names == ("cat", "dog", "eel")
+    monkeypatch.setattr(loading, "read_s3", fake_read_s3)
+    for source in ("s3://bucket/dir/data.csv", "s3://bucket/dir/data.csv.gz"):
+        assert load(source).class_names == ("cat", "dog", "eel")
+    assert seen == ["s3://bucket/dir/data.csv", "s3://bucket/dir/data.csv.gz"]
+
+
+def test_list_columns_are_refused_naming_the_column_unless_left_out(tmp_path: Path) -> None:
+    frame = mixed_frame()
+    frame["tags"] = [[1, 2], [3]] * (len(frame) // 2)
+    path = tmp_path / "data.parquet"
+    frame.to_parquet(path)
     with pytest.raises(InputError) as caught:
-        load("s3://bucket/private.csv")
-    assert caught.value.field == "data.source"
-    assert "Access Denied" in caught.value.message
+        load(str(path))
+    assert caught.value.field == "data.features"
+    assert "column 'tags' holds list values" in caught.value.message
+    features = [c for c in frame.columns if c not in ("tags", "label")]
+    table = load(str(path), features=features)  # left out by data.features: dropped, with a warning
+    assert "tags" not in table.features.columns
+    assert any("'tags'" in warning for warning in table.warnings)

@@ -1,10 +1,14 @@
 """MLflow calls retried through brief outages: backoff, the window, what is not retried, no duplicate runs."""
 
+import errno
 import http.server
 import json
 import logging
 import pickle
+import sqlite3
 import threading
+import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,10 +19,12 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from matplotlib.figure import Figure
 from mlflow.entities import Param
 from mlflow.exceptions import MlflowException, RestException
-from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 from mlflow.tracking import MlflowClient
 
+from stagetune.errors import StoreError
 from stagetune.stack.procs import free_port
+from stagetune.tracking.faults import permanent_fault
 from stagetune.tracking.io_retry import (
     REQUEST_TAG,
     RetryingClient,
@@ -160,6 +166,115 @@ def _client_error(status: int, code: str) -> ClientError:
 )
 def test_which_errors_are_transient(error: BaseException, transient: bool) -> None:
     assert is_transient(error) is transient
+
+
+def _sql_store_error(message: str) -> MlflowException:
+    """What MLflow's SQL store raises for any OperationalError: TEMPORARILY_UNAVAILABLE, whatever the cause."""
+    try:
+        raise sqlite3.OperationalError(message)
+    except sqlite3.OperationalError as cause:
+        try:
+            raise MlflowException(f"(sqlite3.OperationalError) {message}", TEMPORARILY_UNAVAILABLE) from cause
+        except MlflowException as error:
+            return error
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (_sql_store_error("attempt to write a readonly database"), "read-only"),
+        (_sql_store_error("unable to open database file"), "permission denied"),
+        (_sql_store_error("database or disk is full"), "disk full"),
+        (_sql_store_error("disk I/O error"), "disk I/O error"),
+        (_sql_store_error("no such table: runs"), "schema mismatch"),
+        # A server whose own store turned read-only answers 503 with the database's words.
+        (
+            RestException({"error_code": "TEMPORARILY_UNAVAILABLE", "message": "attempt to write a readonly database"}),
+            "read-only",
+        ),
+        (_wrapped(PermissionError(errno.EACCES, "Permission denied", "/srv/mlartifacts/1")), "permission denied"),
+        (OSError(errno.ENOSPC, "No space left on device"), "disk full"),
+        (OSError(errno.EROFS, "Read-only file system"), "read-only"),
+        (_client_error(403, "AccessDenied"), "credentials refused"),
+        (
+            RestException({"error_code": "UNAUTHENTICATED", "message": "You are not authenticated"}),
+            "credentials refused",
+        ),
+        (_sql_store_error("database is locked"), None),  # another writer: waiting helps
+        (_wrapped(requests.exceptions.ConnectionError("Connection refused")), None),
+        (RestException({"error_code": "RESOURCE_ALREADY_EXISTS", "message": "exists"}), None),
+    ],
+)
+def test_permanent_store_faults_are_told_from_outages(error: BaseException, kind: str | None) -> None:
+    assert permanent_fault(error) == kind
+    if kind is not None:
+        assert not is_transient(error)
+
+
+def test_a_permanent_fault_stops_at_once_with_one_paragraph(
+    fake_time: FakeTime, caplog: pytest.LogCaptureFixture
+) -> None:
+    read_only = _flaky(10, lambda: _sql_store_error("attempt to write a readonly database"))
+    with pytest.raises(StoreError) as caught:
+        call_with_retry(
+            read_only, "log_batch", RetryPolicy(), sleep=fake_time.sleep, clock=fake_time.clock, store="sqlite:///x.db"
+        )
+    assert fake_time.sleeps == []  # not retried
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("the MLflow store sqlite:///x.db failed permanently (read-only) during log_batch")
+    assert "make the store writable" in message
+    assert "run the same command again" in message
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_one_warning_per_outage_episode_whatever_the_calls_and_threads(caplog: pytest.LogCaptureFixture) -> None:
+    down = threading.Event()
+    failures: Counter[str] = Counter()
+
+    def call(name: str) -> Callable[[], str]:
+        def attempt() -> str:
+            if down.is_set():
+                failures[name] += 1
+                raise _wrapped(requests.exceptions.ConnectionError("Connection refused"))
+            return "ok"
+
+        return attempt
+
+    def run(name: str) -> None:
+        call_with_retry(call(name), name, RetryPolicy(window_s=60, first_delay_s=0.01, max_delay_s=0.02))
+
+    names = [f"call-{n}" for n in range(4)]
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        down.set()
+        threads = [threading.Thread(target=run, args=(name,)) for name in names]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 30
+        while min(failures[name] for name in names) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        down.clear()  # the server is back: every call goes through
+        for thread in threads:
+            thread.join()
+        episode = [r.getMessage() for r in caplog.records]
+        down.set()
+        threading.Timer(0.1, down.clear).start()
+        run("later")  # a second outage after the first ended: warned again
+    assert min(failures[name] for name in names) >= 3  # every call was retried during the outage
+    assert len(episode) == 1, episode
+    assert len(caplog.records) == 2
+
+
+def test_mlflows_sql_store_traceback_per_error_is_dropped(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    RetryingClient(f"sqlite:///{tmp_path / 'm.db'}")
+    store_logger = logging.getLogger("mlflow.store.db.utils")
+    with caplog.at_level(logging.ERROR, logger="mlflow.store.db.utils"):
+        try:
+            raise sqlite3.OperationalError("disk I/O error")
+        except sqlite3.OperationalError as error:
+            store_logger.exception("SQLAlchemy database error. The following exception is caught.\n%s", error)
+        store_logger.error("another message")
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == ["another message"]
 
 
 @pytest.fixture

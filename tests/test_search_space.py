@@ -177,7 +177,8 @@ def test_booleans_stay_apart_from_numbers() -> None:
     assert not same_choice(False, 0)
     assert same_choice(True, True)
     assert same_choice(0.0, 0)
-    space = SearchSpace(batch_norm=CategoricalParam(choices=[1, True]))  # distinct choices for the space
+    # Distinct choices for the space (built unvalidated: the config itself refuses non-boolean batch_norm choices).
+    space = SearchSpace().model_copy(update={"batch_norm": CategoricalParam(choices=[1, True])})
     assert optuna_params(_hp(batch_norm=True, dropout=0.1), space, "mlp")["batch_norm"] is True
 
 
@@ -201,7 +202,12 @@ def test_rebuilding_from_params_checks_the_names() -> None:
 
 
 def test_a_value_hyperparams_rejects_is_an_error() -> None:
-    # The space does not know activation names; the typed hyperparameters do.
-    space = SearchSpace(activation=CategoricalParam(choices=["swish"]))
+    # The space refuses choices the typed hyperparameters (and so the models) do not take, at validation...
+    with pytest.raises(ValidationError, match=r"activation choices \['swish'\] are not activations"):
+        SearchSpace(activation=CategoricalParam(choices=["swish"]))
+    with pytest.raises(ValidationError, match="batch_norm choices must be true/false"):
+        SearchSpace(batch_norm=CategoricalParam(choices=["yes"]))
+    # ... and a space built around that check still fails at the typed hyperparameters, not in a model.
+    space = SearchSpace().model_copy(update={"activation": CategoricalParam(choices=["swish"])})
     with pytest.raises(ValidationError, match="activation"):
         suggest_hyperparams(optuna.create_study().ask(), space, BASE, family="mlp")

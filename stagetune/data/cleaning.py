@@ -22,6 +22,9 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _LARGEST_EXACT_INTEGER = 2.0**53  # beyond it a float label no longer names one integer (and 1e308 overflows int64)
 
 ColumnKind = Literal["numeric", "categorical"]
+# Cell values no feature encoding takes: what Parquet list, map and struct columns read as.
+_NESTED = (list, tuple, dict, set, frozenset, np.ndarray)
+_KIND_NAMES = {np.ndarray: "list", tuple: "list", dict: "mapping", frozenset: "set"}
 
 
 def resolve_columns(
@@ -57,6 +60,33 @@ def resolve_columns(
         return [c for c in features if c not in categorical], [c for c in features if c in categorical]
     kinds = {c: infer_column_kind(frame[c], c) for c in features}
     return [c for c in features if kinds[c] == "numeric"], [c for c in features if kinds[c] == "categorical"]
+
+
+def without_unencodable_columns(
+    frame: pd.DataFrame, target: str, features: Sequence[str] | None
+) -> tuple[pd.DataFrame, list[str]]:
+    """`frame` without the columns holding lists, arrays, mappings or sets (Parquet list/map/struct
+    columns), which nothing downstream can encode or even hash; and the names of those left out.
+
+    Such a column the run would use (the target, a listed feature, or any column when data.features
+    is unset) is refused with an `InputError` naming it; one data.features leaves out is dropped.
+    """
+    nested: dict[str, str] = {}
+    for name in frame.columns[[dtype.kind == "O" for dtype in frame.dtypes]]:
+        kinds = {_KIND_NAMES.get(type(v), type(v).__name__) for v in frame[name].dropna() if isinstance(v, _NESTED)}
+        if kinds:
+            nested[str(name)] = "/".join(sorted(kinds))
+    used = [n for n in nested if n == target or features is None or n in features]
+    if used:
+        name = used[0]
+        field = "data.target" if name == target else "data.features"
+        leave_out = "pick another data.target" if name == target else "list the other columns in data.features"
+        raise InputError(
+            field,
+            f"column {name!r} holds {nested[name]} values, not numbers or text, which the loader cannot encode: "
+            f"flatten it into scalar columns, or leave it out ({leave_out})",
+        )
+    return frame.drop(columns=list(nested)), list(nested)
 
 
 def infer_column_kind(column: pd.Series, name: str) -> ColumnKind:

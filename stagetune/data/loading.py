@@ -2,15 +2,18 @@
 
 import re
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from pandas.io.common import infer_compression
 
 from schemas.config import DataConfig, SyntheticDataConfig
-from stagetune.data.cleaning import clean_features, encode_labels, resolve_columns
+from stagetune.data.cleaning import clean_features, encode_labels, resolve_columns, without_unencodable_columns
 from stagetune.data.fingerprint import frame_content_hash
+from stagetune.data.remote import read_s3
 from stagetune.errors import InputError
 
 BUILTIN_TARGET = "target"
@@ -62,6 +65,7 @@ def load_table(cfg: DataConfig, seed: int) -> RawTable:
     if frame.empty:
         raise InputError("data.source", f"{cfg.source!r} has no rows: point data.source at a table with data")
     frame.columns = [str(c) for c in frame.columns]
+    frame, nested = without_unencodable_columns(frame, target, cfg.features)
     content_hash = frame_content_hash(frame)
     numeric, categorical = resolve_columns(frame, target, cfg.features, cfg.categorical)
     labels, class_names, keep = encode_labels(frame[target], target)
@@ -71,6 +75,8 @@ def load_table(cfg: DataConfig, seed: int) -> RawTable:
     )
     if dropped_label_rows:
         warnings.insert(0, f"dropped {dropped_label_rows} row(s) whose label in {target!r} is missing")
+    if nested:
+        warnings.append(f"left out column(s) {nested} holding lists or mappings (not in data.features)")
     return RawTable(
         source=cfg.source,
         features=features.reset_index(drop=True),
@@ -149,6 +155,9 @@ def read_table_file(source: str) -> pd.DataFrame:
     if not remote and Path(location).stat().st_size == 0:
         raise InputError("data.source", f"{source!r} is empty (0 bytes): point data.source at a {kind} file with data")
     try:
+        if source.startswith(("s3://", "s3a://")):  # bounded timeouts; network and key problems named as such
+            compression = infer_compression(source, "infer")
+            return read_s3(source, pd.read_parquet if is_parquet else partial(pd.read_csv, compression=compression))
         return pd.read_parquet(location) if is_parquet else pd.read_csv(location)
     except pd.errors.EmptyDataError:
         raise InputError("data.source", f"{source!r} is empty: point data.source at a {kind} file with data") from None

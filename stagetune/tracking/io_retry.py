@@ -11,6 +11,13 @@ of 0, 4, 8, ... 120 s, each try with a 120 s timeout); an upload while S3 was do
 after ~300 s there. This layer owns the time budget; `MLFLOW_HTTP_ENV` keeps MLflow's short
 (an upload then fails in ~3-16 s), so the window means what it says.
 
+Permanent faults are not retried: a read-only or unwritable database, file or folder, a full disk,
+a schema that does not match this MLflow, credentials the server refuses (HTTP 401/403). They
+raise `StoreError` at once, one paragraph naming the store, what failed and the fix; a store that
+turns read-only mid-run used to be retried for ~5 minutes, printing a traceback per try. While a
+transient outage lasts, one warning line is printed for the whole episode (not one per call or
+per thread), and MLflow's own per-error traceback of its SQL store is kept out of the terminal.
+
 Retrying is only safe for idempotent calls. Params, tags, terminal states and artifacts are
 (the same value written twice); metrics are deduplicated by the store (same key, value, step and
 timestamp). The two creators that are not get a client-made request id as a tag, and a retry
@@ -28,20 +35,29 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import requests
 import urllib3.exceptions
-from botocore.exceptions import ClientError as BotoClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 from botocore.exceptions import HTTPClientError as BotoHTTPClientError
 from mlflow.entities import Run, ViewType
 from mlflow.entities.model_registry import ModelVersion
-from mlflow.exceptions import MlflowException, RestException
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._model_registry import DEFAULT_AWAIT_MAX_SLEEP_SECONDS
+
+from schemas.urls import redact_url
+from stagetune.tracking.faults import (
+    describe_error,
+    error_chain,
+    http_status,
+    permanent_fault,
+    quiet_mlflow_store_logs,
+    store_error,
+)
 
 T = TypeVar("T")
 
@@ -63,6 +79,10 @@ _TRANSIENT_TEXT = re.compile(
 )
 _logger = logging.getLogger(__name__)
 _inside_retry = threading.local()
+# One warning per outage episode (all calls and threads together): from the first retry until a retried
+# call goes through or gives up.
+_episode = {"open": False}
+_episode_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -81,7 +101,7 @@ class RetryPolicy:
 
 def is_transient(error: BaseException) -> bool:
     """Whether `error`, or any exception it was raised from, is an outage that may pass."""
-    return any(_is_transient_link(link) for link in _chain(error))
+    return permanent_fault(error) is None and any(_is_transient_link(link) for link in error_chain(error))
 
 
 def call_with_retry(
@@ -92,11 +112,14 @@ def call_with_retry(
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
     jitter: Callable[[], float] = random.random,
+    store: str = "(tracking URI)",
 ) -> T:
     """`call()`, tried again on transient errors until `policy.window_s` has passed since the first try.
 
-    One warning is logged when the first retry starts. The last attempt is made at the end of the
-    window; if it fails too, its error is raised with a note saying how long it was retried.
+    A permanent fault (see `permanent_fault`) raises `StoreError` at once. One warning is logged when
+    an outage episode starts (the first retry of any call while none is being retried). The last
+    attempt is made at the end of the window; if it fails too, its error is raised with a note
+    saying how long it was retried.
     """
     started = clock()
     retries = 0
@@ -105,25 +128,46 @@ def call_with_retry(
             result = call()
         except Exception as error:
             elapsed = clock() - started
+            kind = permanent_fault(error)
+            if kind is not None:
+                _end_episode()
+                raise store_error(error, what, store, kind) from error
             if not is_transient(error):
                 raise
             if elapsed >= policy.window_s:
+                _end_episode()
                 if retries:
                     error.add_note(
                         f"stagetune: {what} was retried for {elapsed:.0f} s ({retries + 1} attempts); "
                         "a longer tracking.io_retry_seconds waits longer for the tracking server"
                     )
                 raise
-            if retries == 0:
+            if retries == 0 and _start_episode():
                 _logger.warning(
-                    "MLflow unreachable (%s), retrying %s for up to %.0f s", _describe(error), what, policy.window_s
+                    "MLflow unreachable (%s), retrying %s for up to %.0f s",
+                    describe_error(error),
+                    what,
+                    policy.window_s,
                 )
             sleep(min(policy.delay(retries, jitter()), policy.window_s - elapsed))
             retries += 1
             continue
         if retries:
+            _end_episode()
             _logger.info("%s went through after %d retries (%.1f s)", what, retries, clock() - started)
         return result
+
+
+def _start_episode() -> bool:
+    """Open an outage episode; False if one is already open (its warning was printed)."""
+    with _episode_lock:
+        opened, _episode["open"] = not _episode["open"], True
+        return opened
+
+
+def _end_episode() -> None:
+    with _episode_lock:
+        _episode["open"] = False
 
 
 class RetryingClient(MlflowClient):
@@ -142,6 +186,7 @@ class RetryingClient(MlflowClient):
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        quiet_mlflow_store_logs()
         super().__init__(tracking_uri=tracking_uri, registry_uri=registry_uri)
         self.retry_policy = RetryPolicy(window_s=retry_seconds)
         self._sleep = sleep
@@ -151,8 +196,9 @@ class RetryingClient(MlflowClient):
         if getattr(_inside_retry, "active", False):
             return call()
         _inside_retry.active = True
+        store = redact_url(self.tracking_uri)
         try:
-            return call_with_retry(call, what, self.retry_policy, sleep=self._sleep, clock=self._clock)
+            return call_with_retry(call, what, self.retry_policy, sleep=self._sleep, clock=self._clock, store=store)
         finally:
             _inside_retry.active = False
 
@@ -236,29 +282,6 @@ def _install_retries() -> None:
 _install_retries()
 
 
-def _chain(error: BaseException) -> Iterator[BaseException]:
-    """The error, what it was raised from or during, and urllib3's wrapped reasons; each once."""
-    seen: set[int] = set()
-    pending: list[BaseException | None] = [error]
-    while pending:
-        link = pending.pop()
-        if link is None or id(link) in seen:
-            continue
-        seen.add(id(link))
-        yield link
-        pending += [link.__cause__, link.__context__, _reason(link)]
-
-
-def _deeper(error: BaseException) -> BaseException | None:
-    return error.__cause__ or error.__context__ or _reason(error)
-
-
-def _reason(error: BaseException) -> BaseException | None:
-    """urllib3's MaxRetryError keeps the error it gave up on in `reason`, not in the exception chain."""
-    reason = getattr(error, "reason", None)
-    return reason if isinstance(reason, BaseException) else None
-
-
 def _is_transient_link(error: BaseException) -> bool:
     if isinstance(error, requests.exceptions.SSLError):
         return False
@@ -279,31 +302,9 @@ def _is_transient_link(error: BaseException) -> bool:
         ),
     ):
         return True
-    status = _http_status(error)
+    status = http_status(error)
     if status is not None and (status == 429 or status >= 500):
         return True
     if isinstance(error, MlflowException) and error.error_code in _TRANSIENT_ERROR_CODES:
         return True
     return bool(_TRANSIENT_TEXT.search(str(error)))
-
-
-def _http_status(error: BaseException) -> int | None:
-    """The HTTP status of an answer a server actually gave (not MLflow's default code of a local error)."""
-    if isinstance(error, requests.exceptions.HTTPError) and error.response is not None:
-        return int(error.response.status_code)
-    if isinstance(error, RestException):
-        return int(error.get_http_status_code())
-    if isinstance(error, BotoClientError):
-        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        return int(status) if status is not None else None
-    return None
-
-
-def _describe(error: BaseException) -> str:
-    """The innermost cause, one line: e.g. `ConnectionRefusedError: [Errno 111] Connection refused`."""
-    innermost, seen = error, {id(error)}
-    while (deeper := _deeper(innermost)) is not None and id(deeper) not in seen:
-        innermost = deeper
-        seen.add(id(deeper))
-    text = " ".join(str(innermost).split())
-    return f"{type(innermost).__name__}: {text[:200]}"

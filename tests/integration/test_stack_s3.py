@@ -5,6 +5,8 @@ import stat
 import pytest
 from botocore.exceptions import ClientError
 
+from stagetune.data.loading import read_table_file
+from stagetune.errors import InputError
 from stagetune.stack import S3Credentials, StackInfo, s3_client
 from tests.integration.helpers import listening_sockets
 
@@ -45,6 +47,24 @@ def test_unsigned_and_wrong_key_requests_are_refused(stack: StackInfo, operation
     keys = {item["Key"] for item in owner.list_objects_v2(Bucket=BUCKET).get("Contents", [])}
     assert "intruder.txt" not in keys
     assert "intruder-bucket" not in {b["Name"] for b in owner.list_buckets()["Buckets"]}
+
+
+def test_a_data_file_read_with_wrong_keys_names_the_credentials_not_the_file(
+    stack: StackInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    endpoint = stack.service("seaweed").url or ""
+    s3_client(endpoint, stack.credentials).put_object(Bucket=BUCKET, Key="data/table.csv", Body=b"x,y\n1,a\n2,b\n")
+    monkeypatch.setenv("STAGETUNE_S3_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", stack.credentials.access_key_id)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", stack.credentials.secret_access_key)
+    assert read_table_file(f"s3://{BUCKET}/data/table.csv")["y"].tolist() == ["a", "b"]  # the right keys read it
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "0" * 40)
+    with pytest.raises(InputError) as caught:
+        read_table_file(f"s3://{BUCKET}/data/table.csv")
+    assert caught.value.field == "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"
+    assert f"the S3 endpoint {endpoint} refused the credentials" in caught.value.message
+    assert "check the file" not in caught.value.message
+    assert "0" * 40 not in caught.value.message
 
 
 def test_every_port_of_the_stack_is_bound_to_loopback_only(stack: StackInfo) -> None:
