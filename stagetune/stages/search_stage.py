@@ -314,7 +314,7 @@ def _plan(
     data: TrialData,
     pruner: str,
 ) -> SearchPlan:
-    sampler = type(study.sampler).__name__
+    sampler = getattr(study.sampler, "name", type(study.sampler).__name__)
     run_id = resumed_stage_run(study, tree)
     if run_id is None:
         run_id = tree.start_stage(stage)
