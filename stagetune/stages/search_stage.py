@@ -170,22 +170,12 @@ def abandon(plan: SearchPlan, waiters: dict[int, Callable[[], TrialRecord | None
     request_stop(plan.context.stage_run_id)
     try:
         for number, trial in list(plan.asked.items()):
-            waiter = waiters.get(number)
-            record = None if waiter is None else waiter()
-            if waiter is not None and record is None:  # it raised: left to the dead-trial search of a later attempt
+            try:
+                _settle(plan, trial, waiters.get(number))
+            except Exception as error:  # already stopping: a store error must not hide why (a later attempt
+                # finds the trial dead and retries it)
+                LOGGER.warning("%s trial %d was not recorded as stopped: %s", plan.stage, number, error)
                 release_trial(trial, plan.storage, plan.liveness.heartbeat_seconds)
-            elif record is not None and record.fail_reason != INTERRUPTED_REASON:
-                tell(plan, trial, record)
-            else:
-                with budget_lock(plan.storage, plan.study.study_name):
-                    if record is None:
-                        trial.set_user_attr("fail_reason", INTERRUPTED_REASON)
-                        plan.study.tell(trial, state=TrialState.FAIL)
-                        release_trial(trial, plan.storage, plan.liveness.heartbeat_seconds)
-                    else:
-                        tell(plan, trial, record)
-                    frozen = trial.study._storage.get_trial(trial._trial_id)
-                    enqueue_retry(plan.study, frozen, plan.liveness.max_retries)
             plan.asked.pop(number, None)
     finally:
         _close_tracking(plan, log_failure=True)
@@ -193,6 +183,23 @@ def abandon(plan: SearchPlan, waiters: dict[int, Callable[[], TrialRecord | None
             end_run(plan.context.tree.client, plan.context.stage_run_id, "KILLED")
         except Exception as error:
             LOGGER.warning("%s stage: its MLflow run was not ended: %s", plan.stage, error)
+
+
+def _settle(plan: SearchPlan, trial: optuna.Trial, waiter: Callable[[], TrialRecord | None] | None) -> None:
+    record = None if waiter is None else waiter()
+    if waiter is not None and record is None:  # it raised: left to the dead-trial search of a later attempt
+        release_trial(trial, plan.storage, plan.liveness.heartbeat_seconds)
+    elif record is not None and record.fail_reason != INTERRUPTED_REASON:
+        tell(plan, trial, record)  # it finished before it saw the stop
+    else:  # interrupted, or asked and never started: FAIL, and its retry queued in the same lock
+        with budget_lock(plan.storage, plan.study.study_name):
+            if record is None:
+                trial.set_user_attr("fail_reason", INTERRUPTED_REASON)
+                plan.study.tell(trial, state=TrialState.FAIL)
+                release_trial(trial, plan.storage, plan.liveness.heartbeat_seconds)
+            else:
+                tell(plan, trial, record)
+            enqueue_retry(plan.study, trial.study._storage.get_trial(trial._trial_id), plan.liveness.max_retries)
 
 
 def fail_dead(plan: SearchPlan) -> list[int]:
