@@ -359,7 +359,7 @@ def _told_trials_not_recorded(workdir: Path, runs: dict[str, Any]) -> list[str]:
 
 def main() -> int:
     """Run a kill campaign and print where the kills landed and whether every guarantee held."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--kills", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=Path("kill-resume-runs"))

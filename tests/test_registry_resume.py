@@ -8,7 +8,7 @@ from mlflow.tracking import MlflowClient
 
 from schemas.final import ChampionDecision
 from stagetune.registry import TAG_ROLE, register_and_promote
-from stagetune.registry.champion import TAG_PIPELINE_RUN, version_of_pipeline_run
+from stagetune.registry.champion import TAG_PIPELINE_RUN, TAG_VERSION_RUN, version_of_pipeline_run
 from tests.test_registry import _save, _trained_model
 
 _names = itertools.count()
@@ -50,6 +50,11 @@ def test_a_rerun_after_registration_reuses_the_version(store: tuple[str, str, Pa
     again = _attempt(client, store, name, "pipeline-a", 0.90)  # killed before its result was saved: rerun
     assert _versions(store, name) == [1]
     assert again == first
+    # The rerun's final run points at the run that holds the version's checkpoint (the killed attempt's).
+    source_run = client.get_model_version(name, "1").run_id
+    reruns = client.search_runs([store[1]], filter_string=f"tags.`{TAG_VERSION_RUN}` = '{source_run}'")
+    assert len(reruns) == 1
+    assert reruns[0].info.run_id != source_run
     other = _attempt(client, store, name, "pipeline-b", 0.95)  # another pipeline run registers its own
     assert (other.version, other.alias, other.previous_champion_version) == (2, "champion", 1)
     assert _versions(store, name) == [1, 2]

@@ -34,6 +34,7 @@ TAG_DATA_FINGERPRINT = "stagetune.data_fingerprint"
 TAG_ROLE = "stagetune.role"
 TAG_PIPELINE_RUN = "stagetune.pipeline_run"
 TAG_PREVIOUS_CHAMPION = "stagetune.previous_champion"
+TAG_VERSION_RUN = "stagetune.model_version_run"  # on a resumed final run: the run its reused version came from
 PREVIOUS_CHAMPION_ROLE = "previous_champion"
 
 
@@ -76,6 +77,8 @@ def register_and_promote(
     registered = _ensure_registered_model(client, model_name)
     earlier = None if pipeline_run_id is None else version_of_pipeline_run(client, model_name, pipeline_run_id)
     if earlier is not None:
+        # This run's checkpoint comes from the same seeded training; the version keeps the one it was made from.
+        client.set_tag(run_id, TAG_VERSION_RUN, str(earlier.run_id))
         return _finish_earlier_registration(client, registered, earlier, higher_is_better)
     champion = _champion(client, registered)
     verdict = compare_with_champion(champion, metric_name, metric_value, data_fingerprint, higher_is_better)
