@@ -1,6 +1,7 @@
 """The ask/tell loop of a search stage: trials run as Prefect tasks, up to `concurrency` at once."""
 
 import time
+from collections.abc import Callable
 
 import optuna
 from prefect.futures import PrefectFuture, as_completed
@@ -9,6 +10,7 @@ from flows.runners import trial_resources
 from schemas.pipeline import SearchStageResult
 from schemas.search import TrialRecord
 from stagetune import progress
+from stagetune.interruption import signals_deferred
 from stagetune.stages import search_stage
 from stagetune.stages.search_stage import SearchPlan
 from tasks.search import train_trial
@@ -29,8 +31,9 @@ def run_search(plan: SearchPlan, concurrency: int) -> SearchStageResult:
     try:
         _ask_and_tell(plan, concurrency, pending)
     except BaseException:
-        # Stop keeping the trials in flight alive: a later attempt finds them dead and retries them.
-        search_stage.abandon(plan, list(pending.values()))
+        # Ctrl-C, SIGTERM or an error: the trials in flight stop at their next epoch and are recorded
+        # alike in Optuna and MLflow (finished ones told, interrupted ones failed and retried on resume).
+        search_stage.abandon(plan, {trial.number: _waiter(future) for future, trial in pending.items()})
         raise
     result = search_stage.finish(plan)
     best = result.best
@@ -46,14 +49,17 @@ def _ask_and_tell(plan: SearchPlan, concurrency: int, pending: dict[PrefectFutur
     exhausted = False
     while True:
         while not exhausted and len(pending) < concurrency:
-            asked = search_stage.ask(plan)
-            if asked is None:
-                exhausted = True
-                break
-            trial, hp, params = asked
-            report = search_stage.pruning_reporter(trial, plan.storage)
-            with trial_resources(plan.context.config.execution):  # Dask: one trial per GPU, when asked
-                pending[train_trial.submit(plan.context, trial.number, hp, params, report)] = trial
+            # A stop (Ctrl-C, SIGTERM) lands before the trial is asked or once it is in `pending`: never
+            # between, where `abandon` would not know whether it trains.
+            with signals_deferred():
+                asked = search_stage.ask(plan)
+                if asked is None:
+                    exhausted = True
+                    break
+                trial, hp, params = asked
+                report = search_stage.pruning_reporter(trial, plan.storage)
+                with trial_resources(plan.context.config.execution):  # Dask: one trial per GPU, when asked
+                    pending[train_trial.submit(plan.context, trial.number, hp, params, report)] = trial
         search_stage.trials_started(plan)
         if not pending:
             # Nothing of ours in flight: done, unless another process still runs trials, or one of
@@ -69,6 +75,16 @@ def _ask_and_tell(plan: SearchPlan, concurrency: int, pending: dict[PrefectFutur
         search_stage.tell(plan, trial, record)
         del pending[future]
         reporter.stage_advanced(plan.stage, f"#{record.number} {record.state.lower()} {_value(record)}")
+
+
+def _waiter(future: PrefectFuture[TrialRecord]) -> Callable[[], TrialRecord | None]:
+    def wait() -> TrialRecord | None:
+        try:
+            return future.result()
+        except Exception:  # the trial raised (e.g. invalid settings): reported by the loop's own error
+            return None
+
+    return wait
 
 
 def _value(record: TrialRecord) -> str:

@@ -19,6 +19,7 @@ from schemas.pipeline import PipelineResult, RegisteredModel, SearchStageResult
 from schemas.results import SampleResult, SanityResult
 from stagetune import progress
 from stagetune.errors import InputError
+from stagetune.interruption import is_interruption, set_resume_hint
 from stagetune.run_store import PipelineRun
 from stagetune.store_check import check_stores_writable
 from stagetune.tracking.run_tree import RunTree, end_run, now_ms
@@ -65,6 +66,7 @@ def tune_pipeline(config: PipelineConfig, resume: str | None = None, new: bool =
 
 def _attempt(config: PipelineConfig, run: PipelineRun, sample: SampleResult | None) -> PipelineResult:
     record_attempt(run)
+    set_resume_hint(f"finished work is kept; continue with: stagetune run --resume {run.dir}")
     if run.resumed:
         done = ", ".join(run.state.stages_done) or "none"
         _announce(f"resuming {run.dir.name} (attempt {run.state.attempts}; stages done: {done})")
@@ -83,8 +85,8 @@ def _attempt(config: PipelineConfig, run: PipelineRun, sample: SampleResult | No
             record_sample(tree, sample, started, sample_ended)
             run.save("sample", sample)
         result = _stages(config, sample, tree, run)
-    except BaseException:
-        end_run(tree.client, tree.parent_run_id, "FAILED")
+    except BaseException as error:
+        end_run(tree.client, tree.parent_run_id, "KILLED" if is_interruption(error) else "FAILED")
         raise
     close_tracking(tree, result, "FINISHED" if result.status == "completed" else "FAILED")
     run.save("pipeline", result)

@@ -53,6 +53,10 @@ class SharedStudyPlan(StrictModel):
     stage_run_id: str
     sample_fingerprint: str
     sampled_fingerprint: str
+    # The stage sampler's seed and start-up trials: a joining worker builds the same sampler (its draws
+    # are seeded per trial number, so it never repeats the pipeline's). None: published by an older version.
+    sampler_seed: int | None = None
+    n_startup_trials: int | None = Field(default=None, ge=1)
 
 
 class RegisteredModel(StrictModel):

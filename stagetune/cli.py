@@ -23,6 +23,7 @@ from stagetune.cli_report import compare, report
 from stagetune.cli_stack import stack_app
 from stagetune.config_loading import check_environment, load_config, validate_config
 from stagetune.errors import InputError, StoreError
+from stagetune.interruption import set_resume_hint, stop_on_sigterm
 from stagetune.run_store import find_run, saved_config
 from stagetune.runtime import configure_process
 from stagetune.store_check import check_stores_writable
@@ -66,6 +67,7 @@ def run(
     """
     console = Console(stderr=True, soft_wrap=True)
     configure_process(verbose)
+    stop_on_sigterm()  # SIGTERM stops as Ctrl-C does: message, exit 143, stores consistent
     settings = guarded(console, lambda: _run_config(config, overrides or [], resume, new), verbose)
     # Before Prefect starts (seconds): a read-only store is refused before anything is written.
     guarded(console, lambda: check_stores_writable(settings), verbose)
@@ -93,6 +95,8 @@ def worker(
     """Run trials of a running pipeline's shared studies (same CONFIG, shared Optuna storage)."""
     console = Console(stderr=True, soft_wrap=True)
     configure_process(verbose)
+    stop_on_sigterm()
+    set_resume_hint("its unfinished trial is retried by the pipeline; start the worker again to go on helping")
     settings = guarded(console, lambda: load_config(config, overrides or []), verbose)
 
     def work() -> int:

@@ -106,8 +106,11 @@ def _wait_for_study(
             study = None
         shared = read_plan(study) if study is not None else None
         if study is not None and shared is not None:
-            # Each worker samples with its own seed: identical seeds would propose identical points.
-            sampler = make_sampler(shared.sampler, seed=os.getpid())  # type: ignore[arg-type]
+            # The stage's own sampler: its draws are seeded per trial number, so this worker never
+            # proposes what the pipeline or another worker drew, and Sobol points continue one sequence.
+            seed = os.getpid() if shared.sampler_seed is None else shared.sampler_seed
+            startup = shared.n_startup_trials or 10
+            sampler = make_sampler(shared.sampler, seed=seed, n_startup_trials=startup)  # type: ignore[arg-type]
             pruner = make_pruner(shared.pruner, shared.epochs)  # type: ignore[arg-type]
             loaded = optuna.load_study(
                 study_name=name, storage=rdb_storage(storage, liveness), sampler=sampler, pruner=pruner

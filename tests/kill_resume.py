@@ -3,6 +3,10 @@ that nothing was lost or done twice. Used by tests/test_kill_resume.py (a few ki
 
     .venv/bin/python -m tests.kill_resume --kills 12 --seed 1     # prints a table, exit 1 on a violation
 
+Besides the kills spread over the stages, one kill lands right after the final stage has registered
+its model version and before its result is saved (`--no-registration-kill` leaves it out): the
+registry is polled from outside, the run is killed the moment the version appears.
+
 Each attempt runs the real CLI in its own process group (killing the group is what a crashed machine
 does to the run), against one Prefect API shared by the attempts.
 """
@@ -25,7 +29,7 @@ from typing import Any
 import optuna
 import yaml
 from mlflow.tracking import MlflowClient
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from stagetune.runtime import configure_process
 
@@ -49,6 +53,7 @@ CONFIG = {
     "tracking": {"report": False},
     "execution": {"device": "cpu"},
 }
+REGISTERED = "final (model version registered)"  # the kill aimed just after registration
 TrialKey = tuple[str, int]
 TrialFacts = tuple[str, dict[str, Any], float | None]
 
@@ -65,26 +70,35 @@ class Campaign:
     seconds: float = 0.0
 
 
-def run_campaign(workdir: Path, kills: int, seed: int, env: dict[str, str], timeout: float = 600) -> Campaign:
-    """Kill the run `kills` times (cycling through the stages, random moment within each), then let it
-    finish; return what happened, with every violated guarantee listed in `violations`."""
+def run_campaign(
+    workdir: Path, kills: int, seed: int, env: dict[str, str], timeout: float = 600, registration_kill: bool = True
+) -> Campaign:
+    """Kill the run `kills` times (cycling through the stages, random moment within each), and once more
+    right after its model version is registered (`registration_kill`), then let it finish; return what
+    happened, with every violated guarantee listed in `violations`."""
     rng = random.Random(seed)
     workdir.mkdir(parents=True, exist_ok=True)
     config_path = workdir / "killed.yaml"
     config_path.write_text(yaml.safe_dump({**CONFIG, "execution": {**CONFIG["execution"], "workdir": str(workdir)}}))
     campaign = Campaign()
     started = time.monotonic()
-    targets = kill_plan(kills)
+    targets = kill_plan(kills) + ([REGISTERED] if registration_kill else [])
     while True:
         campaign.attempts += 1
         with _attempt(config_path, workdir, env, workdir / f"attempt-{campaign.attempts}.log") as process:
             target = targets[len(campaign.kills)] if len(campaign.kills) < len(targets) else None
             state = _state(workdir)
             began = state["attempts"] if state else 0
-            if target is not None and _wait_inside(target, began, workdir, process, rng, time.monotonic() + timeout):
+            deadline = time.monotonic() + timeout
+            if target == REGISTERED:
+                reached = _wait_for_version(began, workdir, process, deadline)
+            else:
+                reached = target is not None and _wait_inside(target, began, workdir, process, rng, deadline)
+            if reached:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-                campaign.kills.append(_stage_now(workdir) or "start-up")
+                stage = _stage_now(workdir) or "start-up"
+                campaign.kills.append(REGISTERED if target == REGISTERED and stage == "final" else stage)
                 campaign.snapshots.append(_finished_trials(workdir))
                 continue
             code = process.wait(timeout=timeout)
@@ -144,6 +158,29 @@ def _wait_inside(
             return process.poll() is None
         time.sleep(0.05)
     return False
+
+
+def _wait_for_version(attempts_before: int, workdir: Path, process: "subprocess.Popen[str]", deadline: float) -> bool:
+    """Wait until this attempt has registered a model version (read straight from the MLflow database,
+    every few milliseconds: the version exists ~0.5-1.4 s before the final result is saved); False
+    when the process ended first."""
+    database = workdir / "mlflow.db"
+    while time.monotonic() < deadline and process.poll() is None:
+        state = _state(workdir)
+        if state is not None and state["attempts"] > attempts_before and _n_versions(database) > 0:
+            return process.poll() is None
+        time.sleep(0.005)
+    return False
+
+
+def _n_versions(database: Path) -> int:
+    if not database.exists():
+        return 0
+    try:
+        with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)) as connection:
+            return int(connection.execute("SELECT count(*) FROM model_versions").fetchone()[0])
+    except sqlite3.Error:  # tables not created yet, or locked for longer than the timeout
+        return 0
 
 
 def _run_dir(workdir: Path) -> Path | None:
@@ -228,6 +265,7 @@ def _check(workdir: Path, campaign: Campaign) -> None:
         if left:
             problems.append(f"{stage}: trials {left} left RUNNING/WAITING")
         campaign.retried_trials += sum("retry_of" in t.user_attrs for t in trials)
+        problems.extend(_repeated_points(stage, trials))
     final = _finished_trials(workdir)
     for number, snapshot in enumerate(campaign.snapshots, start=1):
         changed = [key for key, facts in snapshot.items() if final.get(key) != facts]
@@ -243,6 +281,7 @@ def _check(workdir: Path, campaign: Campaign) -> None:
     if running:
         problems.append(f"MLflow runs left RUNNING: {running}")
     problems.extend(_told_trials_not_recorded(workdir, {r.info.run_id: r for r in all_runs}))
+    problems.extend(stores_disagree(workdir, all_runs))
     parents = [r for r in all_runs if "mlflow.parentRunId" not in r.data.tags]
     if len(parents) != 1 or parents[0].info.run_id != state["parent_run_id"]:
         problems.append(f"{len(parents)} parent runs (one expected, reused by every attempt)")
@@ -253,6 +292,54 @@ def _check(workdir: Path, campaign: Campaign) -> None:
         ]
         if len(finished) != 1:
             problems.append(f"{len(finished)} FINISHED {stage} stage runs (one expected)")
+    versions = client.search_model_versions(f"name = '{CONFIG['name']}'")
+    if len(versions) != 1:
+        problems.append(f"{len(versions)} model versions registered (one expected for one pipeline run)")
+    elif versions[0].tags.get("stagetune.pipeline_run") != state["parent_run_id"]:
+        problems.append("the model version is not tagged with the pipeline run")
+    elif int(versions[0].version) not in {int(v) for v in client.get_registered_model(CONFIG["name"]).aliases.values()}:
+        problems.append(f"model version {versions[0].version} has no alias")
+
+
+def stores_disagree(workdir: Path, runs: list[Any]) -> list[str]:
+    """Trials whose state differs between Optuna and MLflow: a COMPLETE/PRUNED trial has one FINISHED
+    run with that state, a FAIL trial no FINISHED run (its runs, if any, FAILED or KILLED)."""
+    problems = []
+    for stage, study in _studies(workdir).items():
+        by_number: dict[int, list[Any]] = {}
+        for run in runs:
+            if run.data.tags.get("stagetune.study") == study.study_name and "stagetune.trial" in run.data.tags:
+                by_number.setdefault(int(run.data.tags["stagetune.trial"]), []).append(run)
+        for trial in study.get_trials(deepcopy=False):
+            mine = by_number.pop(trial.number, [])
+            finished = [r.data.tags.get("stagetune.state") for r in mine if r.info.status == "FINISHED"]
+            told = trial.state.name
+            if trial.state in (TrialState.COMPLETE, TrialState.PRUNED) and finished != [told]:
+                problems.append(f"{stage} trial {trial.number}: {told} in Optuna, FINISHED runs {finished} in MLflow")
+            elif trial.state == TrialState.FAIL and finished:
+                problems.append(f"{stage} trial {trial.number}: FAIL in Optuna, FINISHED {finished} in MLflow")
+            elif trial.state in (TrialState.RUNNING, TrialState.WAITING) and any(
+                r.info.status != "RUNNING" for r in mine
+            ):
+                problems.append(f"{stage} trial {trial.number}: {told} in Optuna, ended in MLflow")
+        for number in by_number:
+            problems.append(f"{stage}: MLflow trial run(s) {number} with no Optuna trial")
+    return problems
+
+
+def _repeated_points(stage: str, trials: list[FrozenTrial]) -> list[str]:
+    """No two finished (COMPLETE/PRUNED) trials of a study share a parameter set (a resumed attempt must
+    not propose again what an earlier one tried; a retry repeats only a FAIL trial's parameters)."""
+    seen: dict[tuple[tuple[str, Any], ...], int] = {}
+    problems = []
+    for trial in trials:
+        if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED):
+            continue
+        key = tuple(sorted(trial.params.items()))
+        if key in seen:
+            problems.append(f"{stage}: trials {seen[key]} and {trial.number} have the same parameters")
+        seen.setdefault(key, trial.number)
+    return problems
 
 
 def _told_trials_not_recorded(workdir: Path, runs: dict[str, Any]) -> list[str]:
@@ -272,10 +359,15 @@ def _told_trials_not_recorded(workdir: Path, runs: dict[str, Any]) -> list[str]:
 
 def main() -> int:
     """Run a kill campaign and print where the kills landed and whether every guarantee held."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument("--kills", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=Path, default=Path("kill-resume-runs"))
+    parser.add_argument(
+        "--no-registration-kill",
+        action="store_true",
+        help="Leave out the extra kill right after the model version is registered.",
+    )
     args = parser.parse_args()
     configure_process()
     from prefect.settings import PREFECT_API_URL
@@ -283,7 +375,8 @@ def main() -> int:
 
     with prefect_test_harness(server_startup_timeout=120):
         env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_API_URL": str(PREFECT_API_URL.value())}
-        campaign = run_campaign(args.workdir.resolve() / f"seed-{args.seed}", args.kills, args.seed, env)
+        workdir = args.workdir.resolve() / f"seed-{args.seed}"
+        campaign = run_campaign(workdir, args.kills, args.seed, env, registration_kill=not args.no_registration_kill)
     print(f"{'kill':>4}  stage at kill")
     for number, stage in enumerate(campaign.kills, start=1):
         print(f"{number:>4}  {stage}")

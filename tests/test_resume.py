@@ -40,11 +40,15 @@ def test_a_run_that_crashed_mid_refinement_resumes_without_redoing_finished_work
     config = tiny_config(tmp_path, "refine.n_trials=5")
     real_tell = search_stage.tell
     told = {"refine": 0}
+    crashing: set[int] = set()
 
     def crash_on_third_refine_trial(plan: search_stage.SearchPlan, trial: optuna.Trial, record: Any) -> None:
         if plan.stage == "refine":
             told["refine"] += 1
-            if told["refine"] == 3:
+            # Every try of that trial fails (the stopping search tries again to tell what finished): as
+            # if the process had died there, the trial is left RUNNING.
+            if told["refine"] == 3 or trial.number in crashing:
+                crashing.add(trial.number)
                 raise RuntimeError("simulated crash while telling a refinement trial")
         real_tell(plan, trial, record)
 

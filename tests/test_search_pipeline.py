@@ -106,6 +106,9 @@ def test_diverging_trials_fail_with_a_reason_and_the_study_goes_on(tmp_path: Pat
         "space.optimizer.choices=[sgd, adamw]",
         "space.learning_rate.sgd={kind: float, low: 5.0, high: 10.0, scale: log}",
         "space.momentum={kind: float, low: 0.99, high: 0.99}",
+        # Batches of 32: enough SGD steps in 2 epochs for such rates to diverge, whatever else is drawn
+        # (with batches of 256, 4 steps, a draw may survive).
+        "space.batch_size.choices=[32]",
         "training.grad_clip_norm=null",
         "coarse.n_trials=6",
         "refine.narrowing.min_completed=1",

@@ -33,7 +33,7 @@ def fail_dead_trials(study: optuna.Study, storage: str, liveness: Liveness) -> l
                 continue
             trial = study._storage.get_trial(trial_id)
             failed.append(trial)
-            retried = _enqueue_retry(study, trial, liveness.max_retries)
+            retried = enqueue_retry(study, trial, liveness.max_retries)
             LOGGER.warning(
                 "trial %s of %s was left RUNNING by a stopped process: marked FAIL%s",
                 trial.number,
@@ -57,7 +57,9 @@ def _dead_trial_ids(study: optuna.Study, liveness: Liveness) -> set[int]:
     return dead
 
 
-def _enqueue_retry(study: optuna.Study, trial: FrozenTrial, max_retries: int) -> bool:
+def enqueue_retry(study: optuna.Study, trial: FrozenTrial, max_retries: int) -> bool:
+    """Put a FAIL trial's parameters back as a WAITING retry, unless it ran out of retries (then False).
+    Call it under the study's budget lock, with the failure, so no process counts the budget in between."""
     history = [*trial.system_attrs.get(RETRY_HISTORY, []), trial.number]
     if len(history) > max_retries:
         return False

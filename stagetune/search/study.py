@@ -12,6 +12,7 @@ from optuna.samplers import BaseSampler, GPSampler, QMCSampler, RandomSampler, T
 from schemas.config import PipelineConfig
 from stagetune.search.budget import budget_lock
 from stagetune.search.liveness import Liveness
+from stagetune.search.seeding import TrialSeededSampler
 from stagetune.settings import load_settings
 
 SamplerKind = Literal["random", "qmc", "tpe", "gp"]
@@ -28,27 +29,46 @@ def storage_url(config: PipelineConfig) -> str:
     return f"sqlite:///{workdir / 'optuna.db'}"
 
 
-def make_sampler(kind: SamplerKind, seed: int, n_startup_trials: int = 10) -> BaseSampler:
-    """A seeded sampler: random / Sobol QMC for the coarse stage, multivariate TPE / GP for refinement."""
+def make_sampler(kind: SamplerKind, seed: int, n_startup_trials: int = 10) -> TrialSeededSampler:
+    """A seeded sampler: random / Sobol QMC for the coarse stage, multivariate TPE / GP for refinement.
+
+    Its random draws are seeded per trial from (seed, trial number) (`TrialSeededSampler`): a resumed
+    study or a second process never replays the draws of earlier trials, and a fresh run with the same
+    seed draws the same points. The Sobol sequence itself keeps `seed`: QMCSampler takes the next
+    point's index from a counter stored in the study, so every attempt and process continues one sequence.
+    """
     if kind == "random":
-        return RandomSampler(seed=seed)
+        return TrialSeededSampler(lambda s: RandomSampler(seed=s), seed, "RandomSampler")
     if kind == "qmc":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            # Conditional parameters (the per-optimizer learning rate) fall back to random sampling.
-            return QMCSampler(
-                qmc_type="sobol",
-                scramble=True,
-                seed=seed,
-                independent_sampler=RandomSampler(seed=seed),
-                warn_independent_sampling=False,
-            )
+        return TrialSeededSampler(lambda s: _sobol(seed, s), seed, "QMCSampler")
     if kind == "tpe":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # `group` is experimental
-            # group=True: the per-optimizer learning rates are conditional parameters.
-            return TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=n_startup_trials)
-    return GPSampler(seed=seed, n_startup_trials=n_startup_trials, warn_independent_sampling=False)
+        return TrialSeededSampler(lambda s: _tpe(s, n_startup_trials), seed, "TPESampler", n_startup_trials)
+    return TrialSeededSampler(
+        lambda s: GPSampler(seed=s, n_startup_trials=n_startup_trials, warn_independent_sampling=False),
+        seed,
+        "GPSampler",
+        n_startup_trials,
+    )
+
+
+def _sobol(sequence_seed: int, trial_seed: int) -> BaseSampler:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # Conditional parameters (the per-optimizer learning rate) fall back to random sampling.
+        return QMCSampler(
+            qmc_type="sobol",
+            scramble=True,
+            seed=sequence_seed,
+            independent_sampler=RandomSampler(seed=trial_seed),
+            warn_independent_sampling=False,
+        )
+
+
+def _tpe(seed: int, n_startup_trials: int) -> BaseSampler:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # `group` is experimental
+        # group=True: the per-optimizer learning rates are conditional parameters.
+        return TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=n_startup_trials)
 
 
 def make_pruner(kind: PrunerKind, max_epochs: int) -> BasePruner:

@@ -104,6 +104,7 @@ def final_stage(
             metric_name=final.champion_metric,
             metric_value=getattr(test, final.champion_metric),
             data_fingerprint=test_fingerprint,
+            pipeline_run_id=tree.parent_run_id,  # a resumed run reuses the version it registered before a kill
         )
         result = FinalResult(
             hyperparams=hp,

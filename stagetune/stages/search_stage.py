@@ -8,6 +8,7 @@ import logging
 import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -26,8 +27,9 @@ from schemas.search_space import FloatParam, SearchSpace
 from stagetune.data.sampling import stratified_subsample
 from stagetune.data.stage import load_stage_arrays
 from stagetune.diagnosis import summarise_diagnoses
-from stagetune.search.budget import claim_trial, release_trial
-from stagetune.search.dead_trials import fail_dead_trials
+from stagetune.interruption import INTERRUPTED_REASON, clear_stop, request_stop
+from stagetune.search.budget import budget_lock, claim_trial, release_trial
+from stagetune.search.dead_trials import enqueue_retry, fail_dead_trials
 from stagetune.search.liveness import Liveness
 from stagetune.search.space import optuna_params, space_violations, suggest_hyperparams
 from stagetune.search.study import liveness_of, make_pruner, make_sampler, open_study, rdb_storage, storage_url
@@ -63,6 +65,7 @@ class SearchPlan:
     storage: str
     liveness: Liveness = field(default_factory=Liveness)
     enqueued: list[int] = field(default_factory=list)
+    asked: dict[int, optuna.Trial] = field(default_factory=dict)  # asked by this process, not told yet
     records: list[TrialRecord] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
     dead_checked: float = -math.inf  # time.monotonic() of the last look for dead processes' trials
@@ -129,6 +132,7 @@ def ask(plan: SearchPlan) -> tuple[optuna.Trial, HyperParams, dict[str, object]]
     trial = claim_trial(plan.study, plan.storage, plan.n_trials, plan.liveness.heartbeat_seconds)
     if trial is None:
         return None
+    plan.asked[trial.number] = trial
     hp = suggest_hyperparams(trial, plan.space, config.model.baseline, family=config.model.family)
     return trial, hp, dict(trial.params)
 
@@ -144,6 +148,7 @@ def tell(plan: SearchPlan, trial: optuna.Trial, record: TrialRecord) -> None:
         trial.set_user_attr("fail_reason", record.fail_reason or "unknown")
         plan.study.tell(trial, state=TrialState.FAIL)
     release_trial(trial, plan.storage, plan.liveness.heartbeat_seconds)
+    plan.asked.pop(trial.number, None)
     plan.records.append(record)
 
 
@@ -153,12 +158,48 @@ def trials_started(plan: SearchPlan) -> None:
         plan.context.tracking.release()
 
 
-def abandon(plan: SearchPlan, trials: list[optuna.Trial]) -> None:
-    """Stop the heartbeats of trials this process will not tell (the search stopped on an error), and
-    write what its finished trials queued for MLflow."""
-    for trial in trials:
+def abandon(plan: SearchPlan, waiters: dict[int, Callable[[], TrialRecord | None]]) -> None:
+    """The search stopped (Ctrl-C, SIGTERM, an error): stop the trials in flight and leave both stores agreeing.
+
+    `waiters` maps the number of each trial this process started to a call that waits for its record
+    (None: the trial raised). The trials stop at their next epoch; one that finished first is told as
+    usual, an interrupted one, or one asked but never started, is failed with its retry enqueued (its
+    MLflow run, if any, ends KILLED). Then what the finished trials queued for MLflow is written, and
+    the stage run is ended KILLED (a resumed attempt reopens it).
+    """
+    request_stop(plan.context.stage_run_id)
+    try:
+        for number, trial in list(plan.asked.items()):
+            try:
+                _settle(plan, trial, waiters.get(number))
+            except Exception as error:  # already stopping: a store error must not hide why (a later attempt
+                # finds the trial dead and retries it)
+                LOGGER.warning("%s trial %d was not recorded as stopped: %s", plan.stage, number, error)
+                release_trial(trial, plan.storage, plan.liveness.heartbeat_seconds)
+            plan.asked.pop(number, None)
+    finally:
+        _close_tracking(plan, log_failure=True)
+        try:  # already stopping: a tracking error must not hide why
+            end_run(plan.context.tree.client, plan.context.stage_run_id, "KILLED")
+        except Exception as error:
+            LOGGER.warning("%s stage: its MLflow run was not ended: %s", plan.stage, error)
+
+
+def _settle(plan: SearchPlan, trial: optuna.Trial, waiter: Callable[[], TrialRecord | None] | None) -> None:
+    record = None if waiter is None else waiter()
+    if waiter is not None and record is None:  # it raised: left to the dead-trial search of a later attempt
         release_trial(trial, plan.storage, plan.liveness.heartbeat_seconds)
-    _close_tracking(plan, log_failure=True)
+    elif record is not None and record.fail_reason != INTERRUPTED_REASON:
+        tell(plan, trial, record)  # it finished before it saw the stop
+    else:  # interrupted, or asked and never started: FAIL, and its retry queued in the same lock
+        with budget_lock(plan.storage, plan.study.study_name):
+            if record is None:
+                trial.set_user_attr("fail_reason", INTERRUPTED_REASON)
+                plan.study.tell(trial, state=TrialState.FAIL)
+                release_trial(trial, plan.storage, plan.liveness.heartbeat_seconds)
+            else:
+                tell(plan, trial, record)
+            enqueue_retry(plan.study, trial.study._storage.get_trial(trial._trial_id), plan.liveness.max_retries)
 
 
 def fail_dead(plan: SearchPlan) -> list[int]:
@@ -314,7 +355,7 @@ def _plan(
     data: TrialData,
     pruner: str,
 ) -> SearchPlan:
-    sampler = type(study.sampler).__name__
+    sampler = getattr(study.sampler, "name", type(study.sampler).__name__)
     run_id = resumed_stage_run(study, tree)
     if run_id is None:
         run_id = tree.start_stage(stage)
@@ -322,6 +363,7 @@ def _plan(
         log_params(tree.client, run_id, {**params, "epochs": epochs, "objective": config.search.objective})
         log_params(tree.client, run_id, {"train_rows": len(data.y_train)})
         log_tags(tree.client, run_id, {"stagetune.study": study.study_name})
+    clear_stop(run_id)  # a stage resumed in this process after a stop runs its trials again
     # The pipeline's own trials record themselves on a background thread (drained in `finish`/`abandon`).
     tracking = TrackingQueue()
     context = TrialContext(config, tree, stage, run_id, study.study_name, epochs, data, tracking)

@@ -18,6 +18,7 @@ from schemas.search import TrialRecord
 from stagetune.errors import InputError
 from stagetune.search.dead_trials import KILLED_REASON
 from stagetune.search.liveness import worker_id
+from stagetune.search.seeding import TrialSeededSampler
 from stagetune.search.space import hyperparams_from_params
 from stagetune.tracking.run_tree import TRIAL_TAG, RunTree, end_run, log_tags
 
@@ -49,6 +50,9 @@ def publish_plan(plan: "SearchPlan", sample: SampleResult, fraction: float, full
         sample_fingerprint=sample.fingerprint,
         sampled_fingerprint=sample.sampled_fingerprint,
     )
+    if isinstance(plan.study.sampler, TrialSeededSampler):
+        seeding = {"sampler_seed": plan.study.sampler.seed, "n_startup_trials": plan.study.sampler.n_startup_trials}
+        shared = shared.model_copy(update=seeding)
     plan.study.set_user_attr(PLAN_ATTR, shared.model_dump(mode="json"))
 
 

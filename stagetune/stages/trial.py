@@ -35,8 +35,10 @@ from schemas.results import EpochRecord
 from schemas.search import TrialRecord
 from stagetune.diagnosis import diagnose_curves
 from stagetune.errors import InputError
+from stagetune.interruption import INTERRUPTED_REASON, TrialInterrupted, stop_requested
 from stagetune.tracking.background import TrackingQueue
 from stagetune.tracking.run_tree import (
+    RunEnd,
     RunTree,
     Stage,
     end_run,
@@ -116,6 +118,10 @@ def run_trial(
     history: list[EpochRecord] = []
     try:
         outcome = _train(context, number, hp, report, history)
+    except TrialInterrupted:
+        # The search stopped (Ctrl-C, SIGTERM, an error): FAIL, retried on resume; its run ends KILLED.
+        outcome = FitResult(history=history, status="stopped", reason=INTERRUPTED_REASON)
+        outcome_state = "FAIL"
     except InputError:
         run_id = created.result()
         tracking.submit(lambda: _end_invalid(client, run_id, run_params))
@@ -178,6 +184,8 @@ def _train(
 
     def on_epoch(record: EpochRecord) -> None:
         history.append(record)
+        if stop_requested(context.stage_run_id):
+            raise TrialInterrupted(INTERRUPTED_REASON)
         if report(record.epoch, objective_value(record, config.search.objective)):
             raise StopTraining(f"pruned after epoch {record.epoch}")
 
@@ -217,7 +225,8 @@ def _record(
     if reason:
         tags["stagetune.reason"] = reason[:5000]
     log_trial_batch(client, run_id, params, [row for row in rows if math.isfinite(row[1])], tags)
-    end_run(client, run_id, "FAILED" if record.state == "FAIL" else "FINISHED", ended_ms)
+    status: RunEnd = "FAILED" if record.state == "FAIL" else "FINISHED"
+    end_run(client, run_id, "KILLED" if reason == INTERRUPTED_REASON else status, ended_ms)
     if history and context.config.tracking.trial_plots:
         title = f"{context.stage} trial {record.number} ({record.state})"
         client.log_text(run_id, learning_curve_svg(history, title), "plots/learning_curve.svg")
