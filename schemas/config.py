@@ -11,7 +11,30 @@ from schemas.search import NarrowingSettings
 from schemas.search_space import SearchSpace
 from schemas.urls import refuse_credentials, storage_url_problem, tracking_uri_problem
 
-BUILTIN_DATASETS = ("digits", "breast_cancer", "iris", "wine", "synthetic_imbalanced")
+BUILTIN_DATASETS = (
+    "digits",
+    "breast_cancer",
+    "iris",
+    "wine",
+    "synthetic_imbalanced",
+    "diabetes",
+    "synthetic_regression",
+)
+
+TaskChoice = Literal["auto", "classification", "regression"]
+"""data.task; a new task adds its name here and one module under stagetune/task/."""
+
+# Which objectives and champion metrics each task offers, and whether lower is better. Mirrored by
+# the Task classes (stagetune/task/), which a unit test checks against these tables.
+TASK_OBJECTIVES: dict[str, dict[str, bool]] = {
+    "classification": {"val_loss": True, "val_acc": False, "val_balanced_acc": False},
+    "regression": {"val_loss": True, "val_rmse": True, "val_mae": True, "val_r2": False},
+}
+TASK_CHAMPION_METRICS: dict[str, dict[str, bool]] = {
+    "classification": {"accuracy": False, "balanced_accuracy": False, "macro_f1": False},
+    "regression": {"rmse": True, "mae": True, "r2": False},
+}
+DEFAULT_CHAMPION_METRIC = {"classification": "accuracy", "regression": "rmse"}
 
 
 class SyntheticDataConfig(StrictModel):
@@ -32,15 +55,34 @@ class SyntheticDataConfig(StrictModel):
         return self
 
 
+class SyntheticRegressionConfig(StrictModel):
+    """Settings of `builtin:synthetic_regression`: Friedman #1 (make_friedman1) plus non-linear extra outputs."""
+
+    n_samples: int = Field(default=2000, ge=30, le=10_000_000)
+    n_features: int = Field(default=10, ge=5, le=10_000, description="Friedman #1 uses the first 5.")
+    n_outputs: int = Field(default=1, ge=1, le=16, description="Target columns y0 (Friedman #1), y1, ...")
+    noise: float = Field(default=1.0, ge=0, description="Standard deviation of the Gaussian noise on each output.")
+
+
 class DataConfig(StrictModel):
     """Where the data comes from and how it is split."""
 
     source: str = Field(
         default="builtin:digits",
-        description="builtin:<name> (digits, breast_cancer, iris, wine, synthetic_imbalanced), "
+        description="builtin:<name> (digits, breast_cancer, iris, wine, synthetic_imbalanced, diabetes, "
+        "synthetic_regression), "
         "or a path / s3:// URI to a .csv or .parquet file",
     )
-    target: str | None = Field(default=None, description="Label column of a CSV/Parquet source.")
+    target: str | list[str] | None = Field(
+        default=None,
+        description="Target column of a CSV/Parquet source; a list of columns is a multi-output regression.",
+    )
+    task: TaskChoice = Field(
+        default="auto",
+        description="auto: non-numeric, boolean, or integer targets with few distinct values are classification; "
+        "float targets (or integers with many distinct values) are regression.",
+    )
+    synthetic_regression: SyntheticRegressionConfig = SyntheticRegressionConfig()
     features: list[str] | None = Field(default=None, description="Feature columns; default: all but target.")
     categorical: list[str] | None = Field(
         default=None, description="Columns to one-hot encode; default: non-numeric columns."
@@ -67,8 +109,20 @@ class DataConfig(StrictModel):
             raise ValueError(f"{value!r} is neither builtin:<name> nor a .csv/.parquet path or s3:// URI")
         return value
 
+    @property
+    def target_columns(self) -> list[str] | None:
+        """data.target as a list (None when unset)."""
+        if self.target is None:
+            return None
+        return [self.target] if isinstance(self.target, str) else list(self.target)
+
     @model_validator(mode="after")
     def _check_target(self) -> Self:
+        if isinstance(self.target, list):
+            if not self.target or len(set(self.target)) != len(self.target):
+                raise ValueError(f"data.target {self.target} must list distinct column names")
+            if len(self.target) > 1 and self.task == "classification":
+                raise ValueError("several data.target columns make a multi-output regression: set data.task regression")
         if not self.source.startswith("builtin:") and not self.target:
             raise ValueError("data.target is required for a file source: name the label column")
         if self.val_fraction + self.test_fraction >= 0.8:
@@ -114,6 +168,11 @@ class TrainingConfig(StrictModel):
     """Settings shared by every training run (sanity, trials, final)."""
 
     grad_clip_norm: float | None = Field(default=5.0, gt=0, description="Clip the global gradient norm.")
+    loss: Literal["auto", "cross_entropy", "mse", "huber", "l1"] = Field(
+        default="auto",
+        description="auto: cross-entropy for classification, MSE for regression; huber and l1 are for regression "
+        "(on standardised targets, so Huber's delta of 1 is one standard deviation).",
+    )
     max_batches_per_epoch: int | None = Field(default=None, ge=1, description="Debug: cut epochs short.")
 
 
@@ -125,7 +184,7 @@ class SanityConfig(StrictModel):
     overfit_samples: int = Field(default=100, ge=2)
     overfit_batch_size: int = Field(default=50, ge=1)
     overfit_max_steps: int = Field(default=500, ge=1)
-    overfit_target_acc: float = Field(default=0.99, gt=0, le=1)
+    overfit_target_acc: float = Field(default=0.99, gt=0, le=1, description="Regression: the target R².")
     overfit_width: int = Field(default=512, ge=1)
     overfit_depth: int = Field(default=3, ge=1)
     overfit_learning_rate: float = Field(default=1e-3, gt=0)
@@ -147,10 +206,11 @@ class SanityConfig(StrictModel):
 class SearchConfig(StrictModel):
     """What the searches optimise and where Optuna keeps its studies."""
 
-    objective: Literal["val_loss", "val_acc", "val_balanced_acc"] = Field(
+    objective: Literal["val_loss", "val_acc", "val_balanced_acc", "val_rmse", "val_mae", "val_r2"] = Field(
         default="val_loss",
         description="Validation metric a trial is judged by (its best epoch). Loss is smoother than accuracy; "
-        "use val_balanced_acc for imbalanced classes.",
+        "use val_balanced_acc for imbalanced classes. val_acc/val_balanced_acc are for classification, "
+        "val_rmse/val_mae/val_r2 (original units) for regression.",
     )
     storage: str | None = Field(default=None, description="Optuna storage URL; None: SQLite at <workdir>/optuna.db.")
     study_name: str | None = Field(
@@ -199,7 +259,8 @@ class SearchConfig(StrictModel):
     @property
     def direction(self) -> Literal["minimize", "maximize"]:
         """Optuna's direction for the objective."""
-        return "minimize" if self.objective == "val_loss" else "maximize"
+        lower = any(table.get(self.objective, False) for table in TASK_OBJECTIVES.values())
+        return "minimize" if lower else "maximize"
 
 
 class CoarseConfig(StrictModel):
@@ -238,8 +299,10 @@ class FinalConfig(StrictModel):
     """Stage 5: training on the full data with early stopping and LR decay."""
 
     max_epochs: int = Field(default=50, ge=1, le=100_000)
-    champion_metric: Literal["accuracy", "balanced_accuracy", "macro_f1"] = Field(
-        default="accuracy", description="Test metric that decides whether the new model becomes the champion."
+    champion_metric: Literal["auto", "accuracy", "balanced_accuracy", "macro_f1", "rmse", "mae", "r2"] = Field(
+        default="auto",
+        description="Test metric that decides whether the new model becomes the champion; auto: accuracy for "
+        "classification, rmse (lower wins) for regression.",
     )
     early_stopping_patience: int = Field(default=5, ge=1)
     lr_plateau_factor: float = Field(default=0.5, gt=0, lt=1)
@@ -316,6 +379,7 @@ class PipelineConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> Self:
+        self._check_task_fields()
         if self.model.family == "cnn" and self.data.source != "builtin:digits":
             raise ValueError("model.family 'cnn' needs image-shaped data: only builtin:digits (8x8) is supported")
         if self.refine.narrowing.top_k > self.coarse.n_trials:
@@ -329,3 +393,20 @@ class PipelineConfig(StrictModel):
                 f"or coarse.n_trials ({self.coarse.n_trials}): enqueue fewer coarse trials"
             )
         return self
+
+    def _check_task_fields(self) -> None:
+        # Only an explicit task is checked here; `auto` is resolved from the data (Stage 1 re-checks).
+        task = self.data.task
+        if task == "auto":
+            return
+        objectives = TASK_OBJECTIVES[task]
+        if self.search.objective not in objectives:
+            raise ValueError(
+                f"search.objective {self.search.objective!r} does not fit a {task} task: use one of {list(objectives)}"
+            )
+        metrics = TASK_CHAMPION_METRICS[task]
+        if self.final.champion_metric not in ("auto", *metrics):
+            raise ValueError(
+                f"final.champion_metric {self.final.champion_metric!r} does not fit a {task} task: "
+                f"use auto or one of {list(metrics)}"
+            )

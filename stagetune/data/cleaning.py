@@ -25,26 +25,32 @@ ColumnKind = Literal["numeric", "categorical"]
 
 
 def resolve_columns(
-    frame: pd.DataFrame, target: str, features: Sequence[str] | None, categorical: Sequence[str] | None
+    frame: pd.DataFrame, target: str | Sequence[str], features: Sequence[str] | None, categorical: Sequence[str] | None
 ) -> tuple[list[str], list[str]]:
     """Check the configured column names against `frame`; return (numeric, categorical) feature columns.
+
+    `target` is the target column, or the list of them (multi-output regression).
 
     Without `categorical`, bool, category and text columns are categorical, the rest numeric. With it,
     every feature column not listed there is declared numeric.
     """
     available = [str(c) for c in frame.columns]
-    if target not in available:
-        raise InputError("data.target", f"column {target!r} is not in the table: use one of {_names(available)}")
+    targets = [target] if isinstance(target, str) else list(target)
+    for name in targets:
+        if name not in available:
+            raise InputError("data.target", f"column {name!r} is not in the table: use one of {_names(available)}")
+    target = targets[0] if len(targets) == 1 else ", ".join(targets)
     if features is None:
-        features = [c for c in available if c != target]
+        features = [c for c in available if c not in targets]
     else:
         missing = [c for c in features if c not in available]
         if missing:
             raise InputError(
                 "data.features", f"column(s) {_names(missing)} are not in the table: use some of {_names(available)}"
             )
-        if target in features:
-            raise InputError("data.features", f"it lists the target column {target!r}: remove it from data.features")
+        listed = [c for c in targets if c in features]
+        if listed:
+            raise InputError("data.features", f"it lists the target column(s) {_names(listed)}: remove them")
     if not features:
         raise InputError("data.features", f"the table has no column besides the target {target!r}: add feature columns")
     if categorical is not None:
