@@ -165,8 +165,8 @@ def encode_labels(column: pd.Series, target: str) -> tuple[np.ndarray, list[str]
             example = next(v for v in as_float if not np.isfinite(v) or v != round(v))
             raise InputError(
                 "data.target",
-                f"column {target!r} holds non-integer numbers such as {example!r}: stagetune classifies, "
-                "so point data.target at a column of class labels",
+                f"column {target!r} holds non-integer numbers such as {example!r}, which are not class labels: "
+                "set data.task regression (or auto) to predict the number, or point data.target at a label column",
             )
         if not np.all(np.abs(as_float) <= _LARGEST_EXACT_INTEGER):
             example = next(v for v in as_float if abs(v) > _LARGEST_EXACT_INTEGER)
