@@ -52,7 +52,7 @@ def test_detection_threshold_and_multi_output_and_override() -> None:
     assert detect_task(above, ["y"], "auto")[0] == "regression"
     assert detect_task(frame(a=[1.5, 2.5], b=[1.0, 3.0]), ["a", "b"], "auto")[0] == "regression"
     # The override wins over what the column looks like, and says so.
-    assert detect_task(at_limit, ["y"], "regression") == ("regression", "set in data.task (regression)")
+    assert detect_task(at_limit, ["y"], "regression") == ("regression", "set in data.task")
     assert detect_task(frame(y=[0.5, 1.5]), ["y"], "classification")[0] == "classification"
 
 

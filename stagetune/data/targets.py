@@ -19,7 +19,7 @@ def detect_task(frame: pd.DataFrame, targets: Sequence[str], configured: str) ->
     target columns are a multi-output regression.
     """
     if configured != "auto":
-        return configured, f"set in data.task ({configured})"
+        return configured, "set in data.task"
     if len(targets) > 1:
         return "regression", f"{len(targets)} target columns (multi-output regression)"
     column = frame[targets[0]].dropna()
