@@ -6,7 +6,7 @@ from typing import Literal, Self
 from pydantic import Field, field_validator, model_validator
 
 from schemas.base import StrictModel
-from schemas.hyperparams import HyperParams, RebalanceStrategy
+from schemas.hyperparams import HyperParams, LossName, RebalanceStrategy
 from schemas.search import NarrowingSettings
 from schemas.search_space import SearchSpace
 from schemas.urls import refuse_credentials, storage_url_problem, tracking_uri_problem
@@ -168,7 +168,7 @@ class TrainingConfig(StrictModel):
     """Settings shared by every training run (sanity, trials, final)."""
 
     grad_clip_norm: float | None = Field(default=5.0, gt=0, description="Clip the global gradient norm.")
-    loss: Literal["auto", "cross_entropy", "mse", "huber", "l1"] = Field(
+    loss: LossName = Field(
         default="auto",
         description="auto: cross-entropy for classification, MSE for regression; huber and l1 are for regression "
         "(on standardised targets, so Huber's delta of 1 is one standard deviation).",
@@ -183,7 +183,12 @@ class SanityConfig(StrictModel):
     init_loss_rel_tolerance: float = Field(default=0.5, gt=0, description="Allowed |initial loss - ln(C)| / ln(C).")
     overfit_samples: int = Field(default=100, ge=2)
     overfit_batch_size: int = Field(default=50, ge=1)
-    overfit_max_steps: int = Field(default=500, ge=1)
+    overfit_max_steps: int = Field(
+        default=1000,
+        ge=1,
+        description="A passing check stops as soon as it reaches its target (digits: ~40 steps); regression "
+        "subsets of real data, with ties in their inputs, take several hundred.",
+    )
     overfit_target_acc: float = Field(default=0.99, gt=0, le=1, description="Regression: the target R².")
     overfit_width: int = Field(default=512, ge=1)
     overfit_depth: int = Field(default=3, ge=1)
@@ -398,7 +403,17 @@ class PipelineConfig(StrictModel):
         # Only an explicit task is checked here; `auto` is resolved from the data (Stage 1 re-checks).
         task = self.data.task
         if task == "auto":
+            if len(self.space.loss.choices) > 1 and self.search.objective == "val_loss":
+                raise ValueError(
+                    f"space.loss tunes the loss ({self.space.loss.choices}), so val_loss compares different "
+                    "losses: judge trials by a metric instead (search.objective val_rmse, val_mae or val_r2)"
+                )
             return
+        if len(self.space.loss.choices) > 1 and self.search.objective == "val_loss":
+            raise ValueError(
+                f"space.loss tunes the loss ({self.space.loss.choices}), so val_loss compares different losses: "
+                "judge trials by a metric instead (search.objective val_rmse, val_mae or val_r2)"
+            )
         objectives = TASK_OBJECTIVES[task]
         if self.search.objective not in objectives:
             raise ValueError(

@@ -244,3 +244,38 @@ def test_sanity_gate_fails_a_regressor_that_ignores_its_input(
 def test_sanity_gate_fails_a_scaled_regression_head(friedman: tuple[np.ndarray, np.ndarray, RegressionTask]) -> None:
     result = _gate(friedman, family="custom", import_path="tests.broken_models:scaled_logits")
     assert "initial_loss_off" in {d.code for d in result.diagnoses}
+
+
+def test_the_loss_is_a_tunable_choice_judged_by_a_metric() -> None:
+    import optuna
+
+    from stagetune.search.space import suggest_hyperparams
+    from stagetune.training.loaders import make_train_loader
+
+    space = {"loss": {"kind": "categorical", "choices": ["mse", "huber", "l1"]}}
+    with pytest.raises(ValidationError, match="val_loss compares different losses"):
+        PipelineConfig.model_validate({"data": {"source": "builtin:diabetes"}, "space": space})
+    config = PipelineConfig.model_validate(
+        {"data": {"source": "builtin:diabetes"}, "space": space, "search": {"objective": "val_rmse"}}
+    )
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    drawn = {
+        suggest_hyperparams(study.ask(), config.space, config.model.baseline, family="mlp").loss for _ in range(30)
+    }
+    assert drawn == {"mse", "huber", "l1"}
+    task = RegressionTask(["y"], [0.0], [1.0])
+    x, y = np.zeros((8, 2), dtype=np.float32), np.arange(8, dtype=np.float32)
+    feed = make_train_loader(x, y, HyperParams(loss="huber"), task, seed=0)
+    assert isinstance(feed.task, RegressionTask)
+    assert feed.task.loss == "huber"
+    assert isinstance(feed.loss_fn(CPU), torch.nn.HuberLoss)
+    assert make_train_loader(x, y, HyperParams(), task, seed=0).task is task
+
+
+def test_overfit_ceiling_accounts_for_identical_inputs_with_different_targets() -> None:
+    task = RegressionTask(["y"], [0.0], [1.0])
+    x = np.array([[0.0], [0.0], [1.0], [2.0]], dtype=np.float32)
+    y = np.array([0.0, 2.0, 1.0, 3.0], dtype=np.float32)
+    # Best memorising fit predicts 1.0 for both x=0 rows: SSE 2 of SST 5.
+    assert task.overfit_ceiling(x, y) == pytest.approx(1 - 2 / 5)
+    assert task.overfit_ceiling(np.arange(4, dtype=np.float32)[:, None], y) == 1.0

@@ -197,6 +197,8 @@ def check_regression_settings(config: PipelineConfig) -> None:
         raise InputError("sample.classes", "a class subset needs classes, and the task is regression: remove it")
     if config.training.loss == "cross_entropy":
         raise InputError("training.loss", "cross_entropy is a classification loss: use auto, mse, huber or l1")
+    if "cross_entropy" in (config.model.baseline.loss, *map(str, config.space.loss.choices)):
+        raise InputError("space.loss", "cross_entropy is a classification loss: use auto, mse, huber or l1")
     objectives, metrics = TASK_OBJECTIVES["regression"], TASK_CHAMPION_METRICS["regression"]
     if config.search.objective not in objectives:
         raise InputError(
@@ -224,6 +226,9 @@ def check_classification_settings(config: PipelineConfig) -> None:
         )
     if config.training.loss not in ("auto", "cross_entropy"):
         raise InputError("training.loss", f"{config.training.loss!r} is a regression loss: use auto or cross_entropy")
+    losses = {config.model.baseline.loss, *map(str, config.space.loss.choices)} - {"auto", "cross_entropy"}
+    if losses:
+        raise InputError("space.loss", f"{sorted(losses)} are regression losses: use auto or cross_entropy")
 
 
 def load_stage_arrays(result: SampleResult) -> StageArrays:

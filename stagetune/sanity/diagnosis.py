@@ -58,9 +58,10 @@ def diagnose_overfit(
     if outcome.nonfinite_step is not None:
         return _nan_overfit(outcome.nonfinite_step, learning_rate)
     first, last = outcome.losses[0], float(np.mean(outcome.losses[-TAIL_STEPS:]))
+    target = f"{target_acc}" if outcome.ceiling >= 1 else f"{target_acc} x {outcome.ceiling:.3f} reachable"
     summary = (
         f"after {outcome.steps} steps on {outcome.samples} rows, {score_name} {outcome.train_acc:.3f} "
-        f"< target {target_acc}; loss {first:.4g} -> {last:.4g}"
+        f"< target {target}; loss {first:.4g} -> {last:.4g}"
     )
     floor = FLAT_LOSS_RATIO * min(first, outcome.prior_loss)
     if last > floor:

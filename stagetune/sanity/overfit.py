@@ -38,6 +38,8 @@ class OverfitOutcome:
     prior_loss: float
     nonfinite_step: int | None = None
     score_name: str = "train accuracy"
+    ceiling: float = 1.0
+    """The best score reachable on the subset (regression: below 1 when identical inputs have different targets)."""
 
 
 def overfit_hyperparams(family: str, hp: HyperParams, cfg: SanityConfig) -> HyperParams:
@@ -100,6 +102,9 @@ def overfit_tiny_subset(
     loss_fn = task.eval_loss().to(device)
     score_name = "train accuracy" if task.name == "classification" else "train R²"
     prior = task.prior_loss(y_small)
+    # Duplicate inputs with different targets cap what memorising can reach: aim at that share of the cap.
+    ceiling = task.overfit_ceiling(x_small, y_small)
+    target = cfg.overfit_target_acc * ceiling
     losses: list[float] = []
     accuracy = 0.0
     step = 0
@@ -128,10 +133,10 @@ def overfit_tiny_subset(
             metrics["train_acc"] = accuracy
         if on_step is not None:
             on_step("overfit", step, metrics)
-        if _memorised(task, accuracy, losses, cfg.overfit_target_acc):
+        if _memorised(task, accuracy, losses, target):
             break
-    reached = _memorised(task, accuracy, losses, cfg.overfit_target_acc)
-    return OverfitOutcome(len(rows), step, accuracy, reached, losses, prior, score_name=score_name)
+    reached = _memorised(task, accuracy, losses, target)
+    return OverfitOutcome(len(rows), step, accuracy, reached, losses, prior, score_name=score_name, ceiling=ceiling)
 
 
 def _memorised(task: Task, score: float, losses: list[float], target: float) -> bool:

@@ -66,6 +66,10 @@ class Task(ABC):
     def overfit_score(self, outputs: torch.Tensor, targets: torch.Tensor) -> float:
         """The score the sanity gate's overfit check must push to its target (accuracy, R²)."""
 
+    def overfit_ceiling(self, inputs: np.ndarray, targets: np.ndarray) -> float:
+        """The best overfit score any model can reach on these rows (1.0 unless the task knows better)."""
+        return 1.0
+
     @abstractmethod
     def prior_loss(self, targets: np.ndarray) -> float:
         """The best loss without looking at the inputs (the flat-loss floor of the overfit check)."""
@@ -78,6 +82,14 @@ class Task(ABC):
     @abstractmethod
     def test_metrics(self, outputs: torch.Tensor, targets: torch.Tensor, loss: float) -> AnyTestMetrics:
         """The final stage's test metrics from the outputs over the whole test split."""
+
+    def with_loss(self, loss: str) -> "Task":
+        """The task training with `loss` (a trial's `hp.loss`); "auto" keeps the configured one."""
+        if loss in ("auto", self.default_loss):
+            return self
+        raise ValueError(f"loss {loss!r} does not fit a {self.name} task")
+
+    default_loss: ClassVar[str] = ""
 
     def objective_direction(self, objective: str) -> Direction:
         """Direction of a search objective; ValueError when the task does not offer it."""

@@ -27,6 +27,7 @@ class ClassificationTask(Task):
         "macro_f1": "maximize",
     }
     default_champion_metric = "accuracy"
+    default_loss = "cross_entropy"
     target_dtype = torch.int64
 
     def __init__(self, class_names: Sequence[str]) -> None:

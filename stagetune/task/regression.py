@@ -2,7 +2,7 @@
 (RMSE, MAE, R²) in the targets' original units, strata from quantile bins of the target."""
 
 from collections.abc import Sequence
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, cast
 
 import numpy as np
 import torch
@@ -45,6 +45,7 @@ class RegressionTask(Task):
     }
     champion_metrics: ClassVar[dict[str, Direction]] = {"rmse": "minimize", "mae": "minimize", "r2": "maximize"}
     default_champion_metric = "rmse"
+    default_loss = "mse"
     target_dtype = torch.float32
 
     def __init__(
@@ -60,6 +61,13 @@ class RegressionTask(Task):
     @property
     def output_size(self) -> int:
         return len(self.target_names)
+
+    def with_loss(self, loss: str) -> "RegressionTask":
+        if loss in ("auto", self.loss):
+            return self
+        if loss not in ("mse", "huber", "l1"):
+            raise ValueError(f"loss {loss!r} does not fit a regression task: use mse, huber or l1")
+        return RegressionTask(self.target_names, self.mean.tolist(), self.std.tolist(), cast(RegressionLoss, loss))
 
     def train_loss(self, class_weights: torch.Tensor | None = None) -> nn.Module:
         # Huber's delta of 1 is one standard deviation of the standardised target.
@@ -106,6 +114,20 @@ class RegressionTask(Task):
 
     def overfit_score(self, outputs: torch.Tensor, targets: torch.Tensor) -> float:
         return float(regression_scores(targets.cpu().numpy(), outputs.detach().cpu().numpy())[2].mean())
+
+    def overfit_ceiling(self, inputs: np.ndarray, targets: np.ndarray) -> float:
+        # Rows with identical inputs (often a missing value imputed to the same median) but different
+        # targets cannot all be fitted: the best a memorising model can do is predict each group's
+        # mean, so R² tops out at 1 - (within-group SSE) / SST.
+        y = np.asarray(targets, dtype=np.float64).reshape(len(targets), -1)
+        groups = np.unique(np.ascontiguousarray(inputs), axis=0, return_inverse=True)[1].ravel()
+        counts = np.bincount(groups)
+        if counts.max() == 1:
+            return 1.0
+        means = np.stack([np.bincount(groups, weights=y[:, k]) / counts for k in range(y.shape[1])], axis=1)
+        sse = ((y - means[groups]) ** 2).sum(axis=0)
+        sst = ((y - y.mean(axis=0)) ** 2).sum(axis=0)
+        return float(np.mean(np.where(sst > 0, 1 - sse / np.where(sst > 0, sst, 1), 1.0)))
 
     def prior_loss(self, targets: np.ndarray) -> float:
         y = self.targets_tensor(targets)

@@ -109,6 +109,7 @@ def make_train_loader(
     """
     if isinstance(task, int):
         task = ClassificationTask([str(i) for i in range(task)])
+    task = task.with_loss(hp.loss)  # a trial's own loss (space.loss); auto keeps the task's
     num_classes = task.output_size
     tensors = to_dataset(x, y, task).tensors
     generator = torch.Generator().manual_seed(seed)
