@@ -41,7 +41,7 @@ def test_csv_regression_on_the_embedded_defaults(tmp_path: Path, prefect_server:
     env = subprocess_env(tmp_path, PREFECT_API_URL=prefect_server)
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "task regression (target 'price' holds non-integer numbers)" in done.stdout
+    assert "task regression (target 'price' holds non-integer numbers)" in done.stdout + done.stderr
     result = json.loads(summary.read_text())
     assert result["status"] == "completed"
     sample = result["sample"]
