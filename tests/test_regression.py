@@ -279,3 +279,30 @@ def test_overfit_ceiling_accounts_for_identical_inputs_with_different_targets() 
     # Best memorising fit predicts 1.0 for both x=0 rows: SSE 2 of SST 5.
     assert task.overfit_ceiling(x, y) == pytest.approx(1 - 2 / 5)
     assert task.overfit_ceiling(np.arange(4, dtype=np.float32)[:, None], y) == 1.0
+
+
+def _regression_history(train_r2: list[float], val_r2: list[float]) -> list[EpochRecord]:
+    return [
+        EpochRecord(
+            epoch=i,
+            train_loss=1 - t,
+            val_loss=1 - v,
+            metrics={"train/rmse": 1.0, "train/r2": t, "val/rmse": 1.0, "val/mae": 1.0, "val/r2": v},
+            lr=1e-3,
+            seconds=0.1,
+        )
+        for i, (t, v) in enumerate(zip(train_r2, val_r2, strict=True))
+    ]
+
+
+def test_curve_diagnosis_reads_regression_curves() -> None:
+    from stagetune.diagnosis import diagnose_curves
+
+    overfit = diagnose_curves(_regression_history([0.8, 0.9, 0.97], [0.7, 0.72, 0.71]), "completed")
+    assert overfit.code == "overfitting"
+    assert "train R² 0.970 vs validation 0.710" in overfit.message
+    underfit = diagnose_curves(_regression_history([0.2, 0.3, 0.3], [0.2, 0.3, 0.3]), "completed")
+    assert underfit.code == "underfitting"
+    assert "training R² below 0.5" in underfit.message
+    fine = diagnose_curves(_regression_history([0.8, 0.85, 0.85], [0.8, 0.84, 0.84]), "completed")
+    assert fine.code == "ok"

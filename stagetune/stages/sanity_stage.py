@@ -104,7 +104,11 @@ def record_sanity(client: MlflowClient, run_id: str, config: PipelineConfig, res
     rows: list[tuple[str, float, int]] = [
         ("sanity/initial_loss", result.initial_loss, 0),
         ("sanity/expected_initial_loss", result.expected_initial_loss, 0),
-        ("sanity/overfit_train_acc", result.overfit_train_acc, 0),
+        (
+            "sanity/overfit_train_r2" if result.task == "regression" else "sanity/overfit_train_acc",
+            result.overfit_train_acc,
+            0,
+        ),
         ("sanity/overfit_steps", result.overfit_steps, 0),
         ("sanity/passed", float(result.passed), 0),
     ]
