@@ -9,6 +9,12 @@ from schemas.base import StrictModel
 from schemas.hyperparams import HyperParams, LossName, RebalanceStrategy
 from schemas.search import NarrowingSettings
 from schemas.search_space import SearchSpace
+from schemas.task import (
+    TASK_CHAMPION_METRICS,
+    TASK_OBJECTIVES,
+    SyntheticRegressionConfig,
+    TaskChoice,
+)
 from schemas.urls import refuse_credentials, storage_url_problem, tracking_uri_problem
 
 BUILTIN_DATASETS = (
@@ -20,21 +26,6 @@ BUILTIN_DATASETS = (
     "diabetes",
     "synthetic_regression",
 )
-
-TaskChoice = Literal["auto", "classification", "regression"]
-"""data.task; a new task adds its name here and one module under stagetune/task/."""
-
-# Which objectives and champion metrics each task offers, and whether lower is better. Mirrored by
-# the Task classes (stagetune/task/), which a unit test checks against these tables.
-TASK_OBJECTIVES: dict[str, dict[str, bool]] = {
-    "classification": {"val_loss": True, "val_acc": False, "val_balanced_acc": False},
-    "regression": {"val_loss": True, "val_rmse": True, "val_mae": True, "val_r2": False},
-}
-TASK_CHAMPION_METRICS: dict[str, dict[str, bool]] = {
-    "classification": {"accuracy": False, "balanced_accuracy": False, "macro_f1": False},
-    "regression": {"rmse": True, "mae": True, "r2": False},
-}
-DEFAULT_CHAMPION_METRIC = {"classification": "accuracy", "regression": "rmse"}
 
 
 class SyntheticDataConfig(StrictModel):
@@ -53,15 +44,6 @@ class SyntheticDataConfig(StrictModel):
         if any(w <= 0 for w in self.class_weights) or abs(sum(self.class_weights) - 1) > 1e-6:
             raise ValueError(f"class_weights must be positive and sum to 1, got {self.class_weights}")
         return self
-
-
-class SyntheticRegressionConfig(StrictModel):
-    """Settings of `builtin:synthetic_regression`: Friedman #1 (make_friedman1) plus non-linear extra outputs."""
-
-    n_samples: int = Field(default=2000, ge=30, le=10_000_000)
-    n_features: int = Field(default=10, ge=5, le=10_000, description="Friedman #1 uses the first 5.")
-    n_outputs: int = Field(default=1, ge=1, le=16, description="Target columns y0 (Friedman #1), y1, ...")
-    noise: float = Field(default=1.0, ge=0, description="Standard deviation of the Gaussian noise on each output.")
 
 
 class DataConfig(StrictModel):

@@ -3,8 +3,10 @@
 A stage never asks "is this regression?": it asks its Task for the loss, the output size, the
 per-epoch metrics, the objective's direction, the expected initial loss, the strata of a stratified
 split and the test metrics. A new task (say multi-label) is one subclass in a new module, registered
-in `stagetune.task.registry`, plus its literal in `schemas.config.TaskChoice` and its objectives and
-champion metrics in `schemas.config`'s tables.
+in `stagetune.task.registry`, plus its literal and its objectives and champion metrics in
+`schemas/task.py`. What is still written per task outside this package: the task literal of the
+stage results (schemas/results.py), a test-metrics model (schemas/final.py), how Stage 1 encodes the
+target (stagetune/data/loading.py, stage.py) and the final section of the report.
 """
 
 from abc import ABC, abstractmethod
