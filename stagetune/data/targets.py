@@ -34,10 +34,13 @@ def detect_task(frame: pd.DataFrame, targets: Sequence[str], configured: str) ->
     if integral and distinct <= MAX_CLASSES_FOR_AUTO:
         return (
             "classification",
-            f"target {name!r} is integer with {distinct} distinct values (<= {MAX_CLASSES_FOR_AUTO})",
+            f"target {name!r} is integer with {distinct} distinct values, at most {MAX_CLASSES_FOR_AUTO}",
         )
     if integral:
-        return "regression", f"target {name!r} is integer with {distinct} distinct values (> {MAX_CLASSES_FOR_AUTO})"
+        return (
+            "regression",
+            f"target {name!r} is integer with {distinct} distinct values, more than {MAX_CLASSES_FOR_AUTO}",
+        )
     return "regression", f"target {name!r} holds non-integer numbers"
 
 
