@@ -11,8 +11,9 @@ from bench.common import REPO
 from schemas.config import PipelineConfig
 from stagetune.config_loading import load_config
 from stagetune.data.stage import StageArrays, load_stage_arrays, run_sample_stage
+from stagetune.task import Task, task_for
 
-Metric = Literal["accuracy", "balanced_accuracy"]
+Metric = Literal["accuracy", "balanced_accuracy", "r2"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ BUILTIN_SPECS = {
     "digits": DatasetSpec("digits", REPO / "configs" / "digits.yaml", "accuracy"),
     "breast_cancer": DatasetSpec("breast_cancer", REPO / "configs" / "breast_cancer.yaml", "accuracy"),
     "imbalanced": DatasetSpec("imbalanced", REPO / "configs" / "imbalanced.yaml", "balanced_accuracy"),
+    "diabetes": DatasetSpec("diabetes", REPO / "configs" / "diabetes.yaml", "r2"),
+    "friedman": DatasetSpec("friedman", REPO / "configs" / "friedman.yaml", "r2"),
 }
 
 
@@ -46,6 +49,8 @@ def csv_spec(path: Path, target: str, metric: Metric) -> DatasetSpec:
     )
     if metric == "balanced_accuracy":
         overrides += ("search.objective=val_balanced_acc", "final.champion_metric=balanced_accuracy")
+    if metric == "r2":
+        overrides += ("data.task=regression",)
     return DatasetSpec(path.stem, None, metric, overrides)
 
 
@@ -59,6 +64,7 @@ class BenchData:
     input_shape: list[int]
     num_classes: int
     class_names: list[str]
+    task: Task
 
     @property
     def n_search_rows(self) -> int:
@@ -79,7 +85,9 @@ def prepare_data(spec: DatasetSpec, config: PipelineConfig) -> BenchData:
         arrays = load_stage_arrays(sample)
     if sample.sampled_class_names != sample.class_names:
         raise ValueError("the benchmarks do not support sample.classes (class subsets)")
-    return BenchData(spec, config, arrays, list(sample.input_shape), sample.num_classes, list(sample.class_names))
+    task = task_for(sample, config.training.loss)
+    shape = list(sample.input_shape)
+    return BenchData(spec, config, arrays, shape, sample.num_classes, list(sample.class_names), task)
 
 
 def class_shares(labels: np.ndarray) -> list[float]:

@@ -106,12 +106,14 @@ def resummarise(path: Path) -> dict[str, Any]:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="1 seed, digits + breast cancer, fewer trials")
+    parser.add_argument(
+        "--quick", action="store_true", help="1 seed, digits + breast cancer (unless --datasets), fewer trials"
+    )
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default 5; 1 with --quick)")
     parser.add_argument("--datasets", nargs="+", choices=sorted(BUILTIN_SPECS), default=None)
     parser.add_argument("--csv", type=Path, help="also benchmark this CSV file")
     parser.add_argument("--target", help="label column of --csv")
-    parser.add_argument("--metric", choices=["accuracy", "balanced_accuracy"], default="accuracy")
+    parser.add_argument("--metric", choices=["accuracy", "balanced_accuracy", "r2"], default="accuracy")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra stagetune override")
     parser.add_argument("--no-ray", action="store_true", help="skip Ray Tune even if it is installed")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the JSON results")
@@ -139,7 +141,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    names = args.datasets or (["digits", "breast_cancer"] if args.quick else list(BUILTIN_SPECS))
+    classification = ["digits", "breast_cancer", "imbalanced"]
+    names = args.datasets or (["digits", "breast_cancer"] if args.quick else classification)
     specs = [BUILTIN_SPECS[n] for n in names]
     if args.csv is not None:
         specs.append(csv_spec(args.csv, args.target, args.metric))

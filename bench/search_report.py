@@ -105,7 +105,7 @@ def table(rows: Sequence[Mapping[str, Any]]) -> str:
     """The summary as a Markdown table, then one line per target."""
     body: list[list[object]] = []
     for r in rows:
-        label = r["dataset"] + (" (bal. acc)" if r["metric"] == "balanced_accuracy" else " (acc)")
+        label = r["dataset"] + {"balanced_accuracy": " (bal. acc)", "r2": " (R²)"}.get(r["metric"], " (acc)")
         if r["status"] != "ok" and not r["seeds_ok"]:
             body.append([label, r["method"], f"{r['budget_epochs']:.0f}", r["status"], *[""] * 8])
             continue

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 import torch
 
 from bench.datasets import BenchData
+from schemas.config import TASK_OBJECTIVES
 from schemas.hyperparams import HyperParams
 from schemas.results import EpochRecord
-from stagetune.evaluation import evaluate_classifier
+from stagetune.evaluation import evaluate_on_test
 from stagetune.training.device import resolve_device
 from stagetune.training.loaders import make_eval_loader, make_train_loader
 from stagetune.training.loop import FitResult, fit
@@ -23,17 +24,18 @@ EpochCallback = Callable[[EpochRecord], None]
 
 
 def objective_value(record: EpochRecord, objective: str) -> float:
-    """The epoch's value of the config's objective (val_loss, val_acc or val_balanced_acc); NaN if missing."""
-    value = getattr(record, objective)
+    """The epoch's value of the config's objective (val_loss, val_acc, val_rmse, ...); NaN if missing."""
+    value = record.val_loss if objective == "val_loss" else record.metric(objective)
     return math.nan if value is None else float(value)
 
 
 def best_objective(history: list[EpochRecord], objective: str) -> float:
-    """The best epoch's objective value (lowest loss, highest accuracy); NaN when no epoch has one."""
+    """The best epoch's objective value (lowest loss/RMSE/MAE, highest accuracy/R²); NaN when no epoch has one."""
     values = [v for v in (objective_value(r, objective) for r in history) if math.isfinite(v)]
     if not values:
         return math.nan
-    return min(values) if objective == "val_loss" else max(values)
+    lower_is_better = any(table.get(objective, False) for table in TASK_OBJECTIVES.values())
+    return min(values) if lower_is_better else max(values)
 
 
 def train_search_trial(
@@ -46,15 +48,15 @@ def train_search_trial(
     config, arrays = data.config, data.arrays
     torch.manual_seed(seed)
     model = build_model(
-        config.model.family, hp, data.input_shape, data.num_classes, config.model.import_path, seed=seed
+        config.model.family, hp, data.input_shape, data.task.output_size, config.model.import_path, seed=seed
     )
     feed = make_train_loader(
-        arrays.X_train_sampled, arrays.y_train_sampled, hp, data.num_classes, seed, config.sample.oversample_ratio
+        arrays.X_train_sampled, arrays.y_train_sampled, hp, data.task, seed, config.sample.oversample_ratio
     )
     return fit(
         model,
         feed,
-        make_eval_loader(arrays.X_val_sampled, arrays.y_val_sampled, batch_size=1024),
+        make_eval_loader(arrays.X_val_sampled, arrays.y_val_sampled, batch_size=1024, task=data.task),
         hp,
         epochs,
         resolve_device(config.execution.device),
@@ -70,12 +72,11 @@ class FinalOutcome:
     """The final retrain of a method's best hyperparameters and its held-out test scores."""
 
     epochs: int
-    test_accuracy: float
-    test_balanced_accuracy: float
+    test_metrics: dict[str, float]
 
     def metric(self, name: str) -> float:
-        """The test metric called `name` (accuracy or balanced_accuracy)."""
-        return self.test_accuracy if name == "accuracy" else self.test_balanced_accuracy
+        """The test metric called `name` (accuracy, balanced_accuracy, r2, rmse, ...); NaN when missing."""
+        return self.test_metrics.get(name, math.nan)
 
 
 def final_retrain(data: BenchData, hp: HyperParams) -> FinalOutcome:
@@ -86,15 +87,13 @@ def final_retrain(data: BenchData, hp: HyperParams) -> FinalOutcome:
     # Dropout masks come from the global generator: seed it, so a point retrains the same for every method.
     torch.manual_seed(config.seed)
     model = build_model(
-        config.model.family, hp, data.input_shape, data.num_classes, config.model.import_path, seed=config.seed
+        config.model.family, hp, data.input_shape, data.task.output_size, config.model.import_path, seed=config.seed
     )
-    feed = make_train_loader(
-        arrays.X_train, arrays.y_train, hp, data.num_classes, config.seed, config.sample.oversample_ratio
-    )
+    feed = make_train_loader(arrays.X_train, arrays.y_train, hp, data.task, config.seed, config.sample.oversample_ratio)
     outcome = fit(
         model,
         feed,
-        make_eval_loader(arrays.X_val, arrays.y_val, batch_size=1024),
+        make_eval_loader(arrays.X_val, arrays.y_val, batch_size=1024, task=data.task),
         hp,
         final.max_epochs,
         device,
@@ -107,6 +106,6 @@ def final_retrain(data: BenchData, hp: HyperParams) -> FinalOutcome:
         keep_best_state=True,
     )
     if outcome.best_epoch is None:
-        return FinalOutcome(len(outcome.history), math.nan, math.nan)
-    test = evaluate_classifier(model, arrays.X_test, arrays.y_test, data.class_names, device)
-    return FinalOutcome(len(outcome.history), test.accuracy, test.balanced_accuracy)
+        return FinalOutcome(len(outcome.history), {})
+    test = evaluate_on_test(model, arrays.X_test, arrays.y_test, data.task, device)
+    return FinalOutcome(len(outcome.history), test.summary_metrics())

@@ -21,6 +21,7 @@ from stagetune import progress
 from stagetune.errors import InputError
 from stagetune.interruption import is_interruption, set_resume_hint
 from stagetune.run_store import PipelineRun
+from stagetune.stages.final_stage import test_line
 from stagetune.store_check import check_stores_writable
 from stagetune.tracking.run_tree import RunTree, end_run, now_ms
 from tasks.report import publish_tuning_report
@@ -147,7 +148,7 @@ def _stages(config: PipelineConfig, sample: SampleResult, tree: RunTree, run: Pi
     test = final.test
     message = (
         f"Best trial: {best.number} of the {'refinement' if best in refine.trials else 'coarse'} stage; "
-        f"test accuracy {test.accuracy:.4f}, balanced accuracy {test.balanced_accuracy:.4f}."
+        f"test {test_line(test)}."
     )
     if decision is not None:
         message += f" Registered as {decision.model_name} v{decision.version} ({decision.alias}): {decision.reason}"
@@ -157,7 +158,7 @@ def _stages(config: PipelineConfig, sample: SampleResult, tree: RunTree, run: Pi
         message=message,
         stages_completed=stages,
         best_hyperparams=best.hyperparams,
-        test_metrics={k: getattr(test, k) for k in ("accuracy", "balanced_accuracy", "macro_f1", "loss")},
+        test_metrics=test.summary_metrics(),
         registered_model=registered,
         final=final,
     )

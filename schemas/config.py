@@ -6,12 +6,26 @@ from typing import Literal, Self
 from pydantic import Field, field_validator, model_validator
 
 from schemas.base import StrictModel
-from schemas.hyperparams import HyperParams, RebalanceStrategy
+from schemas.hyperparams import HyperParams, LossName, RebalanceStrategy
 from schemas.search import NarrowingSettings
 from schemas.search_space import SearchSpace
+from schemas.task import (
+    TASK_CHAMPION_METRICS,
+    TASK_OBJECTIVES,
+    SyntheticRegressionConfig,
+    TaskChoice,
+)
 from schemas.urls import refuse_credentials, storage_url_problem, tracking_uri_problem
 
-BUILTIN_DATASETS = ("digits", "breast_cancer", "iris", "wine", "synthetic_imbalanced")
+BUILTIN_DATASETS = (
+    "digits",
+    "breast_cancer",
+    "iris",
+    "wine",
+    "synthetic_imbalanced",
+    "diabetes",
+    "synthetic_regression",
+)
 
 
 class SyntheticDataConfig(StrictModel):
@@ -37,10 +51,20 @@ class DataConfig(StrictModel):
 
     source: str = Field(
         default="builtin:digits",
-        description="builtin:<name> (digits, breast_cancer, iris, wine, synthetic_imbalanced), "
+        description="builtin:<name> (digits, breast_cancer, iris, wine, synthetic_imbalanced, diabetes, "
+        "synthetic_regression), "
         "or a path / s3:// URI to a .csv or .parquet file",
     )
-    target: str | None = Field(default=None, description="Label column of a CSV/Parquet source.")
+    target: str | list[str] | None = Field(
+        default=None,
+        description="Target column of a CSV/Parquet source; a list of columns is a multi-output regression.",
+    )
+    task: TaskChoice = Field(
+        default="auto",
+        description="auto: non-numeric, boolean, or integer targets with few distinct values are classification; "
+        "float targets (or integers with many distinct values) are regression.",
+    )
+    synthetic_regression: SyntheticRegressionConfig = SyntheticRegressionConfig()
     features: list[str] | None = Field(default=None, description="Feature columns; default: all but target.")
     categorical: list[str] | None = Field(
         default=None, description="Columns to one-hot encode; default: non-numeric columns."
@@ -67,8 +91,20 @@ class DataConfig(StrictModel):
             raise ValueError(f"{value!r} is neither builtin:<name> nor a .csv/.parquet path or s3:// URI")
         return value
 
+    @property
+    def target_columns(self) -> list[str] | None:
+        """data.target as a list (None when unset)."""
+        if self.target is None:
+            return None
+        return [self.target] if isinstance(self.target, str) else list(self.target)
+
     @model_validator(mode="after")
     def _check_target(self) -> Self:
+        if isinstance(self.target, list):
+            if not self.target or len(set(self.target)) != len(self.target):
+                raise ValueError(f"data.target {self.target} must list distinct column names")
+            if len(self.target) > 1 and self.task == "classification":
+                raise ValueError("several data.target columns make a multi-output regression: set data.task regression")
         if not self.source.startswith("builtin:") and not self.target:
             raise ValueError("data.target is required for a file source: name the label column")
         if self.val_fraction + self.test_fraction >= 0.8:
@@ -114,6 +150,11 @@ class TrainingConfig(StrictModel):
     """Settings shared by every training run (sanity, trials, final)."""
 
     grad_clip_norm: float | None = Field(default=5.0, gt=0, description="Clip the global gradient norm.")
+    loss: LossName = Field(
+        default="auto",
+        description="auto: cross-entropy for classification, MSE for regression; huber and l1 are for regression "
+        "(on standardised targets, so Huber's delta of 1 is one standard deviation).",
+    )
     max_batches_per_epoch: int | None = Field(default=None, ge=1, description="Debug: cut epochs short.")
 
 
@@ -124,8 +165,13 @@ class SanityConfig(StrictModel):
     init_loss_rel_tolerance: float = Field(default=0.5, gt=0, description="Allowed |initial loss - ln(C)| / ln(C).")
     overfit_samples: int = Field(default=100, ge=2)
     overfit_batch_size: int = Field(default=50, ge=1)
-    overfit_max_steps: int = Field(default=500, ge=1)
-    overfit_target_acc: float = Field(default=0.99, gt=0, le=1)
+    overfit_max_steps: int = Field(
+        default=1000,
+        ge=1,
+        description="A passing check stops as soon as it reaches its target (digits: ~40 steps); regression "
+        "subsets of real data, with ties in their inputs, take several hundred.",
+    )
+    overfit_target_acc: float = Field(default=0.99, gt=0, le=1, description="Regression: the target R².")
     overfit_width: int = Field(default=512, ge=1)
     overfit_depth: int = Field(default=3, ge=1)
     overfit_learning_rate: float = Field(default=1e-3, gt=0)
@@ -147,10 +193,11 @@ class SanityConfig(StrictModel):
 class SearchConfig(StrictModel):
     """What the searches optimise and where Optuna keeps its studies."""
 
-    objective: Literal["val_loss", "val_acc", "val_balanced_acc"] = Field(
+    objective: Literal["val_loss", "val_acc", "val_balanced_acc", "val_rmse", "val_mae", "val_r2"] = Field(
         default="val_loss",
         description="Validation metric a trial is judged by (its best epoch). Loss is smoother than accuracy; "
-        "use val_balanced_acc for imbalanced classes.",
+        "use val_balanced_acc for imbalanced classes. val_acc/val_balanced_acc are for classification, "
+        "val_rmse/val_mae/val_r2 (original units) for regression.",
     )
     storage: str | None = Field(default=None, description="Optuna storage URL; None: SQLite at <workdir>/optuna.db.")
     study_name: str | None = Field(
@@ -199,7 +246,8 @@ class SearchConfig(StrictModel):
     @property
     def direction(self) -> Literal["minimize", "maximize"]:
         """Optuna's direction for the objective."""
-        return "minimize" if self.objective == "val_loss" else "maximize"
+        lower = any(table.get(self.objective, False) for table in TASK_OBJECTIVES.values())
+        return "minimize" if lower else "maximize"
 
 
 class CoarseConfig(StrictModel):
@@ -238,8 +286,10 @@ class FinalConfig(StrictModel):
     """Stage 5: training on the full data with early stopping and LR decay."""
 
     max_epochs: int = Field(default=50, ge=1, le=100_000)
-    champion_metric: Literal["accuracy", "balanced_accuracy", "macro_f1"] = Field(
-        default="accuracy", description="Test metric that decides whether the new model becomes the champion."
+    champion_metric: Literal["auto", "accuracy", "balanced_accuracy", "macro_f1", "rmse", "mae", "r2"] = Field(
+        default="auto",
+        description="Test metric that decides whether the new model becomes the champion; auto: accuracy for "
+        "classification, rmse (lower wins) for regression.",
     )
     early_stopping_patience: int = Field(default=5, ge=1)
     lr_plateau_factor: float = Field(default=0.5, gt=0, lt=1)
@@ -316,6 +366,7 @@ class PipelineConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check_cross_fields(self) -> Self:
+        self._check_task_fields()
         if self.model.family == "cnn" and self.data.source != "builtin:digits":
             raise ValueError("model.family 'cnn' needs image-shaped data: only builtin:digits (8x8) is supported")
         if self.refine.narrowing.top_k > self.coarse.n_trials:
@@ -329,3 +380,30 @@ class PipelineConfig(StrictModel):
                 f"or coarse.n_trials ({self.coarse.n_trials}): enqueue fewer coarse trials"
             )
         return self
+
+    def _check_task_fields(self) -> None:
+        # Only an explicit task is checked here; `auto` is resolved from the data (Stage 1 re-checks).
+        task = self.data.task
+        if task == "auto":
+            if len(self.space.loss.choices) > 1 and self.search.objective == "val_loss":
+                raise ValueError(
+                    f"space.loss tunes the loss ({self.space.loss.choices}), so val_loss compares different "
+                    "losses: judge trials by a metric instead (search.objective val_rmse, val_mae or val_r2)"
+                )
+            return
+        if len(self.space.loss.choices) > 1 and self.search.objective == "val_loss":
+            raise ValueError(
+                f"space.loss tunes the loss ({self.space.loss.choices}), so val_loss compares different losses: "
+                "judge trials by a metric instead (search.objective val_rmse, val_mae or val_r2)"
+            )
+        objectives = TASK_OBJECTIVES[task]
+        if self.search.objective not in objectives:
+            raise ValueError(
+                f"search.objective {self.search.objective!r} does not fit a {task} task: use one of {list(objectives)}"
+            )
+        metrics = TASK_CHAMPION_METRICS[task]
+        if self.final.champion_metric not in ("auto", *metrics):
+            raise ValueError(
+                f"final.champion_metric {self.final.champion_metric!r} does not fit a {task} task: "
+                f"use auto or one of {list(metrics)}"
+            )

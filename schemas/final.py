@@ -30,6 +30,7 @@ class TestMetrics(StrictModel):
     model_config = _NAN_SAFE
     __test__ = False  # not a pytest test class, despite the name
 
+    task: Literal["classification"] = "classification"
     loss: float = Field(description="Mean (unweighted) cross-entropy; NaN/inf if the model's outputs are.")
     accuracy: float = Field(ge=0, le=1)
     balanced_accuracy: float = Field(ge=0, le=1, description="Mean recall over the classes present in the test set.")
@@ -50,13 +51,58 @@ class TestMetrics(StrictModel):
             raise ValueError("confusion_matrix counts must add up to n_samples")
         return self
 
+    def summary_metrics(self) -> dict[str, float]:
+        """Flat name -> value for the summary JSON and the parent run."""
+        return {k: float(getattr(self, k)) for k in ("accuracy", "balanced_accuracy", "macro_f1", "loss")}
+
+
+class OutputMetrics(StrictModel):
+    """Regression metrics of one output column, in its original units."""
+
+    name: str
+    rmse: float
+    mae: float
+    r2: float
+
+
+class RegressionTestMetrics(StrictModel):
+    """A regressor's metrics on the held-out test split, in the targets' original units.
+
+    With several outputs, rmse/mae/r2 are the means over the outputs (scikit-learn's uniform average)
+    and `per_output` holds each one.
+    """
+
+    model_config = _NAN_SAFE
+    __test__ = False
+
+    task: Literal["regression"] = "regression"
+    loss: float = Field(description="Mean training loss (on standardised targets); NaN/inf if the outputs are.")
+    rmse: float
+    mae: float
+    r2: float
+    per_output: list[OutputMetrics] = Field(min_length=1)
+    n_samples: int = Field(ge=1)
+    y_true: list[list[float]] = Field(default_factory=list, description="Test targets (original units), per row.")
+    y_pred: list[list[float]] = Field(default_factory=list, description="Predictions (original units), per row.")
+
+    def summary_metrics(self) -> dict[str, float]:
+        """Flat name -> value for the summary JSON and the parent run: r2, rmse, mae, loss, then per output."""
+        out = {"r2": self.r2, "rmse": self.rmse, "mae": self.mae, "loss": self.loss}
+        if len(self.per_output) > 1:
+            for row in self.per_output:
+                out |= {f"{row.name}.r2": row.r2, f"{row.name}.rmse": row.rmse, f"{row.name}.mae": row.mae}
+        return out
+
 
 class CurveDiagnosisSettings(StrictModel):
     """Thresholds of the learning-curve diagnosis (practitioners' defaults, TUNING-RULES.md)."""
 
-    overfit_gap: float = Field(default=0.1, gt=0, lt=1, description="Train minus validation accuracy above this.")
+    overfit_gap: float = Field(
+        default=0.1, gt=0, lt=1, description="Train minus validation accuracy (R² for regression) above this."
+    )
     val_rise: float = Field(default=0.1, gt=0, description="Final val loss this share above its minimum.")
     underfit_train_acc: float = Field(default=0.9, gt=0, le=1, description="Final train accuracy below this.")
+    underfit_train_r2: float = Field(default=0.5, gt=0, le=1, description="Regression: final train R² below this.")
     still_improving: float = Field(default=0.01, ge=0, description="Relative val-loss drop over the last epoch.")
     explode_ratio: float = Field(default=3.0, gt=1, description="Final train loss this many times the first.")
 
@@ -105,7 +151,7 @@ class FinalResult(StrictModel):
     stop_reason: str | None = None
     best_epoch: int | None = None
     history: list[EpochRecord] = Field(default_factory=list)
-    test: TestMetrics
+    test: TestMetrics | RegressionTestMetrics
     diagnosis: CurveDiagnosis
     checkpoint_artifact: str = Field(description="Artifact path of the checkpoint in the final run.")
     registry: ChampionDecision | None = None

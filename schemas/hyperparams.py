@@ -9,6 +9,7 @@ from schemas.base import StrictModel
 OptimizerName = Literal["adam", "adamw", "sgd"]
 ActivationName = Literal["relu", "leaky_relu", "gelu", "tanh"]
 RebalanceStrategy = Literal["none", "oversample", "balanced_batches", "class_weights"]
+LossName = Literal["auto", "cross_entropy", "mse", "huber", "l1"]
 
 
 class HyperParams(StrictModel):
@@ -26,3 +27,6 @@ class HyperParams(StrictModel):
     activation: ActivationName = "relu"
     batch_norm: bool = False
     rebalance: RebalanceStrategy = "none"
+    loss: LossName = Field(
+        default="auto", description="Training loss; auto: training.loss (cross-entropy, or MSE for regression)."
+    )

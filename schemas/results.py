@@ -7,29 +7,81 @@ from pydantic import ConfigDict, Field, model_validator
 from schemas.base import StrictModel
 from schemas.hyperparams import HyperParams, RebalanceStrategy
 
+# Results stored before epoch records carried a metric mapping name their accuracies as fields.
+_LEGACY_EPOCH_METRICS = {"train_acc": "train/acc", "val_acc": "val/acc", "val_balanced_acc": "val/balanced_acc"}
+
 
 class EpochRecord(StrictModel):
-    """One epoch of a training run, as logged."""
+    """One epoch of a training run, as logged.
+
+    `metrics` maps MLflow metric names to values; which names depends on the task (classification:
+    train/acc, val/acc, val/balanced_acc; regression: train/rmse, train/r2, val/rmse, val/mae, val/r2,
+    in the target's original units). The losses are the task's training and plain validation losses.
+    """
 
     epoch: int = Field(ge=0)
     train_loss: float
-    train_acc: float
     val_loss: float | None = None
-    val_acc: float | None = None
-    val_balanced_acc: float | None = None
+    metrics: dict[str, float] = Field(default_factory=dict)
     lr: float
     seconds: float = Field(ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_accuracy_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(key in data for key in _LEGACY_EPOCH_METRICS):
+            data = dict(data)
+            metrics = dict(data.get("metrics") or {})
+            for old, new in _LEGACY_EPOCH_METRICS.items():
+                value = data.pop(old, None)
+                if value is not None:
+                    metrics[new] = value
+            data["metrics"] = metrics
+        return data
+
+    def metric(self, name: str) -> float | None:
+        """A metric by MLflow name ("val/rmse"), or by objective name ("val_rmse"); None when absent."""
+        return self.metrics.get(name if "/" in name else name.replace("_", "/", 1))
+
+    @property
+    def train_acc(self) -> float | None:
+        """Training accuracy (classification), else None."""
+        return self.metrics.get("train/acc")
+
+    @property
+    def val_acc(self) -> float | None:
+        """Validation accuracy (classification), else None."""
+        return self.metrics.get("val/acc")
+
+    @property
+    def val_balanced_acc(self) -> float | None:
+        """Validation balanced accuracy (classification), else None."""
+        return self.metrics.get("val/balanced_acc")
+
+    def score_pair(self) -> tuple[str, float | None, float | None]:
+        """(name, train, validation) of the task's bounded score: accuracy, or R² for regression."""
+        if "train/r2" in self.metrics:
+            return "R²", self.metrics["train/r2"], self.metrics.get("val/r2")
+        return "accuracy", self.metrics.get("train/acc"), self.metrics.get("val/acc")
 
 
 class SampleResult(StrictModel):
     """Stage 1 output: the prepared data on disk plus the figures that describe it."""
 
     source: str
+    task: Literal["classification", "regression"] = "classification"
+    task_reason: str = Field(default="", description="Why data.task resolved to `task` (auto) or 'set in data.task'.")
+    target_names: list[str] = Field(default_factory=list, description="Target column(s).")
+    target_mean: list[float] = Field(
+        default_factory=list,
+        description="Regression: training-split mean per output (targets are stored standardised).",
+    )
+    target_std: list[float] = Field(default_factory=list, description="Regression: training-split std per output.")
     data_path: str = Field(description="npz file with the preprocessed full and sampled splits.")
     fingerprint: str = Field(description="sha256 of the raw table and the preprocessing settings.")
     sampled_fingerprint: str = Field(description="sha256 of the sampled training and validation arrays.")
     class_names: list[str]
-    num_classes: int = Field(ge=2)
+    num_classes: int = Field(ge=0, description="Classes (classification); 0 for regression.")
     input_shape: list[int] = Field(description="Shape of one example after preprocessing, e.g. [64] or [1, 8, 8].")
     feature_names: list[str]
     n_rows: int = Field(description="Rows in the source table.")
@@ -50,14 +102,21 @@ class SampleResult(StrictModel):
         description="Classes of the *_sampled arrays (labels 0..K-1): sample.classes if set, else class_names.",
     )
     dropped_columns: list[str] = Field(default_factory=list, description="Constant or all-missing feature columns.")
-    dropped_label_rows: int = Field(default=0, ge=0, description="Rows dropped because their label was missing.")
+    dropped_label_rows: int = Field(
+        default=0, ge=0, description="Rows dropped because their label (or regression target) was missing."
+    )
     warnings: list[str] = Field(default_factory=list, description="Data problems fixed on the way, one per line.")
 
     @model_validator(mode="before")
     @classmethod
     def _default_sampled_class_names(cls, data: Any) -> Any:
         # Without a class subset the sampled arrays use the full label set; say so explicitly.
-        if isinstance(data, dict) and not data.get("sampled_class_names") and "class_names" in data:
+        if (
+            isinstance(data, dict)
+            and not data.get("sampled_class_names")
+            and data.get("class_names")
+            and data.get("task", "classification") == "classification"
+        ):
             return {**data, "sampled_class_names": data["class_names"]}
         return data
 
@@ -97,12 +156,15 @@ class SanityResult(StrictModel):
 
     passed: bool
     num_classes: int
-    expected_initial_loss: float = Field(description="ln(num_classes)")
+    task: Literal["classification", "regression"] = "classification"
+    expected_initial_loss: float = Field(
+        description="ln(num_classes); regression: the loss of a zero output on the standardised targets (~1 for MSE)"
+    )
     initial_loss: float
     initial_loss_ok: bool
     overfit_samples: int
     overfit_steps: int
-    overfit_train_acc: float
+    overfit_train_acc: float = Field(description="Score reached on the overfit subset: accuracy, or R² (regression).")
     overfit_ok: bool
     overfit_losses: list[float] = Field(description="Training loss per step of the overfit test.")
     lr_suggestion: float | None = None

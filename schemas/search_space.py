@@ -96,6 +96,11 @@ class SearchSpace(StrictModel):
     activation: CategoricalParam = CategoricalParam(choices=["relu", "gelu"])
     batch_norm: CategoricalParam = CategoricalParam(choices=[False, True])
     rebalance: CategoricalParam = CategoricalParam(choices=["none"])
+    loss: CategoricalParam = Field(
+        default=CategoricalParam(choices=["auto"]),
+        description="Training loss choices (regression: mse, huber, l1; tuned, judge by val_rmse/val_mae/val_r2); "
+        "auto: training.loss.",
+    )
 
     @model_validator(mode="after")
     def _check_choices(self) -> Self:
@@ -106,6 +111,9 @@ class SearchSpace(StrictModel):
         missing = [c for c in self.optimizer.choices if c not in self.learning_rate]
         if missing:
             raise ValueError(f"learning_rate has no range for optimizer(s) {missing}: add learning_rate.<name>")
+        losses = {"auto", "cross_entropy", "mse", "huber", "l1"}
+        if any(c not in losses for c in self.loss.choices):
+            raise ValueError(f"loss choices {self.loss.choices} must be among {sorted(losses)}")
         strategies = {"none", "oversample", "balanced_batches", "class_weights"}
         bad = [c for c in self.rebalance.choices if c not in strategies]
         if bad:

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from schemas.pipeline import PipelineResult, SearchStageResult
 
-_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "loss")
+_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "r2", "rmse", "mae", "loss")
 
 
 def summary_markdown(result: PipelineResult, tracking_uri: str | None = None) -> str:
@@ -58,7 +58,9 @@ def _sanity(result: PipelineResult) -> list[str]:
 def _test_metrics(result: PipelineResult) -> list[str]:
     if not result.test_metrics:
         return []
-    rows = [f"| {name} | {_number(result.test_metrics[name])} |" for name in _METRICS if name in result.test_metrics]
+    # The task's headline metrics first, then any other (per-output regression metrics).
+    names = [n for n in _METRICS if n in result.test_metrics] + [n for n in result.test_metrics if n not in _METRICS]
+    rows = [f"| {name} | {_number(result.test_metrics[name])} |" for name in names]
     return ["### Test metrics", "", "| metric | value |", "| --- | --- |", *rows, ""]
 
 

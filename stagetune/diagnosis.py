@@ -103,9 +103,10 @@ def _make(code: CurveCode, message: str, source: str) -> CurveDiagnosis:
 
 
 def _accuracies(record: EpochRecord) -> str:
-    text = f"train accuracy {record.train_acc:.3f}"
-    if record.val_acc is not None:
-        text += f", validation accuracy {record.val_acc:.3f}"
+    name, train, val = record.score_pair()
+    text = f"train loss {record.train_loss:.4g}" if train is None else f"train {name} {train:.3f}"
+    if val is not None:
+        text += f", validation {name} {val:.3f}"
     return text
 
 
@@ -127,11 +128,10 @@ def _diverged(history: Sequence[EpochRecord], status: str, settings: CurveDiagno
 
 
 def _overfitting(history: Sequence[EpochRecord], status: str, settings: CurveDiagnosisSettings) -> str | None:
-    last = history[-1]
-    if last.val_acc is not None and last.train_acc - last.val_acc > settings.overfit_gap:
+    name, train, val = history[-1].score_pair()
+    if train is not None and val is not None and train - val > settings.overfit_gap:
         return (
-            f"train accuracy {last.train_acc:.3f} vs validation {last.val_acc:.3f}: "
-            f"a gap of {last.train_acc - last.val_acc:.3f} > {settings.overfit_gap:g}"
+            f"train {name} {train:.3f} vs validation {val:.3f}: a gap of {train - val:.3f} > {settings.overfit_gap:g}"
         )
     validated = [r for r in history if r.val_loss is not None]
     if len(validated) < 2:
@@ -152,10 +152,12 @@ def _overfitting(history: Sequence[EpochRecord], status: str, settings: CurveDia
 
 def _underfitting(history: Sequence[EpochRecord], status: str, settings: CurveDiagnosisSettings) -> str | None:
     last = history[-1]
-    if last.train_acc >= settings.underfit_train_acc:
+    name, train, _ = last.score_pair()
+    threshold = settings.underfit_train_r2 if name == "R²" else settings.underfit_train_acc
+    if train is None or train >= threshold:
         return None
     # The overfitting check ran first, so any train/validation gap here is below overfit_gap.
-    message = f"final {_accuracies(last)}: training accuracy below {settings.underfit_train_acc:g}"
+    message = f"final {_accuracies(last)}: training {name} below {threshold:g}"
     if _still_improving(history, settings) is not None:
         message += "; the validation loss was still falling, so more epochs may help too"
     return message

@@ -1,4 +1,5 @@
-"""Test-set evaluation of a classifier: loss, accuracy, balanced accuracy, per-class report, confusion matrix.
+"""Test-set evaluation through the Task; for a classifier: accuracy, balanced accuracy, per-class report, confusion
+matrix (regression metrics live in stagetune.task.regression).
 
 Plain PyTorch, numpy and scikit-learn: nothing here knows about a tuner or a tracker. Classes that are
 never predicted (or absent from the test set) get 0 for the undefined precision/recall/F1 instead of
@@ -14,6 +15,8 @@ from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_
 from torch import nn
 
 from schemas.final import ClassReport, TestMetrics
+from stagetune.task.base import AnyTestMetrics, Task
+from stagetune.task.classification import ClassificationTask
 from stagetune.training.loaders import make_eval_loader
 from stagetune.training.loop import evaluate
 
@@ -38,6 +41,19 @@ def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) 
     return float(np.mean(hits[present] / support[present]))
 
 
+def evaluate_on_test(
+    model: nn.Module, x: np.ndarray, y: np.ndarray, task: Task, device: torch.device, batch_size: int = 1024
+) -> AnyTestMetrics:
+    """Run `model` once in eval mode over (x, y) on `device` (the model is moved there) and score it with `task`."""
+    if len(y) == 0:
+        raise ValueError("the test split is empty")
+    model.to(device)
+    stats = evaluate(model, make_eval_loader(x, y, batch_size, task), task, device, return_outputs=True)
+    assert stats.outputs is not None
+    assert stats.targets is not None
+    return task.test_metrics(stats.outputs, stats.targets, stats.loss)
+
+
 def evaluate_classifier(
     model: nn.Module,
     x: np.ndarray,
@@ -46,23 +62,27 @@ def evaluate_classifier(
     device: torch.device,
     batch_size: int = 1024,
 ) -> TestMetrics:
-    """Run `model` once in eval mode over (x, y) on `device` (the model is moved there) and score it.
+    """`evaluate_on_test` for a classifier over `class_names`.
 
     `y` holds integer labels in [0, len(class_names)); the loss is plain mean cross-entropy.
     """
-    names = [str(name) for name in class_names]
-    num_classes = len(names)
+    num_classes = len(class_names)
     labels = np.asarray(y, dtype=np.int64)
     if len(labels) == 0:
         raise ValueError("the test split is empty")
     if labels.min() < 0 or labels.max() >= num_classes:
         raise ValueError(f"labels must lie in [0, {num_classes}) for {num_classes} class names")
-    model.to(device)
-    stats = evaluate(
-        model, make_eval_loader(x, labels, batch_size), nn.CrossEntropyLoss(), device, return_predictions=True
-    )
-    assert stats.predictions is not None  # asked for with return_predictions=True
-    predicted = np.asarray(stats.predictions, dtype=np.int64)
+    metrics = evaluate_on_test(model, x, labels, ClassificationTask(class_names), device, batch_size)
+    assert isinstance(metrics, TestMetrics)
+    return metrics
+
+
+def classification_test_metrics(
+    labels: np.ndarray, predicted: np.ndarray, loss: float, class_names: Sequence[str]
+) -> TestMetrics:
+    """Accuracy, balanced accuracy, macro F1, per-class report and confusion matrix of predicted classes."""
+    names = [str(name) for name in class_names]
+    num_classes = len(names)
     all_labels = list(range(num_classes))
     precision, recall, f1, support = precision_recall_fscore_support(
         labels, predicted, labels=all_labels, zero_division=0
@@ -75,7 +95,7 @@ def evaluate_classifier(
         for name, p, r, f, s in zip(names, precision, recall, f1, support, strict=True)
     ]
     return TestMetrics(
-        loss=stats.loss,
+        loss=loss,
         accuracy=float(np.mean(predicted == labels)),
         balanced_accuracy=balanced_accuracy(labels, predicted, num_classes),
         macro_f1=float(f1_score(labels, predicted, labels=seen, average="macro", zero_division=0)),

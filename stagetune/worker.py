@@ -79,7 +79,7 @@ def run_worker(
 def _worker_plan(
     config: PipelineConfig, study: optuna.Study, shared: SharedStudyPlan, storage: str, sample: SampleResult
 ) -> SearchPlan:
-    data = trial_data(sample, shared.train_fraction, config.seed, full=shared.full_data)
+    data = trial_data(sample, shared.train_fraction, config.seed, full=shared.full_data, loss=config.training.loss)
     tree = RunTree(shared.tracking_uri, shared.experiment_id, shared.parent_run_id, config.tracking.io_retry_seconds)
     context = TrialContext(config, tree, shared.stage, shared.stage_run_id, study.study_name, shared.epochs, data)
     return SearchPlan(

@@ -56,12 +56,10 @@ def run_cli(*args: str) -> Any:
     return CliRunner().invoke(report_app, list(args))
 
 
-@pytest.fixture(scope="session")
-def reported_run(tmp_path_factory: pytest.TempPathFactory, prefect_server: str) -> ReportedRun:
-    """The tiny digits run (through Prefect and MLflow) and its report from `stagetune report RUN_ID --out DIR`."""
-    if "digits" not in _CACHE:
-        workdir = tmp_path_factory.mktemp("report-digits")
-        state = tune_pipeline(tiny_config(workdir, "tracking.report=true"), return_state=True)
+def _reported(tmp_path_factory: pytest.TempPathFactory, key: str, *overrides: str) -> ReportedRun:
+    if key not in _CACHE:
+        workdir = tmp_path_factory.mktemp(f"report-{key}")
+        state = tune_pipeline(tiny_config(workdir, "tracking.report=true", *overrides), return_state=True)
         result = state.result()
         assert isinstance(result, PipelineResult)
         flow_run_id = state.state_details.flow_run_id
@@ -71,8 +69,30 @@ def reported_run(tmp_path_factory: pytest.TempPathFactory, prefect_server: str) 
             "report", result.mlflow_parent_run_id, "--out", str(out), "--tracking-uri", result.tracking_uri
         )
         assert outcome.exit_code == 0, outcome.output
-        _CACHE["digits"] = ReportedRun(result, flow_run_id, workdir, out)
-    return _CACHE["digits"]
+        _CACHE[key] = ReportedRun(result, flow_run_id, workdir, out)
+    return _CACHE[key]
+
+
+@pytest.fixture(scope="session")
+def reported_run(tmp_path_factory: pytest.TempPathFactory, prefect_server: str) -> ReportedRun:
+    """The tiny digits run (through Prefect and MLflow) and its report from `stagetune report RUN_ID --out DIR`."""
+    return _reported(tmp_path_factory, "digits")
+
+
+@pytest.fixture(scope="session")
+def reported_regression_run(tmp_path_factory: pytest.TempPathFactory, prefect_server: str) -> ReportedRun:
+    """A tiny two-output regression run (Friedman #1 and a second target) and its report."""
+    return _reported(
+        tmp_path_factory,
+        "regression",
+        "data.source=builtin:synthetic_regression",
+        "data.synthetic_regression.n_samples=300",
+        "data.synthetic_regression.n_outputs=2",
+        "coarse.n_trials=3",
+        "refine.n_trials=2",
+        "refine.narrowing.top_k=2",
+        "refine.warm_start=1",
+    )
 
 
 def many_trials(stage: SearchStageResult, count: int) -> SearchStageResult:

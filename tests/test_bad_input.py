@@ -502,8 +502,9 @@ def bad_tables(draw: st.DrawFn, root: Path) -> tuple[dict[str, Any], str]:
         frame[target] = [classes[1]] * few + [classes[0]] * (n - few)
     elif problem == "target all missing":
         frame[target] = np.nan
-    elif problem == "target real-valued":
+    elif problem == "target real-valued":  # a regression target under data.task auto: declared classification
         frame[target] = rng.integers(0, 3, n) + rng.uniform(0.01, 0.99, n)
+        changes["data.task"] = "classification"
     elif problem == "target huge or infinite":
         frame[target] = np.resize([0.0, 1.0], n)
         frame.loc[rows, target] = draw(st.sampled_from((*HUGE, 1e19)))
@@ -548,6 +549,34 @@ def test_bad_data_files(cases_root: Path, generated: Counter[str], data: st.Data
     generated["data"] += 1
     result, workdir = run_case(cases_root, changes)
     assert_rejected(result, workdir, field)
+
+
+def regression_csv(root: Path, target: object = None, n: int = 40) -> Path:
+    """A small regression table: two numeric features and a float target `y` (or the given column)."""
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"a": rng.normal(size=n), "b": rng.normal(size=n)})
+    frame["y"] = frame["a"] * 3.0 + rng.normal(0, 0.1, n) if target is None else target
+    path = Path(tempfile.mkdtemp(dir=root)) / "reg.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("quick_flow_runs")
+@pytest.mark.parametrize(
+    ("target", "changes", "field"),
+    [
+        (None, {"sample.rebalance": "oversample"}, "sample.rebalance"),
+        (2.5, {}, "data.target"),  # constant: nothing to regress
+        (["1.5", "2.5", "n/a?"] * 13 + ["3.0"], {"data.task": "regression"}, "data.target"),  # text in the target
+    ],
+    ids=["rebalance", "constant", "text"],
+)
+def test_bad_regression_input(cases_root: Path, target: object, changes: dict[str, Any], field: str) -> None:
+    path = regression_csv(cases_root, target)
+    result, workdir = run_case(cases_root, {"data.source": str(path), "data.target": "y", **changes})
+    assert_rejected(result, workdir, field)
+    assert "regression" in result.output or field == "data.target"
 
 
 def test_every_category_generated_its_cases(generated: Counter[str]) -> None:

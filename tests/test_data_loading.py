@@ -150,7 +150,21 @@ def labelled(n_per_class: int = 5, **columns: Any) -> pd.DataFrame:
         ("one.csv", labelled().assign(label="a"), {}, "data.target", ["single class", "'a'"]),
         ("few.csv", labelled().assign(label=list("aaaaaaaabb")), {}, "data.target", ["'b': 2", "3"]),
         ("nolabel.csv", labelled().assign(label=np.nan), {}, "data.target", ["'label'", "missing"]),
-        ("real.csv", labelled().assign(label=np.linspace(0, 1, 10)), {}, "data.target", ["non-integer", "0.1111"]),
+        (
+            "real.csv",
+            labelled().assign(label=np.linspace(0, 1, 10)),
+            {"task": "classification"},
+            "data.target",
+            ["non-integer", "0.1111", "data.task regression"],
+        ),
+        (
+            "rtext.csv",
+            labelled().assign(label=["1.5"] * 9 + ["abc"]),
+            {"task": "regression"},
+            "data.target",
+            ["'label'", "non-numeric", "'abc'"],
+        ),
+        ("rconst.csv", labelled().assign(label=2.5), {}, "data.target", ["'label'", "constant"]),
         ("const.csv", labelled().assign(x=1.0, y="k"), {}, "data.features", ["'x', 'y'", "constant"]),
         (
             "typo.csv",

@@ -17,7 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.report_cdp import CHROMIUM, Page, chromium_page, console_errors, is_blank, requested_urls
-from tests.report_fixtures import ReportedRun, reported_run
+from tests.report_fixtures import ReportedRun, reported_regression_run, reported_run
 
 pytestmark = [
     pytest.mark.slow,
@@ -27,7 +27,7 @@ pytestmark = [
         reason=f"no {CHROMIUM}: install Debian's browser with `apt-get install -y chromium chromium-driver`",
     ),
 ]
-__all__ = ["reported_run"]  # the shared session fixture, imported for pytest
+__all__ = ["reported_regression_run", "reported_run"]  # the shared session fixtures, imported for pytest
 
 DOM_NUMBERS = (
     "Object.fromEntries([...document.querySelectorAll('[data-key]')].map(e => [e.dataset.key, e.textContent]))"
@@ -54,6 +54,23 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
 
 
 def test_report_opens_offline_with_no_errors_and_the_summary_numbers(reported_run: ReportedRun, page: Page) -> None:
+    _check_report_page(reported_run, page)
+
+
+def test_regression_report_opens_offline_with_its_scatter_and_residuals(
+    reported_regression_run: ReportedRun, page: Page
+) -> None:
+    _check_report_page(reported_regression_run, page)
+    alts = page.evaluate("[...document.images].map(i => i.alt)")
+    for name in ("target0", "target1"):
+        assert f"predicted vs actual {name} (test)" in alts
+        assert f"residuals of {name} (test)" in alts
+    assert "confusion matrix on the test split" not in alts
+    shot = page.screenshot("section#final")
+    assert not is_blank(shot)
+
+
+def _check_report_page(reported_run: ReportedRun, page: Page) -> None:
     url = (reported_run.report_dir / "report.html").resolve().as_uri()
     page.events.clear()
     page.navigate(url)

@@ -10,6 +10,7 @@ from torch import nn
 
 from schemas.hyperparams import HyperParams
 from schemas.results import EpochRecord
+from stagetune.task.classification import ClassificationTask
 from stagetune.training.loaders import Batch, TrainFeed, make_eval_loader, make_train_loader
 from stagetune.training.loop import FitResult, StopTraining, evaluate, fit, train_one_epoch
 from stagetune.training.models import build_model
@@ -97,7 +98,7 @@ def test_eval_loader_keeps_row_order_and_evaluate_averages_over_samples() -> Non
     loader = make_eval_loader(x, y, batch_size=32)  # 32 + 32 + 6 rows: unequal batches
     assert torch.equal(torch.cat(_batches(loader)), torch.as_tensor(y))
     model = build_model("mlp", HP, [8], 3, seed=0)
-    stats = evaluate(model, loader, nn.CrossEntropyLoss(), CPU, return_predictions=True)
+    stats = evaluate(model, loader, ClassificationTask(["a", "b", "c"]), CPU, return_outputs=True)
     with torch.no_grad():
         logits = model(torch.as_tensor(x))
     expected = nn.functional.cross_entropy(logits, torch.as_tensor(y)).item()
@@ -168,7 +169,7 @@ def test_early_stopping_stops_and_restores_the_best_epoch() -> None:
     assert len(result.history) == result.best_epoch + 3 < 20
     assert result.reason is not None
     assert "2 epochs" in result.reason
-    restored = evaluate(model, val_loader, nn.CrossEntropyLoss(), CPU)
+    restored = evaluate(model, val_loader, ClassificationTask(["a", "b", "c"]), CPU)
     assert restored.loss == pytest.approx(result.best_val_loss, rel=1e-6)
     assert restored.loss < (result.history[-1].val_loss or 0.0)
 

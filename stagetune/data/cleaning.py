@@ -28,26 +28,32 @@ _KIND_NAMES = {np.ndarray: "list", tuple: "list", dict: "mapping", frozenset: "s
 
 
 def resolve_columns(
-    frame: pd.DataFrame, target: str, features: Sequence[str] | None, categorical: Sequence[str] | None
+    frame: pd.DataFrame, target: str | Sequence[str], features: Sequence[str] | None, categorical: Sequence[str] | None
 ) -> tuple[list[str], list[str]]:
     """Check the configured column names against `frame`; return (numeric, categorical) feature columns.
+
+    `target` is the target column, or the list of them (multi-output regression).
 
     Without `categorical`, bool, category and text columns are categorical, the rest numeric. With it,
     every feature column not listed there is declared numeric.
     """
     available = [str(c) for c in frame.columns]
-    if target not in available:
-        raise InputError("data.target", f"column {target!r} is not in the table: use one of {_names(available)}")
+    targets = [target] if isinstance(target, str) else list(target)
+    for name in targets:
+        if name not in available:
+            raise InputError("data.target", f"column {name!r} is not in the table: use one of {_names(available)}")
+    target = targets[0] if len(targets) == 1 else ", ".join(targets)
     if features is None:
-        features = [c for c in available if c != target]
+        features = [c for c in available if c not in targets]
     else:
         missing = [c for c in features if c not in available]
         if missing:
             raise InputError(
                 "data.features", f"column(s) {_names(missing)} are not in the table: use some of {_names(available)}"
             )
-        if target in features:
-            raise InputError("data.features", f"it lists the target column {target!r}: remove it from data.features")
+        listed = [c for c in targets if c in features]
+        if listed:
+            raise InputError("data.features", f"it lists the target column(s) {_names(listed)}: remove them")
     if not features:
         raise InputError("data.features", f"the table has no column besides the target {target!r}: add feature columns")
     if categorical is not None:
@@ -63,12 +69,12 @@ def resolve_columns(
 
 
 def without_unencodable_columns(
-    frame: pd.DataFrame, target: str, features: Sequence[str] | None
+    frame: pd.DataFrame, targets: Sequence[str], features: Sequence[str] | None
 ) -> tuple[pd.DataFrame, list[str]]:
     """`frame` without the columns holding lists, arrays, mappings or sets (Parquet list/map/struct
     columns), which nothing downstream can encode or even hash; and the names of those left out.
 
-    Such a column the run would use (the target, a listed feature, or any column when data.features
+    Such a column the run would use (a target, a listed feature, or any column when data.features
     is unset) is refused with an `InputError` naming it; one data.features leaves out is dropped.
     """
     nested: dict[str, str] = {}
@@ -76,11 +82,11 @@ def without_unencodable_columns(
         kinds = {_KIND_NAMES.get(type(v), type(v).__name__) for v in frame[name].dropna() if isinstance(v, _NESTED)}
         if kinds:
             nested[str(name)] = "/".join(sorted(kinds))
-    used = [n for n in nested if n == target or features is None or n in features]
+    used = [n for n in nested if n in targets or features is None or n in features]
     if used:
         name = used[0]
-        field = "data.target" if name == target else "data.features"
-        leave_out = "pick another data.target" if name == target else "list the other columns in data.features"
+        field = "data.target" if name in targets else "data.features"
+        leave_out = "pick another data.target" if name in targets else "list the other columns in data.features"
         raise InputError(
             field,
             f"column {name!r} holds {nested[name]} values, not numbers or text, which the loader cannot encode: "
@@ -189,8 +195,8 @@ def encode_labels(column: pd.Series, target: str) -> tuple[np.ndarray, list[str]
             example = next(v for v in as_float if not np.isfinite(v) or v != round(v))
             raise InputError(
                 "data.target",
-                f"column {target!r} holds non-integer numbers such as {example!r}: stagetune classifies, "
-                "so point data.target at a column of class labels",
+                f"column {target!r} holds non-integer numbers such as {example!r}, which are not class labels: "
+                "set data.task regression (or auto) to predict the number, or point data.target at a label column",
             )
         if not np.all(np.abs(as_float) <= _LARGEST_EXACT_INTEGER):
             example = next(v for v in as_float if abs(v) > _LARGEST_EXACT_INTEGER)

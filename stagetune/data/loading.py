@@ -10,10 +10,11 @@ import pandas as pd
 import pyarrow as pa
 from pandas.io.common import infer_compression
 
-from schemas.config import DataConfig, SyntheticDataConfig
+from schemas.config import DataConfig, SyntheticDataConfig, SyntheticRegressionConfig
 from stagetune.data.cleaning import clean_features, encode_labels, resolve_columns, without_unencodable_columns
 from stagetune.data.fingerprint import frame_content_hash
 from stagetune.data.remote import read_s3
+from stagetune.data.targets import detect_task, regression_targets
 from stagetune.errors import InputError
 
 BUILTIN_TARGET = "target"
@@ -30,8 +31,9 @@ class RawTable:
     features: pd.DataFrame
     """Numeric columns as float64 (NaN where missing), categorical ones as str objects (NaN where missing)."""
     labels: np.ndarray
-    """int64 codes 0..C-1 indexing `class_names`."""
+    """int64 codes 0..C-1 indexing `class_names`; regression: float64 targets (n, k)."""
     class_names: tuple[str, ...]
+    """Empty for regression."""
     numeric_columns: tuple[str, ...]
     categorical_columns: tuple[str, ...]
     image_shape: tuple[int, ...] | None
@@ -42,6 +44,9 @@ class RawTable:
     dropped_columns: tuple[str, ...]
     dropped_label_rows: int
     warnings: tuple[str, ...]
+    task: str = "classification"
+    task_reason: str = ""
+    target_names: tuple[str, ...] = ()
 
 
 def load_table(cfg: DataConfig, seed: int) -> RawTable:
@@ -53,28 +58,37 @@ def load_table(cfg: DataConfig, seed: int) -> RawTable:
     image_shape: tuple[int, ...] | None = None
     if cfg.source.startswith("builtin:"):
         name = cfg.source.removeprefix("builtin:")
-        frame = load_builtin_frame(name, cfg.synthetic, seed)
-        target = cfg.target or BUILTIN_TARGET
+        frame = load_builtin_frame(name, cfg.synthetic, seed, cfg.synthetic_regression)
+        targets = cfg.target_columns or builtin_targets(frame)
         if name == "digits" and cfg.features is None:
             image_shape = DIGITS_IMAGE_SHAPE
     else:
         frame = read_table_file(cfg.source)
         if cfg.target is None:  # DataConfig already demands it; keeps this function safe on its own
             raise InputError("data.target", "a file source needs data.target: name its label column")
-        target = cfg.target
+        targets = cfg.target_columns or []
     if frame.empty:
         raise InputError("data.source", f"{cfg.source!r} has no rows: point data.source at a table with data")
     frame.columns = [str(c) for c in frame.columns]
-    frame, nested = without_unencodable_columns(frame, target, cfg.features)
+    frame, nested = without_unencodable_columns(frame, targets, cfg.features)
     content_hash = frame_content_hash(frame)
-    numeric, categorical = resolve_columns(frame, target, cfg.features, cfg.categorical)
-    labels, class_names, keep = encode_labels(frame[target], target)
+    target = targets[0]
+    numeric, categorical = resolve_columns(frame, targets, cfg.features, cfg.categorical)
+    task, task_reason = detect_task(frame, targets, cfg.task)
+    if task == "regression":
+        labels, keep = regression_targets(frame, targets)
+        labels, class_names = labels[keep], list[str]()
+    else:
+        if len(targets) > 1:
+            raise InputError("data.target", "several target columns are a multi-output regression: set data.task")
+        labels, class_names, keep = encode_labels(frame[target], target)
     dropped_label_rows = int((~keep).sum())
     features, numeric, categorical, dropped, warnings = clean_features(
         frame.loc[keep], numeric, categorical, drop_constant=image_shape is None
     )
     if dropped_label_rows:
-        warnings.insert(0, f"dropped {dropped_label_rows} row(s) whose label in {target!r} is missing")
+        where = ", ".join(repr(t) for t in targets)
+        warnings.insert(0, f"dropped {dropped_label_rows} row(s) whose target in {where} is missing")
     if nested:
         warnings.append(f"left out column(s) {nested} holding lists or mappings (not in data.features)")
     return RawTable(
@@ -90,16 +104,32 @@ def load_table(cfg: DataConfig, seed: int) -> RawTable:
         dropped_columns=tuple(dropped),
         dropped_label_rows=dropped_label_rows,
         warnings=tuple(warnings),
+        task=task,
+        task_reason=task_reason,
+        target_names=tuple(targets),
     )
 
 
-def load_builtin_frame(name: str, synthetic: SyntheticDataConfig, seed: int) -> pd.DataFrame:
-    """A builtin data set as one frame with its label in column `target`; no network is touched."""
+def builtin_targets(frame: pd.DataFrame) -> list[str]:
+    """Target column(s) of a builtin frame: `target`, or `target0`, `target1`, ... for several outputs."""
+    if BUILTIN_TARGET in frame.columns:
+        return [BUILTIN_TARGET]
+    return [str(c) for c in frame.columns if str(c).startswith(BUILTIN_TARGET)]
+
+
+def load_builtin_frame(
+    name: str, synthetic: SyntheticDataConfig, seed: int, regression: SyntheticRegressionConfig | None = None
+) -> pd.DataFrame:
+    """A builtin data set as one frame with its label in column `target` (`target0..` for several outputs);
+    no network is touched."""
     from sklearn import datasets  # deferred: importing it takes ~1 s, which file sources need not pay
 
     if name == "synthetic_imbalanced":
         return _synthetic_frame(synthetic, seed)
+    if name == "synthetic_regression":
+        return friedman_frame(regression or SyntheticRegressionConfig(), seed)
     loaders = {
+        "diabetes": datasets.load_diabetes,
         "digits": datasets.load_digits,
         "breast_cancer": datasets.load_breast_cancer,
         "iris": datasets.load_iris,
@@ -139,6 +169,27 @@ def _synthetic_frame(cfg: SyntheticDataConfig, seed: int) -> pd.DataFrame:
     )
     frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(cfg.n_features)])
     frame[BUILTIN_TARGET] = y
+    return frame
+
+
+def friedman_frame(cfg: SyntheticRegressionConfig, seed: int) -> pd.DataFrame:
+    """Friedman #1 (make_friedman1: 10 sin(pi x0 x1) + 20 (x2 - 0.5)^2 + 10 x3 + 5 x4 + noise, x ~ U[0, 1]) as
+    `target` (or `target0`), and for several outputs further non-linear functions of the same inputs, each
+    with the same noise."""
+    from sklearn.datasets import make_friedman1
+
+    x, y = make_friedman1(n_samples=cfg.n_samples, n_features=cfg.n_features, noise=cfg.noise, random_state=seed)
+    frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(cfg.n_features)])
+    if cfg.n_outputs == 1:
+        frame[BUILTIN_TARGET] = y
+        return frame
+    rng = np.random.default_rng([seed, 7])
+    frame[f"{BUILTIN_TARGET}0"] = y
+    for k in range(1, cfg.n_outputs):
+        # Other smooth interactions of the informative inputs, shifted by k so the outputs differ.
+        a, b, c = x[:, k % 5], x[:, (k + 1) % 5], x[:, (k + 2) % 5]
+        clean = 10 * np.cos(np.pi * a * b) + 15 * (c - 0.5) ** 2 + 8 * a * c
+        frame[f"{BUILTIN_TARGET}{k}"] = clean + rng.normal(0, cfg.noise, size=len(clean))
     return frame
 
 

@@ -13,6 +13,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from schemas.config import DataConfig
 from stagetune.data.cleaning import MIN_ROWS_PER_CLASS
 from stagetune.data.loading import RawTable
+from stagetune.task.registry import TASKS
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,9 @@ class PreparedData:
 
 def prepare(table: RawTable, cfg: DataConfig, seed: int) -> PreparedData:
     """Split `table` (stratified, seeded) and transform every split with statistics of the training split."""
-    train, val, test = stratified_split(table.labels, cfg.val_fraction, cfg.test_fraction, seed)
+    # Split by the task's strata: the classes, or quantile bins of a regression target.
+    strata = TASKS[table.task].strata(table.labels)
+    train, val, test = stratified_split(strata, cfg.val_fraction, cfg.test_fraction, seed)
     transformer = build_transformer(table.numeric_columns, table.categorical_columns)
     features = table.features
     transformer.fit(features.iloc[train])

@@ -75,6 +75,27 @@ def sample_splits(
     )
 
 
+def sample_regression_splits(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    strata_train: np.ndarray,
+    strata_val: np.ndarray,
+    cfg: SampleConfig,
+    seed: int,
+) -> SampledData:
+    """`sample_splits` for targets without classes: stratified by the given strata (quantile bins of the target)."""
+    n_target = round(cfg.fraction * len(y_train))
+    if cfg.max_rows is not None:
+        n_target = min(n_target, cfg.max_rows)
+    rng = np.random.default_rng([seed, 1])
+    train_pick = stratified_subsample(strata_train, n_target, rng)
+    val_share = len(train_pick) / len(y_train)
+    val_pick = stratified_subsample(strata_val, round(val_share * len(y_val)), rng)
+    return SampledData(x_train[train_pick], y_train[train_pick], x_val[val_pick], y_val[val_pick], ())
+
+
 def select_classes(class_names: Sequence[str], wanted: Sequence[str] | None) -> np.ndarray:
     """Codes of the classes to keep, in the order of `class_names`; all of them when `wanted` is None."""
     if wanted is None:

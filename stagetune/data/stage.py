@@ -9,15 +9,16 @@ from typing import Any
 
 import numpy as np
 
-from schemas.config import PipelineConfig
+from schemas.config import TASK_CHAMPION_METRICS, TASK_OBJECTIVES, PipelineConfig
 from schemas.results import SampleResult
 from schemas.search_space import CategoricalParam
 from stagetune.data.fingerprint import arrays_fingerprint, dataset_fingerprint
-from stagetune.data.loading import load_table
-from stagetune.data.preprocess import prepare
+from stagetune.data.loading import RawTable, load_table
+from stagetune.data.preprocess import PreparedData, prepare
 from stagetune.data.rebalance import class_counts
-from stagetune.data.sampling import rebalance_summary, sample_splits
+from stagetune.data.sampling import rebalance_summary, sample_regression_splits, sample_splits
 from stagetune.errors import InputError
+from stagetune.task.regression import RegressionTask, standardise_targets
 
 SAMPLED_KEYS = ("X_train_sampled", "y_train_sampled", "X_val_sampled", "y_val_sampled")
 
@@ -48,7 +49,13 @@ def run_sample_stage(config: PipelineConfig, out_dir: Path) -> SampleResult:
     Raises `InputError` (exit code 2) for bad data or settings before anything is written.
     """
     table = load_table(config.data, config.seed)
+    if table.task == "regression":
+        check_regression_settings(config)
+    else:
+        check_classification_settings(config)
     prepared = prepare(table, config.data, config.seed)
+    if table.task == "regression":
+        return _regression_result(config, table, prepared, out_dir)
     sampled = sample_splits(
         prepared.X_train,
         prepared.y_train,
@@ -113,7 +120,115 @@ def run_sample_stage(config: PipelineConfig, out_dir: Path) -> SampleResult:
         dropped_columns=list(table.dropped_columns),
         dropped_label_rows=table.dropped_label_rows,
         warnings=list(table.warnings),
+        task_reason=table.task_reason,
+        target_names=list(table.target_names),
     )
+
+
+def _regression_result(config: PipelineConfig, table: RawTable, prepared: PreparedData, out_dir: Path) -> SampleResult:
+    # Targets are stored standardised with the training split's mean and std; metrics undo it.
+    mean, std = standardise_targets(prepared.y_train)
+    constant = [name for name, s in zip(table.target_names, std, strict=True) if s == 0]
+    if constant:
+        raise InputError(
+            "data.target",
+            f"column(s) {constant} are constant on the training split: point data.target at a target that varies",
+        )
+
+    def scaled(y: np.ndarray) -> np.ndarray:
+        return ((y.reshape(len(y), -1) - mean) / std).astype(np.float32)
+
+    y_train, y_val, y_test = scaled(prepared.y_train), scaled(prepared.y_val), scaled(prepared.y_test)
+    strata = RegressionTask.strata
+    sampled = sample_regression_splits(
+        prepared.X_train, y_train, prepared.X_val, y_val, strata(y_train), strata(y_val), config.sample, config.seed
+    )
+    arrays = StageArrays(
+        prepared.X_train, y_train, prepared.X_val, y_val, prepared.X_test, y_test,
+        sampled.X_train, sampled.y_train, sampled.X_val, sampled.y_val,
+    )  # fmt: skip
+    fingerprint = dataset_fingerprint(table.content_hash, config.data, config.sample, config.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir.resolve() / f"sample-{fingerprint[:16]}.npz"
+    write_npz_atomic(path, asdict(arrays))
+    return SampleResult(
+        source=config.data.source,
+        task="regression",
+        task_reason=table.task_reason,
+        target_names=list(table.target_names),
+        target_mean=mean.tolist(),
+        target_std=std.tolist(),
+        data_path=str(path),
+        fingerprint=fingerprint,
+        sampled_fingerprint=_sampled_fingerprint(arrays),
+        class_names=[],
+        num_classes=0,
+        input_shape=[prepared.X_train.shape[1]],
+        feature_names=list(prepared.feature_names),
+        n_rows=table.n_rows,
+        n_train=len(y_train),
+        n_val=len(y_val),
+        n_test=len(y_test),
+        n_train_sampled=len(sampled.y_train),
+        n_val_sampled=len(sampled.y_val),
+        class_counts_train={},
+        class_counts_sampled={},
+        class_counts_rebalanced={},
+        rebalance="none",
+        dropped_columns=list(table.dropped_columns),
+        dropped_label_rows=table.dropped_label_rows,
+        warnings=list(table.warnings),
+    )
+
+
+def check_regression_settings(config: PipelineConfig) -> None:
+    """Class rebalancing and class subsets mean nothing without classes: refuse them, naming the field."""
+    fields = {
+        "sample.rebalance": config.sample.rebalance != "none",
+        "model.baseline.rebalance": config.model.baseline.rebalance != "none",
+        "space.rebalance": any(str(c) != "none" for c in config.space.rebalance.choices),
+    }
+    for field, bad in fields.items():
+        if bad:
+            raise InputError(
+                field, "rebalancing strategies need classes, and the task is regression: set it to none (the default)"
+            )
+    if config.sample.classes is not None:
+        raise InputError("sample.classes", "a class subset needs classes, and the task is regression: remove it")
+    if config.training.loss == "cross_entropy":
+        raise InputError("training.loss", "cross_entropy is a classification loss: use auto, mse, huber or l1")
+    if "cross_entropy" in (config.model.baseline.loss, *map(str, config.space.loss.choices)):
+        raise InputError("space.loss", "cross_entropy is a classification loss: use auto, mse, huber or l1")
+    objectives, metrics = TASK_OBJECTIVES["regression"], TASK_CHAMPION_METRICS["regression"]
+    if config.search.objective not in objectives:
+        raise InputError(
+            "search.objective", f"{config.search.objective!r} does not fit regression: use one of {list(objectives)}"
+        )
+    if config.final.champion_metric not in ("auto", *metrics):
+        raise InputError(
+            "final.champion_metric",
+            f"{config.final.champion_metric!r} does not fit regression: use auto or one of {list(metrics)}",
+        )
+
+
+def check_classification_settings(config: PipelineConfig) -> None:
+    """A regression objective, champion metric or loss for a classification target is refused, naming the field."""
+    objectives, metrics = TASK_OBJECTIVES["classification"], TASK_CHAMPION_METRICS["classification"]
+    if config.search.objective not in objectives:
+        raise InputError(
+            "search.objective",
+            f"{config.search.objective!r} does not fit classification: use one of {list(objectives)}",
+        )
+    if config.final.champion_metric not in ("auto", *metrics):
+        raise InputError(
+            "final.champion_metric",
+            f"{config.final.champion_metric!r} does not fit classification: use auto or one of {list(metrics)}",
+        )
+    if config.training.loss not in ("auto", "cross_entropy"):
+        raise InputError("training.loss", f"{config.training.loss!r} is a regression loss: use auto or cross_entropy")
+    losses = {config.model.baseline.loss, *map(str, config.space.loss.choices)} - {"auto", "cross_entropy"}
+    if losses:
+        raise InputError("space.loss", f"{sorted(losses)} are regression losses: use auto or cross_entropy")
 
 
 def load_stage_arrays(result: SampleResult) -> StageArrays:

@@ -58,11 +58,15 @@ def save_checkpoint(
     import_path: str | None,
     data_fingerprint: str,
     metrics: TestMetrics | None,
+    task_args: dict[str, Any] | None = None,
 ) -> None:
     """Write the model's weights and the arguments that rebuild it to `path`, atomically.
 
     The file holds a dict of CPU tensors and plain Python values only. It is written to a temporary
     file in the same folder and renamed into place, so readers never see half a checkpoint.
+    `task_args` (plain values) join the model arguments: for regression the task, the target names and
+    the mean/std that turn the standardised outputs back into the targets' units.
+    For a regressor `num_classes` is the number of outputs and `class_names` the target names.
     """
     if len(class_names) != num_classes:
         raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
@@ -77,6 +81,7 @@ def save_checkpoint(
             "import_path": import_path,
             "data_fingerprint": data_fingerprint,
             "stagetune_version": _stagetune_version(),
+            **(task_args or {}),
         },
         "metrics": None if metrics is None else metrics.model_dump(mode="python"),
         "state_dict": {name: value.detach().to("cpu", copy=True) for name, value in model.state_dict().items()},

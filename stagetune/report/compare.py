@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from schemas.config import TASK_CHAMPION_METRICS
 from schemas.pipeline import PipelineResult, SearchStageResult
 from stagetune.flat_keys import flatten
 from stagetune.report.markup import esc, format_value, html_page, html_table, paragraph
@@ -81,7 +82,8 @@ def _moves(a: PipelineResult, b: PipelineResult) -> list[StageMove]:
             maximize = sa.direction == "maximize"
             moves.append(StageMove(stage, f"best {sa.objective}", _best(sa), _best(sb), maximize))
     metric = a.final.registry.metric_name if a.final is not None and a.final.registry is not None else "accuracy"
-    moves.append(StageMove("final", f"test {metric}", a.test_metrics.get(metric), b.test_metrics.get(metric), True))
+    higher = metric not in TASK_CHAMPION_METRICS["regression"] or not TASK_CHAMPION_METRICS["regression"][metric]
+    moves.append(StageMove("final", f"test {metric}", a.test_metrics.get(metric), b.test_metrics.get(metric), higher))
     return moves
 
 

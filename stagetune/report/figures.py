@@ -25,10 +25,13 @@ def overfit_figure(sanity: SanityResult) -> Figure:
     axes = figure.subplots()
     steps = range(1, len(sanity.overfit_losses) + 1)
     axes.plot(steps, sanity.overfit_losses, label="overfit training loss")
-    axes.axhline(sanity.expected_initial_loss, color="tab:gray", linestyle="--", label="ln C (chance)")
+    regression = sanity.task == "regression"
+    expected = "zero output (target mean)" if regression else "ln C (chance)"
+    axes.axhline(sanity.expected_initial_loss, color="tab:gray", linestyle="--", label=expected)
     if math.isfinite(sanity.initial_loss):
         axes.scatter([0], [sanity.initial_loss], color="tab:red", zorder=3, label="initial loss")
-    axes.set(xlabel="step", ylabel="loss", title=f"overfit test: train accuracy {sanity.overfit_train_acc:.2f}")
+    score = "train R²" if regression else "train accuracy"
+    axes.set(xlabel="step", ylabel="loss", title=f"overfit test: {score} {sanity.overfit_train_acc:.2f}")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     return figure
@@ -42,13 +45,16 @@ def best_curves_figure(curves: Sequence[tuple[str, Sequence[EpochRecord]]]) -> F
         colour = f"C{index}"
         epochs = [r.epoch for r in history]
         loss_axes.plot(epochs, [r.train_loss for r in history], color=colour, label=f"{label} train")
-        acc_axes.plot(epochs, [r.train_acc for r in history], color=colour, label=f"{label} train")
+        acc_axes.plot(epochs, [r.score_pair()[1] for r in history], color=colour, label=f"{label} train")
         val = [r for r in history if r.val_loss is not None]
         vx = [r.epoch for r in val]
         loss_axes.plot(vx, [r.val_loss for r in val], color=colour, linestyle="--", marker=".", label=f"{label} val")
-        acc_axes.plot(vx, [r.val_acc for r in val], color=colour, linestyle="--", marker=".", label=f"{label} val")
+        acc_axes.plot(
+            vx, [r.score_pair()[2] for r in val], color=colour, linestyle="--", marker=".", label=f"{label} val"
+        )
+    score = _score_name([h for _, h in curves])
     loss_axes.set(xlabel="epoch", ylabel="loss", title="loss (solid: train, dashed: validation)")
-    acc_axes.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
+    acc_axes.set(xlabel="epoch", ylabel=score, title=score, **({"ylim": (0, 1.02)} if score == "accuracy" else {}))
     for axes in (loss_axes, acc_axes):
         axes.grid(alpha=0.3)
     acc_axes.legend(fontsize=7, loc="lower right")
@@ -87,16 +93,17 @@ def final_curves_figure(final: FinalResult) -> Figure:
     val = [r for r in history if r.val_loss is not None]
     loss_axes.plot(epochs, [r.train_loss for r in history], marker="o", label="train")
     loss_axes.plot([r.epoch for r in val], [r.val_loss for r in val], marker="s", label="validation")
-    acc_axes.plot(epochs, [r.train_acc for r in history], marker="o", label="train")
-    acc_axes.plot([r.epoch for r in val], [r.val_acc for r in val], marker="s", label="validation")
+    acc_axes.plot(epochs, [r.score_pair()[1] for r in history], marker="o", label="train")
+    acc_axes.plot([r.epoch for r in val], [r.score_pair()[2] for r in val], marker="s", label="validation")
     lr_axes.step(epochs, [r.lr for r in history], where="post", color="tab:green")
     lr_axes.set_yscale("log")
     for axes in (loss_axes, acc_axes, lr_axes):
         if final.best_epoch is not None:
             axes.axvline(final.best_epoch, color="tab:red", linestyle=":", label=f"kept epoch {final.best_epoch}")
         axes.grid(alpha=0.3)
+    score = _score_name([history])
     loss_axes.set(xlabel="epoch", ylabel="loss", title="loss")
-    acc_axes.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
+    acc_axes.set(xlabel="epoch", ylabel=score, title=score, **({"ylim": (0, 1.02)} if score == "accuracy" else {}))
     lr_axes.set(xlabel="epoch", ylabel="learning rate", title=f"LR schedule ({final.stopped})")
     loss_axes.legend(fontsize=8)
     return figure
@@ -129,3 +136,11 @@ def _bounds(param: Param, scale: str | None) -> tuple[float, float] | None:
     if scale == "log" and param.low > 0:
         return math.log10(param.low), math.log10(param.high)
     return float(param.low), float(param.high)
+
+
+def _score_name(histories: Sequence[Sequence[EpochRecord]]) -> str:
+    """The bounded score the curves show: accuracy, or R² for regression."""
+    for history in histories:
+        if history:
+            return history[0].score_pair()[0]
+    return "accuracy"

@@ -23,14 +23,9 @@ CONFIG_ARTIFACT = "config/pipeline_config.json"
 REPORT_FOLDER = "report"
 VERSION_TAG_PREFIX = "stagetune.version."
 VERSIONED_PACKAGES = ("stagetune", "torch", "optuna", "mlflow", "prefect", "numpy", "scikit-learn")
-_EPOCH_METRICS = {
-    "train/loss": "train_loss",
-    "train/acc": "train_acc",
-    "val/loss": "val_loss",
-    "val/acc": "val_acc",
-    "val/balanced_acc": "val_balanced_acc",
-    "lr": "lr",
-}
+_EPOCH_FIELDS = {"train/loss": "train_loss", "val/loss": "val_loss", "lr": "lr"}
+# The task's per-epoch metrics (classification, regression): kept in EpochRecord.metrics by name.
+_TASK_METRICS = ("train/acc", "val/acc", "val/balanced_acc", "train/rmse", "train/r2", "val/rmse", "val/mae", "val/r2")
 
 
 def resolve_tracking_uri(explicit: str | None) -> str:
@@ -82,14 +77,18 @@ def read_artifact_text(client: MlflowClient, run_id: str, path: str) -> str | No
 def trial_history(client: MlflowClient, run_id: str) -> list[EpochRecord]:
     """A run's per-epoch curves rebuilt from its MLflow metric history (step = epoch)."""
     by_epoch: dict[int, dict[str, float]] = {}
-    for metric, field in _EPOCH_METRICS.items():
+    metrics: dict[int, dict[str, float]] = {}
+    for metric, field in _EPOCH_FIELDS.items():
         for point in client.get_metric_history(run_id, metric):
             by_epoch.setdefault(point.step, {})[field] = point.value
+    for metric in _TASK_METRICS:
+        for point in client.get_metric_history(run_id, metric):
+            metrics.setdefault(point.step, {})[metric] = point.value
     records = []
     for epoch in sorted(by_epoch):
         values = by_epoch[epoch]
-        if {"train_loss", "train_acc", "lr"} <= set(values):
-            records.append(EpochRecord(epoch=epoch, seconds=0.0, **values))
+        if {"train_loss", "lr"} <= set(values) and metrics.get(epoch):
+            records.append(EpochRecord(epoch=epoch, seconds=0.0, metrics=metrics[epoch], **values))
     return records
 
 

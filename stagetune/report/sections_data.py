@@ -15,7 +15,8 @@ MAX_CLASS_ROWS = 50  # a table row per class up to this many; the chart still sh
 
 def data_section(sample: SampleResult, numbers: Numbers) -> Section:
     """Sizes, fingerprints and the class distribution before and after sampling and rebalancing."""
-    sizes = {
+    sizes: dict[str, tuple[str, Scalar]] = {
+        "task": ("task", f"{sample.task} ({sample.task_reason})" if sample.task_reason else sample.task),
         "n_rows": ("rows in the source", sample.n_rows),
         "n_train": ("train split", sample.n_train),
         "n_val": ("validation split", sample.n_val),
@@ -39,16 +40,31 @@ def data_section(sample: SampleResult, numbers: Numbers) -> Section:
         class_rows.append([esc(name), *spans])
     notes = [f"dropped constant/empty columns: {', '.join(sample.dropped_columns)}"] if sample.dropped_columns else []
     if sample.dropped_label_rows:
-        notes.append(f"{sample.dropped_label_rows} rows dropped for a missing label")
+        notes.append(f"{sample.dropped_label_rows} rows dropped for a missing label (target), never imputed")
     notes += sample.warnings
+    if sample.task == "regression":
+        sizes.pop("num_classes", None)
+        target_rows = [
+            [esc(name), numbers.span(f"data.target.{name}.mean", mean), numbers.span(f"data.target.{name}.std", std)]
+            for name, mean, std in zip(sample.target_names, sample.target_mean, sample.target_std, strict=True)
+        ]
+        detail = html_table(
+            ["target", "train mean", "train std"],
+            target_rows,
+            caption="targets, standardised with these for training; metrics are in the original units",
+        )
+    else:
+        detail = (
+            '<div class="plots">'
+            + image(class_distribution_figure(sample), "class distribution before and after sampling and rebalancing")
+            + html_table(
+                ["class", "train (full)", "sampled", f"per epoch ({sample.rebalance})"], class_rows, caption="per class"
+            )
+            + "</div>"
+        )
     body = (
         html_table(["", "value"], rows, caption="sizes and fingerprints")
-        + '<div class="plots">'
-        + image(class_distribution_figure(sample), "class distribution before and after sampling and rebalancing")
-        + html_table(
-            ["class", "train (full)", "sampled", f"per epoch ({sample.rebalance})"], class_rows, caption="per class"
-        )
-        + "</div>"
+        + detail
         + "".join(paragraph(note) for note in notes)
     )
     markdown = md_table(
@@ -78,19 +94,23 @@ def sanity_section(sanity: SanityResult | None, numbers: Numbers) -> Section:
         text = "The sanity gate was disabled (sanity.enabled = false): nothing was checked before the search."
         return Section("sanity", "2. Sanity", paragraph(text), text)
     relative = abs(sanity.initial_loss - sanity.expected_initial_loss) / sanity.expected_initial_loss
+    regression = sanity.task == "regression"
+    expected_name = "zero-output loss on standardised targets" if regression else "ln C (chance level)"
+    score_name = "overfit train R²" if regression else "overfit train accuracy"
     facts: dict[str, tuple[str, Scalar]] = {
         "passed": ("gate passed", sanity.passed),
         "initial_loss": ("initial loss", sanity.initial_loss),
-        "expected_initial_loss": ("ln C (chance level)", sanity.expected_initial_loss),
+        "expected_initial_loss": (expected_name, sanity.expected_initial_loss),
         "initial_loss_ok": ("initial loss within tolerance", sanity.initial_loss_ok),
         "overfit_samples": ("overfit test rows", sanity.overfit_samples),
         "overfit_steps": ("overfit test steps", sanity.overfit_steps),
-        "overfit_train_acc": ("overfit train accuracy", sanity.overfit_train_acc),
+        "overfit_train_acc": (score_name, sanity.overfit_train_acc),
         "overfit_ok": ("overfit test passed", sanity.overfit_ok),
         "lr_suggestion": ("LR range test suggestion", sanity.lr_suggestion),
     }
     rows = key_value_rows(numbers, "sanity", facts)
-    rows.insert(3, [esc("|initial - ln C| / ln C"), esc(f"{relative:.1%}" if math.isfinite(relative) else "n/a")])
+    deviation = "|initial - expected| / expected" if regression else "|initial - ln C| / ln C"
+    rows.insert(3, [esc(deviation), esc(f"{relative:.1%}" if math.isfinite(relative) else "n/a")])
     plots = [image(overfit_figure(sanity), "overfit test loss per step, with ln C")]
     if sanity.lr_range:
         plots.append(image(lr_range_figure(sanity.lr_range, sanity.lr_suggestion), "LR range test"))
@@ -98,7 +118,8 @@ def sanity_section(sanity: SanityResult | None, numbers: Numbers) -> Section:
     if baseline is not None and baseline.history:
         plots.append(image(learning_curve_figure(baseline.history, "baseline fit"), "baseline learning curves"))
         last = baseline.history[-1]
-        rows.append([esc("baseline final val accuracy"), numbers.span("sanity.baseline_val_acc", last.val_acc)])
+        score, _, val_score = last.score_pair()
+        rows.append([esc(f"baseline final val {score}"), numbers.span("sanity.baseline_val_acc", val_score)])
     diagnoses = "".join(
         f'<p class="bad">{esc(d.code)}: {esc(d.message)}; next: {esc(d.next_action)} '
         f'<span class="muted">({esc(d.rule_source)})</span></p>'
@@ -107,8 +128,8 @@ def sanity_section(sanity: SanityResult | None, numbers: Numbers) -> Section:
     body = html_table(["check", "value"], rows) + diagnoses + '<div class="plots">' + "".join(plots) + "</div>"
     verdict = "passed" if sanity.passed else "FAILED"
     markdown = (
-        f"Gate **{verdict}**: initial loss {numbers.text('sanity.initial_loss')} vs ln C "
-        f"{numbers.text('sanity.expected_initial_loss')}; overfit train accuracy "
+        f"Gate **{verdict}**: initial loss {numbers.text('sanity.initial_loss')} vs {expected_name} "
+        f"{numbers.text('sanity.expected_initial_loss')}; {score_name} "
         f"{numbers.text('sanity.overfit_train_acc')} in {sanity.overfit_steps} steps; "
         f"suggested learning rate {numbers.text('sanity.lr_suggestion')}."
     )

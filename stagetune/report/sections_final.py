@@ -5,15 +5,26 @@ from typing import Any
 
 import yaml
 
-from schemas.final import FinalResult
+from schemas.final import FinalResult, RegressionTestMetrics, TestMetrics
 from schemas.pipeline import PipelineResult
 from stagetune.evaluation import confusion_matrix_figure
 from stagetune.report.advice import Finding
 from stagetune.report.figures import final_curves_figure
-from stagetune.report.markup import Numbers, Scalar, esc, html_table, image, key_value_rows, md_table, paragraph
+from stagetune.report.markup import (
+    Numbers,
+    Scalar,
+    esc,
+    html_table,
+    image,
+    key_value_rows,
+    md_table,
+    paragraph,
+    svg_image,
+)
 from stagetune.report.masking import mask_data, mask_text
 from stagetune.report.mlflow_io import CONFIG_ARTIFACT
 from stagetune.report.model import Section
+from stagetune.report.regression_plots import predicted_vs_actual_svg, residual_histogram_svg
 
 MAX_CLASS_ROWS = 50
 _TEST_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "loss")
@@ -25,20 +36,17 @@ def final_section(final: FinalResult | None, numbers: Numbers) -> Section:
         text = "No final training: the pipeline stopped before it (see the diagnosis section)."
         return Section("final", "6. Final training", paragraph(text), text)
     test = final.test
+    metric_names = _TEST_METRICS if isinstance(test, TestMetrics) else _REGRESSION_METRICS
     facts: dict[str, tuple[str, Scalar]] = {
         "epochs_run": ("epochs run", final.epochs_run),
         "stopped": ("how training ended", final.stopped),
         "best_epoch": ("kept epoch (best validation loss; early-stopping point)", final.best_epoch),
     }
-    facts |= {f"test.{name}": (f"test {name.replace('_', ' ')}", getattr(test, name)) for name in _TEST_METRICS}
+    facts |= {f"test.{name}": (f"test {name.replace('_', ' ')}", getattr(test, name)) for name in metric_names}
     facts["test.n_samples"] = ("test rows", test.n_samples)
     rows = key_value_rows(numbers, "final", facts)
     if final.stop_reason:
         rows.insert(2, [esc("stop reason"), esc(final.stop_reason)])
-    class_rows = [
-        [esc(c.name)] + [numbers.span(f"final.class.{c.name}.{k}", getattr(c, k)) for k in _CLASS_FIELDS]
-        for c in test.per_class[:MAX_CLASS_ROWS]
-    ]
     hp_rows = [[esc(k), numbers.span(f"final.hp.{k}", v)] for k, v in final.hyperparams.model_dump().items()]
     body = (
         '<div class="plots">'
@@ -46,13 +54,15 @@ def final_section(final: FinalResult | None, numbers: Numbers) -> Section:
         + html_table(["hyperparameter", "value"], hp_rows, caption="trained with")
         + "</div>"
         + image(final_curves_figure(final), "final learning curves with the learning-rate schedule")
-        + '<div class="plots">'
-        + image(confusion_matrix_figure(test), "confusion matrix on the test split")
-        + html_table(["class", *_CLASS_FIELDS], class_rows, caption="per class (test split)")
-        + "</div>"
+        + _test_html(test, numbers)
         + _champion_html(final, numbers)
     )
-    markdown = md_table(list(_TEST_METRICS), [[numbers.text(f"final.test.{m}") for m in _TEST_METRICS]])
+    markdown = md_table(list(metric_names), [[numbers.text(f"final.test.{m}") for m in metric_names]])
+    if isinstance(test, RegressionTestMetrics) and len(test.per_output) > 1:
+        markdown += "\n\n" + md_table(
+            ["output", "r2", "rmse", "mae"],
+            [[o.name, f"{o.r2:.4f}", f"{o.rmse:.4g}", f"{o.mae:.4g}"] for o in test.per_output],
+        )
     markdown += f"\n\n{final.epochs_run} epochs ({final.stopped}), kept epoch {final.best_epoch}."
     if final.registry is not None:
         markdown += f" Registry: {final.registry.model_name} v{final.registry.version} -> {final.registry.alias} "
@@ -61,6 +71,35 @@ def final_section(final: FinalResult | None, numbers: Numbers) -> Section:
 
 
 _CLASS_FIELDS = ("precision", "recall", "f1", "support")
+_REGRESSION_METRICS = ("r2", "rmse", "mae", "loss")
+
+
+def _test_html(test: TestMetrics | RegressionTestMetrics, numbers: Numbers) -> str:
+    """Classification: confusion matrix and per-class table. Regression: predicted vs actual, residuals,
+    and a per-output table for several targets."""
+    if isinstance(test, TestMetrics):
+        class_rows = [
+            [esc(c.name)] + [numbers.span(f"final.class.{c.name}.{k}", getattr(c, k)) for k in _CLASS_FIELDS]
+            for c in test.per_class[:MAX_CLASS_ROWS]
+        ]
+        return (
+            '<div class="plots">'
+            + image(confusion_matrix_figure(test), "confusion matrix on the test split")
+            + html_table(["class", *_CLASS_FIELDS], class_rows, caption="per class (test split)")
+            + "</div>"
+        )
+    figures = []
+    for index, output in enumerate(test.per_output[:MAX_CLASS_ROWS]):
+        figures.append(svg_image(predicted_vs_actual_svg(test, index), f"predicted vs actual {output.name} (test)"))
+        figures.append(svg_image(residual_histogram_svg(test, index), f"residuals of {output.name} (test)"))
+    body = '<div class="plots">' + "".join(figures) + "</div>"
+    if len(test.per_output) > 1:
+        rows = [
+            [esc(o.name)] + [numbers.span(f"final.output.{o.name}.{k}", getattr(o, k)) for k in ("r2", "rmse", "mae")]
+            for o in test.per_output
+        ]
+        body += html_table(["output", "r2", "rmse", "mae"], rows, caption="per output (test split, original units)")
+    return body
 
 
 def _champion_html(final: FinalResult, numbers: Numbers) -> str:

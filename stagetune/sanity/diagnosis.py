@@ -36,27 +36,32 @@ def diagnose_initial_loss(initial_loss: float, expected: float, tolerance: float
         check="initial_loss",
         code="initial_loss_off",
         message=(
-            f"loss at initialisation is {initial_loss:.4g}, expected about ln(C) = {expected:.4g} "
+            f"loss at initialisation is {initial_loss:.4g}, expected about {expected:.4g} (ln C, or the loss of a "
+            "zero output on standardised regression targets) "
             f"(relative deviation {deviation:.2f} > {tolerance})"
         ),
         next_action=(
             "output layer or loss mismatch: look for scaled logits or a large output-layer init, softmax applied "
-            "before the cross-entropy (it expects raw logits), or the wrong number of classes"
+            "before the cross-entropy (it expects raw logits), the wrong number of classes or outputs, or a "
+            "regression output squashed or offset by an activation after the head"
         ),
         rule_source=OUTPUT_SOURCES,
     )
 
 
-def diagnose_overfit(outcome: OverfitOutcome, target_acc: float, learning_rate: float) -> Diagnosis | None:
+def diagnose_overfit(
+    outcome: OverfitOutcome, target_acc: float, learning_rate: float, score_name: str = "train accuracy"
+) -> Diagnosis | None:
     """A diagnosis when the overfit run missed its target: NaN loss, a flat loss, or neither."""
     if outcome.reached:
         return None
     if outcome.nonfinite_step is not None:
         return _nan_overfit(outcome.nonfinite_step, learning_rate)
     first, last = outcome.losses[0], float(np.mean(outcome.losses[-TAIL_STEPS:]))
+    target = f"{target_acc}" if outcome.ceiling >= 1 else f"{target_acc} x {outcome.ceiling:.3f} reachable"
     summary = (
-        f"after {outcome.steps} steps on {outcome.samples} rows, train accuracy {outcome.train_acc:.3f} "
-        f"< target {target_acc}; loss {first:.4g} -> {last:.4g}"
+        f"after {outcome.steps} steps on {outcome.samples} rows, {score_name} {outcome.train_acc:.3f} "
+        f"< target {target}; loss {first:.4g} -> {last:.4g}"
     )
     floor = FLAT_LOSS_RATIO * min(first, outcome.prior_loss)
     if last > floor:
@@ -65,7 +70,7 @@ def diagnose_overfit(outcome: OverfitOutcome, target_acc: float, learning_rate: 
             code="flat_loss",
             message=(
                 f"{summary}; the loss stayed above {floor:.4g} ({FLAT_LOSS_RATIO} x the lower of its start and "
-                f"the {outcome.prior_loss:.4g} of predicting the class frequencies alone): "
+                f"the {outcome.prior_loss:.4g} of ignoring the inputs: the class frequencies or the target mean): "
                 "the outputs hardly depend on the inputs"
             ),
             next_action=(

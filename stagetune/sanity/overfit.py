@@ -5,12 +5,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch import nn
 
 from schemas.config import SanityConfig
 from schemas.hyperparams import HyperParams
 from stagetune.data.sampling import stratified_subsample
 from stagetune.sanity.lr_range import StepCallback
+from stagetune.task.base import Task
 from stagetune.training.loaders import endless_batches, make_eval_loader, make_train_loader
 from stagetune.training.loop import evaluate, train_step
 from stagetune.training.models import build_model
@@ -18,6 +18,8 @@ from stagetune.training.optim import build_optimizer
 
 # Accuracy on the subset is measured once per pass over it, but at least this often (in steps).
 MAX_STEPS_BETWEEN_CHECKS = 10
+# Regression: a training loss below this share of its first step counts as memorised, whatever the R².
+REGRESSION_LOSS_SHARE = 0.01
 
 
 @dataclass(frozen=True)
@@ -30,10 +32,14 @@ class OverfitOutcome:
     samples: int
     steps: int
     train_acc: float
+    """The score reached on the subset: accuracy, or R² for regression."""
     reached: bool
     losses: list[float]
     prior_loss: float
     nonfinite_step: int | None = None
+    score_name: str = "train accuracy"
+    ceiling: float = 1.0
+    """The best score reachable on the subset (regression: below 1 when identical inputs have different targets)."""
 
 
 def overfit_hyperparams(family: str, hp: HyperParams, cfg: SanityConfig) -> HyperParams:
@@ -72,7 +78,7 @@ def overfit_tiny_subset(
     family: str,
     hp: HyperParams,
     input_shape: Sequence[int],
-    num_classes: int,
+    task: Task,
     cfg: SanityConfig,
     device: torch.device,
     seed: int,
@@ -80,16 +86,25 @@ def overfit_tiny_subset(
     grad_clip_norm: float | None = None,
     on_step: StepCallback | None = None,
 ) -> OverfitOutcome:
-    """Train the overfit model on cfg.overfit_samples rows until its eval-mode accuracy on them reaches the target."""
-    rows = stratified_subsample(y, cfg.overfit_samples, np.random.default_rng(seed))
+    """Train the overfit model on cfg.overfit_samples rows until its eval-mode score on them reaches the target.
+
+    The score is the task's (accuracy; R² for regression, where a loss below REGRESSION_LOSS_SHARE of its
+    first step also counts as memorised).
+    """
+    rows = stratified_subsample(task.strata(y), cfg.overfit_samples, np.random.default_rng(seed))
     x_small, y_small = x[rows], y[rows]
     overfit_hp = overfit_hyperparams(family, hp, cfg)
-    model = build_model(family, overfit_hp, input_shape, num_classes, import_path, seed=seed).to(device)
+    model = build_model(family, overfit_hp, input_shape, task.output_size, import_path, seed=seed).to(device)
     optimizer = build_optimizer(overfit_hp, model.parameters())
-    loader = make_train_loader(x_small, y_small, overfit_hp, num_classes, seed).loader
-    batches, subset = endless_batches(loader), make_eval_loader(x_small, y_small, batch_size=len(rows))
+    loader = make_train_loader(x_small, y_small, overfit_hp, task, seed).loader
+    batches, subset = endless_batches(loader), make_eval_loader(x_small, y_small, len(rows), task)
     check_every = min(len(loader), MAX_STEPS_BETWEEN_CHECKS)
-    loss_fn = nn.CrossEntropyLoss()
+    loss_fn = task.eval_loss().to(device)
+    score_name = "train accuracy" if task.name == "classification" else "train R²"
+    prior = task.prior_loss(y_small)
+    # Duplicate inputs with different targets cap what memorising can reach: aim at that share of the cap.
+    ceiling = task.overfit_ceiling(x_small, y_small)
+    target = cfg.overfit_target_acc * ceiling
     losses: list[float] = []
     accuracy = 0.0
     step = 0
@@ -104,17 +119,27 @@ def overfit_tiny_subset(
                 train_acc=accuracy,
                 reached=False,
                 losses=losses,
-                prior_loss=label_prior_loss(y_small),
+                prior_loss=prior,
                 nonfinite_step=step - 1,
+                score_name=score_name,
             )
         losses.append(result.loss)
         metrics = {"loss": result.loss}
         if step % check_every == 0 or step == cfg.overfit_max_steps:
-            accuracy = evaluate(model, subset, loss_fn, device).accuracy
+            stats = evaluate(model, subset, task, device, return_outputs=True)
+            assert stats.outputs is not None
+            assert stats.targets is not None
+            accuracy = task.overfit_score(stats.outputs, stats.targets) if stats.finite else 0.0
             metrics["train_acc"] = accuracy
         if on_step is not None:
             on_step("overfit", step, metrics)
-        if accuracy >= cfg.overfit_target_acc:
+        if _memorised(task, accuracy, losses, target):
             break
-    reached = accuracy >= cfg.overfit_target_acc
-    return OverfitOutcome(len(rows), step, accuracy, reached, losses, label_prior_loss(y_small))
+    reached = _memorised(task, accuracy, losses, target)
+    return OverfitOutcome(len(rows), step, accuracy, reached, losses, prior, score_name=score_name, ceiling=ceiling)
+
+
+def _memorised(task: Task, score: float, losses: list[float], target: float) -> bool:
+    if score >= target:
+        return True
+    return task.name == "regression" and len(losses) > 1 and losses[-1] < REGRESSION_LOSS_SHARE * losses[0]

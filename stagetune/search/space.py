@@ -38,6 +38,7 @@ SPACE_FIELDS = (
     "activation",
     "batch_norm",
     "rebalance",
+    "loss",
 )
 
 

@@ -6,15 +6,18 @@ from pathlib import Path
 import torch
 
 from schemas.config import PipelineConfig
-from schemas.final import FinalResult
+from schemas.final import FinalResult, RegressionTestMetrics, TestMetrics
 from schemas.hyperparams import HyperParams
 from schemas.results import SampleResult
 from stagetune import progress
 from stagetune.data.fingerprint import arrays_fingerprint
 from stagetune.data.stage import load_stage_arrays
 from stagetune.diagnosis import diagnose_curves
-from stagetune.evaluation import confusion_matrix_figure, evaluate_classifier
+from stagetune.evaluation import confusion_matrix_figure, evaluate_on_test
 from stagetune.registry import register_and_promote, save_checkpoint
+from stagetune.report.regression_plots import predicted_vs_actual_svg, residual_histogram_svg
+from stagetune.stages.sanity_stage import epoch_line
+from stagetune.task import full_task_for
 from stagetune.tracking.plots import learning_curve_figure
 from stagetune.tracking.run_tree import (
     RunTree,
@@ -51,12 +54,11 @@ def final_stage(
             run_id,
             {**hp.model_dump(mode="json"), **{f"final.{k}": v for k, v in final.model_dump().items()}},
         )
+        task = full_task_for(sample, config.training.loss)
         model = build_model(
-            config.model.family, hp, sample.input_shape, sample.num_classes, config.model.import_path, seed=config.seed
+            config.model.family, hp, sample.input_shape, task.output_size, config.model.import_path, seed=config.seed
         )
-        feed = make_train_loader(
-            arrays.X_train, arrays.y_train, hp, sample.num_classes, config.seed, config.sample.oversample_ratio
-        )
+        feed = make_train_loader(arrays.X_train, arrays.y_train, hp, task, config.seed, config.sample.oversample_ratio)
         torch.manual_seed(config.seed)  # dropout masks come from the global generator
         reporter.stage_started(
             "final", f"up to {final.max_epochs} epochs on {len(arrays.y_train)} rows", total=final.max_epochs
@@ -64,11 +66,11 @@ def final_stage(
         outcome = fit(
             model,
             feed,
-            make_eval_loader(arrays.X_val, arrays.y_val, batch_size=1024),
+            make_eval_loader(arrays.X_val, arrays.y_val, batch_size=1024, task=task),
             hp,
             final.max_epochs,
             device,
-            on_epoch=lambda r: reporter.stage_advanced("final", f"val loss {r.val_loss:.4f} acc {r.val_acc:.3f}"),
+            on_epoch=lambda r: reporter.stage_advanced("final", epoch_line(r)),
             grad_clip_norm=config.training.grad_clip_norm,
             amp_bf16=config.execution.amp_bf16,
             lr_plateau_patience=final.lr_plateau_patience,
@@ -80,7 +82,8 @@ def final_stage(
         if outcome.best_epoch is None:
             raise FinalTrainingError(f"final training produced no finite epoch: {outcome.reason}")
         # The model now holds the best validation epoch's weights; the test split is used once, here.
-        test = evaluate_classifier(model, arrays.X_test, arrays.y_test, sample.class_names, device)
+        test = evaluate_on_test(model, arrays.X_test, arrays.y_test, task, device)
+        champion_metric, direction = task.champion_metric(final.champion_metric)
         test_fingerprint = arrays_fingerprint({"X_test": arrays.X_test, "y_test": arrays.y_test})
         checkpoint = run_dir / "final" / "checkpoint.pt"
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
@@ -90,21 +93,25 @@ def final_stage(
             family=config.model.family,
             hp=hp,
             input_shape=sample.input_shape,
-            num_classes=sample.num_classes,
-            class_names=sample.class_names,
+            num_classes=task.output_size,
+            class_names=sample.class_names if sample.task == "classification" else sample.target_names,
             import_path=config.model.import_path,
             data_fingerprint=test_fingerprint,
-            metrics=test,
+            metrics=test if isinstance(test, TestMetrics) else None,
+            task_args=None
+            if sample.task == "classification"
+            else {"task": sample.task, "target_mean": sample.target_mean, "target_std": sample.target_std},
         )
         decision = register_and_promote(
             tree.client,
             run_id=run_id,
             model_name=config.tracking.registered_model or config.name,
             checkpoint_path=checkpoint,
-            metric_name=final.champion_metric,
-            metric_value=getattr(test, final.champion_metric),
+            metric_name=champion_metric,
+            metric_value=float(getattr(test, champion_metric)),
             data_fingerprint=test_fingerprint,
             pipeline_run_id=tree.parent_run_id,  # a resumed run reuses the version it registered before a kill
+            higher_is_better=direction == "maximize",
         )
         result = FinalResult(
             hyperparams=hp,
@@ -122,9 +129,8 @@ def final_stage(
         _record(tree, run_id, result)
     reporter.stage_finished(
         "final",
-        f"{result.epochs_run} epochs ({result.stopped}); test accuracy {test.accuracy:.4f}, balanced "
-        f"{test.balanced_accuracy:.4f}, macro F1 {test.macro_f1:.4f}; {decision.model_name} v{decision.version} "
-        f"-> {decision.alias}",
+        f"{result.epochs_run} epochs ({result.stopped}); test {test_line(test)}; {decision.model_name} "
+        f"v{decision.version} -> {decision.alias}",
     )
     return result
 
@@ -133,8 +139,8 @@ def _record(tree: RunTree, run_id: str, result: FinalResult) -> None:
     client, test = tree.client, result.test
     rows = epoch_metric_rows(result.history)
     step = max(result.epochs_run - 1, 0)
-    for name in ("loss", "accuracy", "balanced_accuracy", "macro_f1"):
-        rows.append((f"test/{name}", getattr(test, name), step))
+    for name, value in test.summary_metrics().items():
+        rows.append((f"test/{name}", value, step))
     log_metrics(client, run_id, [row for row in rows if math.isfinite(row[1])])
     log_tags(
         client,
@@ -147,4 +153,15 @@ def _record(tree: RunTree, run_id: str, result: FinalResult) -> None:
     )
     log_model_json(client, run_id, result, "results/final.json")
     client.log_figure(run_id, learning_curve_figure(result.history, "final training"), "plots/learning_curve.png")
-    client.log_figure(run_id, confusion_matrix_figure(test), "plots/confusion_matrix.png")
+    if isinstance(test, TestMetrics):
+        client.log_figure(run_id, confusion_matrix_figure(test), "plots/confusion_matrix.png")
+    else:
+        client.log_text(run_id, predicted_vs_actual_svg(test), "plots/predicted_vs_actual.svg")
+        client.log_text(run_id, residual_histogram_svg(test), "plots/residuals.svg")
+
+
+def test_line(test: TestMetrics | RegressionTestMetrics) -> str:
+    """The test metrics in one line, per task."""
+    if isinstance(test, TestMetrics):
+        return f"accuracy {test.accuracy:.4f}, balanced {test.balanced_accuracy:.4f}, macro F1 {test.macro_f1:.4f}"
+    return f"R² {test.r2:.4f}, RMSE {test.rmse:.4g}, MAE {test.mae:.4g}"

@@ -28,7 +28,10 @@ if TYPE_CHECKING:
 
 RECOVERED_TAG = "stagetune.recovered"
 STATE_TAG = "stagetune.state"
-OBJECTIVE_METRIC = {"val_loss": "val/loss", "val_acc": "val/acc", "val_balanced_acc": "val/balanced_acc"}
+OBJECTIVE_METRIC = {
+    name: name.replace("_", "/", 1)
+    for name in ("val_loss", "val_acc", "val_balanced_acc", "val_rmse", "val_mae", "val_r2")
+}
 _TOLD = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 

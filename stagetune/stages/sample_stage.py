@@ -10,7 +10,7 @@ def record_sample_stage(tree: RunTree, result: SampleResult, started_ms: int, en
     """Create the `sample` stage run (timed as the stage ran) with params, counts and artifacts."""
     run_id = tree.start_stage("sample", start_time_ms=started_ms)
     client = tree.client
-    log_params(client, run_id, {"source": result.source, "rebalance": result.rebalance})
+    log_params(client, run_id, {"source": result.source, "rebalance": result.rebalance, "task": result.task})
     log_tags(client, run_id, {"stagetune.data_fingerprint": result.fingerprint})
     sizes = {
         "rows": result.n_rows,
@@ -20,18 +20,26 @@ def record_sample_stage(tree: RunTree, result: SampleResult, started_ms: int, en
         "train_rows_sampled": result.n_train_sampled,
         "val_rows_sampled": result.n_val_sampled,
         "num_classes": result.num_classes,
+        "dropped_target_rows": result.dropped_label_rows,
     }
     log_metrics(client, run_id, [(f"data/{name}", value, 0) for name, value in sizes.items()])
     log_model_json(client, run_id, result, "results/sample.json")
-    client.log_figure(run_id, class_distribution_figure(result), "plots/class_distribution.png")
+    if result.task == "classification":
+        client.log_figure(run_id, class_distribution_figure(result), "plots/class_distribution.png")
     end_run(client, run_id, "FINISHED", end_time_ms=ended_ms)
     return run_id
 
 
 def sample_summary(result: SampleResult) -> str:
-    """One line for the console: sizes, classes, strategy."""
+    """One line for the console: the task and why, sizes, classes or targets, strategy."""
+    task = f"task {result.task}" + (f" ({result.task_reason})" if result.task_reason else "")
+    sizes = f"{result.n_rows} rows -> train {result.n_train} / val {result.n_val} / test {result.n_test}"
+    if result.task == "regression":
+        dropped = f", {result.dropped_label_rows} rows without a target dropped" if result.dropped_label_rows else ""
+        targets = ", ".join(result.target_names)
+        return f"{task}; {sizes}{dropped}; tuning on {result.n_train_sampled} rows, target(s) {targets} standardised"
     return (
-        f"{result.n_rows} rows -> train {result.n_train} / val {result.n_val} / test {result.n_test}; "
+        f"{task}; {sizes}; "
         f"tuning on {result.n_train_sampled} rows of {len(result.sampled_class_names)} classes, "
         f"rebalance={result.rebalance}"
     )

@@ -5,10 +5,11 @@ import math
 from mlflow.tracking import MlflowClient
 
 from schemas.config import PipelineConfig
-from schemas.results import BaselineFit, SampleResult, SanityResult
+from schemas.results import BaselineFit, EpochRecord, SampleResult, SanityResult
 from stagetune import progress
 from stagetune.data.stage import StageArrays, load_stage_arrays
 from stagetune.sanity import run_sanity_gate
+from stagetune.task import Task, task_for
 from stagetune.tracking.plots import learning_curve_figure, lr_range_figure, step_curve_figure
 from stagetune.tracking.run_tree import (
     RunTree,
@@ -28,7 +29,7 @@ from stagetune.training.models import build_model
 def sanity_stage(config: PipelineConfig, sample: SampleResult, tree: RunTree) -> SanityResult:
     """Run the gate on the sampled training data; when it passes, fit the baseline briefly."""
     arrays = load_stage_arrays(sample)
-    num_classes = len(sample.sampled_class_names)
+    task = task_for(sample, config.training.loss)
     device = resolve_device(config.execution.device)
     reporter = progress.current()
     with stage_run(tree, "sanity") as run_id:
@@ -39,7 +40,7 @@ def sanity_stage(config: PipelineConfig, sample: SampleResult, tree: RunTree) ->
             family=config.model.family,
             hp=config.model.baseline,
             input_shape=sample.input_shape,
-            num_classes=num_classes,
+            num_classes=task,
             cfg=config.sanity,
             device=device,
             seed=config.seed,
@@ -49,31 +50,31 @@ def sanity_stage(config: PipelineConfig, sample: SampleResult, tree: RunTree) ->
             on_step=lambda phase, step, metrics: reporter.stage_advanced("sanity", f"{phase} step {step}"),
         )
         if result.passed and config.sanity.baseline_epochs > 0:
-            result = result.model_copy(update={"baseline": fit_baseline(config, arrays, sample, num_classes)})
+            result = result.model_copy(update={"baseline": fit_baseline(config, arrays, sample, task)})
         record_sanity(tree.client, run_id, config, result)
     summary = (
-        f"initial loss {result.initial_loss:.3f} (ln C = {result.expected_initial_loss:.3f}), "
+        f"initial loss {result.initial_loss:.3f} (expected {result.expected_initial_loss:.3f}), "
         f"overfit {result.overfit_train_acc:.2f} in {result.overfit_steps} steps"
     )
     if result.lr_suggestion is not None:
         summary += f", suggested lr {result.lr_suggestion:.2g}"
     if result.baseline is not None and result.baseline.history:
-        summary += f", baseline val acc {result.baseline.history[-1].val_acc:.3f}"
+        summary += f", baseline {epoch_line(result.baseline.history[-1])}"
     reporter.stage_finished("sanity", ("passed: " if result.passed else "FAILED: ") + summary)
     return result
 
 
-def fit_baseline(config: PipelineConfig, arrays: StageArrays, sample: SampleResult, num_classes: int) -> BaselineFit:
+def fit_baseline(config: PipelineConfig, arrays: StageArrays, sample: SampleResult, task: Task) -> BaselineFit:
     """Train the baseline hyperparameters for `sanity.baseline_epochs` epochs on the sampled data."""
     hp = config.model.baseline
     device = resolve_device(config.execution.device)
     model = build_model(
-        config.model.family, hp, sample.input_shape, num_classes, config.model.import_path, seed=config.seed
+        config.model.family, hp, sample.input_shape, task.output_size, config.model.import_path, seed=config.seed
     )
     feed = make_train_loader(
-        arrays.X_train_sampled, arrays.y_train_sampled, hp, num_classes, config.seed, config.sample.oversample_ratio
+        arrays.X_train_sampled, arrays.y_train_sampled, hp, task, config.seed, config.sample.oversample_ratio
     )
-    val_loader = make_eval_loader(arrays.X_val_sampled, arrays.y_val_sampled, batch_size=512)
+    val_loader = make_eval_loader(arrays.X_val_sampled, arrays.y_val_sampled, batch_size=512, task=task)
     reporter = progress.current()
     reporter.stage_started("baseline", "baseline fit", total=config.sanity.baseline_epochs)
     outcome = fit(
@@ -83,7 +84,7 @@ def fit_baseline(config: PipelineConfig, arrays: StageArrays, sample: SampleResu
         hp,
         config.sanity.baseline_epochs,
         device,
-        on_epoch=lambda r: reporter.stage_advanced("baseline", f"val acc {r.val_acc:.3f}"),
+        on_epoch=lambda r: reporter.stage_advanced("baseline", epoch_line(r)),
         grad_clip_norm=config.training.grad_clip_norm,
         amp_bf16=config.execution.amp_bf16,
         max_batches_per_epoch=config.training.max_batches_per_epoch,
@@ -103,7 +104,11 @@ def record_sanity(client: MlflowClient, run_id: str, config: PipelineConfig, res
     rows: list[tuple[str, float, int]] = [
         ("sanity/initial_loss", result.initial_loss, 0),
         ("sanity/expected_initial_loss", result.expected_initial_loss, 0),
-        ("sanity/overfit_train_acc", result.overfit_train_acc, 0),
+        (
+            "sanity/overfit_train_r2" if result.task == "regression" else "sanity/overfit_train_acc",
+            result.overfit_train_acc,
+            0,
+        ),
         ("sanity/overfit_steps", result.overfit_steps, 0),
         ("sanity/passed", float(result.passed), 0),
     ]
@@ -122,3 +127,12 @@ def record_sanity(client: MlflowClient, run_id: str, config: PipelineConfig, res
     if result.baseline is not None and result.baseline.history:
         figure = learning_curve_figure(result.baseline.history, "baseline fit")
         client.log_figure(run_id, figure, "plots/learning_curve.png")
+
+
+def epoch_line(record: EpochRecord) -> str:
+    """ "val loss 0.1234 acc 0.950" / "val loss 0.4321 rmse 53.2 r2 0.47": the epoch's validation in one line."""
+    text = f"val loss {record.val_loss:.4f}" if record.val_loss is not None else f"train loss {record.train_loss:.4f}"
+    for name in ("val/acc", "val/rmse", "val/r2"):
+        if name in record.metrics:
+            text += f" {name.removeprefix('val/')} {record.metrics[name]:.4g}"
+    return text

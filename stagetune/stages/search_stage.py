@@ -43,6 +43,7 @@ from stagetune.stages.shared_study import (
     study_records,
 )
 from stagetune.stages.trial import TrialContext, TrialData
+from stagetune.task import full_task_for, task_for
 from stagetune.tracking.background import TrackingQueue
 from stagetune.tracking.run_tree import RunTree, end_run, log_metrics, log_model_json, log_params, log_tags
 from stagetune.tracking.study_plots import history_figure, importances_figure, parallel_coordinates_figure
@@ -78,7 +79,7 @@ def start_coarse(
     space = config.space
     if config.coarse.center_lr_on_range_test and sanity is not None and sanity.lr_suggestion:
         space = centre_learning_rates(space, config.model.baseline.optimizer, sanity.lr_suggestion)
-    data = trial_data(sample, config.coarse.train_fraction, config.seed, full=False)
+    data = trial_data(sample, config.coarse.train_fraction, config.seed, full=False, loss=config.training.loss)
     sampler = make_sampler(config.coarse.sampler, config.seed)
     name = f"{config.search.study_name or run_name}-coarse"
     study = open_study(
@@ -98,7 +99,7 @@ def start_refine(
     coarse: SearchStageResult,
 ) -> SearchPlan:
     """Stage 4: TPE/GP over the narrowed space, warm-started with the best coarse trials, with pruning."""
-    data = trial_data(sample, 1.0, config.seed, full=config.refine.train_data == "full")
+    data = trial_data(sample, 1.0, config.seed, full=config.refine.train_data == "full", loss=config.training.loss)
     seeds = top_trials(coarse.trials, config.search.direction, config.refine.warm_start)
     startup = max(len(seeds), min(10, max(1, config.refine.n_trials // 3)))
     sampler = make_sampler(config.refine.sampler, config.seed + 1, n_startup_trials=startup)
@@ -316,19 +317,18 @@ def top_trials(records: list[TrialRecord], direction: str, k: int) -> list[Trial
     return sorted(complete, key=lambda r: (sign * (r.value or 0.0), r.number))[:k]
 
 
-def trial_data(sample: SampleResult, fraction: float, seed: int, full: bool) -> TrialData:
+def trial_data(sample: SampleResult, fraction: float, seed: int, full: bool, loss: str = "auto") -> TrialData:
     """The rows a stage's trials train on: all or a stratified share of the sampled rows, or the full split."""
     arrays = load_stage_arrays(sample)
     if full:
-        return TrialData(
-            arrays.X_train, arrays.y_train, arrays.X_val, arrays.y_val, sample.input_shape, sample.num_classes
-        )
+        task = full_task_for(sample, loss)
+        return TrialData(arrays.X_train, arrays.y_train, arrays.X_val, arrays.y_val, sample.input_shape, task)
+    task = task_for(sample, loss)
     x, y = arrays.X_train_sampled, arrays.y_train_sampled
     if fraction < 1.0:
-        keep = stratified_subsample(y, max(1, round(fraction * len(y))), np.random.default_rng(seed))
+        keep = stratified_subsample(task.strata(y), max(1, round(fraction * len(y))), np.random.default_rng(seed))
         x, y = x[keep], y[keep]
-    classes = len(sample.sampled_class_names)
-    return TrialData(x, y, arrays.X_val_sampled, arrays.y_val_sampled, sample.input_shape, classes)
+    return TrialData(x, y, arrays.X_val_sampled, arrays.y_val_sampled, sample.input_shape, task)
 
 
 def centre_learning_rates(space: SearchSpace, optimizer: str, suggestion: float) -> SearchSpace:

@@ -29,13 +29,14 @@ from mlflow.utils.validation import (
     MAX_PARAMS_TAGS_PER_BATCH,
 )
 
-from schemas.config import PipelineConfig
+from schemas.config import TASK_OBJECTIVES, PipelineConfig
 from schemas.hyperparams import HyperParams
 from schemas.results import EpochRecord
 from schemas.search import TrialRecord
 from stagetune.diagnosis import diagnose_curves
 from stagetune.errors import InputError
 from stagetune.interruption import INTERRUPTED_REASON, TrialInterrupted, stop_requested
+from stagetune.task.base import Task
 from stagetune.tracking.background import TrackingQueue
 from stagetune.tracking.run_tree import (
     RunEnd,
@@ -54,7 +55,7 @@ from stagetune.training.loaders import make_eval_loader, make_train_loader
 from stagetune.training.loop import FitResult, StopTraining, fit
 from stagetune.training.models import build_model
 
-Objective = Literal["val_loss", "val_acc", "val_balanced_acc"]
+Objective = Literal["val_loss", "val_acc", "val_balanced_acc", "val_rmse", "val_mae", "val_r2"]
 Reporter = Callable[[int, float], bool]
 
 
@@ -67,7 +68,7 @@ class TrialData:
     x_val: np.ndarray
     y_val: np.ndarray
     input_shape: list[int]
-    num_classes: int
+    task: Task
 
 
 @dataclass(frozen=True)
@@ -88,16 +89,17 @@ class TrialContext:
 
 def objective_value(record: EpochRecord, objective: Objective) -> float:
     """The epoch's value of the tuning objective (NaN when the epoch has no validation)."""
-    value = getattr(record, objective)
+    value = record.val_loss if objective == "val_loss" else record.metric(objective)
     return math.nan if value is None else float(value)
 
 
 def best_value(history: list[EpochRecord], objective: Objective) -> float | None:
-    """The best epoch's objective value: the lowest loss or the highest accuracy."""
+    """The best epoch's objective value: the lowest loss/RMSE/MAE or the highest accuracy/R²."""
     values = [v for v in (objective_value(r, objective) for r in history) if math.isfinite(v)]
     if not values:
         return None
-    return min(values) if objective == "val_loss" else max(values)
+    lower_is_better = any(table.get(objective, False) for table in TASK_OBJECTIVES.values())
+    return min(values) if lower_is_better else max(values)
 
 
 def run_trial(
@@ -177,10 +179,10 @@ def _train(
     seed = config.seed + number
     torch.manual_seed(seed)
     model = build_model(
-        config.model.family, hp, data.input_shape, data.num_classes, config.model.import_path, seed=seed
+        config.model.family, hp, data.input_shape, data.task.output_size, config.model.import_path, seed=seed
     )
-    feed = make_train_loader(data.x_train, data.y_train, hp, data.num_classes, seed, config.sample.oversample_ratio)
-    val_loader = make_eval_loader(data.x_val, data.y_val, batch_size=1024)
+    feed = make_train_loader(data.x_train, data.y_train, hp, data.task, seed, config.sample.oversample_ratio)
+    val_loader = make_eval_loader(data.x_val, data.y_val, batch_size=1024, task=data.task)
 
     def on_epoch(record: EpochRecord) -> None:
         history.append(record)

@@ -51,18 +51,23 @@ def text_width_in(texts: Iterable[str], fontsize: float = 10.0) -> float:
 
 
 def learning_curve_figure(history: Sequence[EpochRecord], title: str) -> Figure:
-    """Train and validation loss (left) and accuracy (right) against epoch, on one figure."""
+    """Train and validation loss (left) and the task's score (accuracy, or R²) (right) against epoch."""
     figure = framed_figure(8, 3.2, columns=2, suptitle=title)
     loss_axes, acc_axes = figure.subplots(1, 2)
     epochs = [r.epoch for r in history]
+    score = history[0].score_pair()[0] if history else "accuracy"
     loss_axes.plot(epochs, [r.train_loss for r in history], marker="o", markersize=4, label="train")
-    acc_axes.plot(epochs, [r.train_acc for r in history], marker="o", markersize=4, label="train")
+    acc_axes.plot(epochs, [r.score_pair()[1] for r in history], marker="o", markersize=4, label="train")
     val = [r for r in history if r.val_loss is not None]
     if val:
         loss_axes.plot([r.epoch for r in val], [r.val_loss for r in val], marker="s", markersize=4, label="validation")
-        acc_axes.plot([r.epoch for r in val], [r.val_acc for r in val], marker="s", markersize=4, label="validation")
+        acc_axes.plot(
+            [r.epoch for r in val], [r.score_pair()[2] for r in val], marker="s", markersize=4, label="validation"
+        )
     loss_axes.set(xlabel="epoch", ylabel="loss", title="loss")
-    acc_axes.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1.02))
+    acc_axes.set(xlabel="epoch", ylabel=score, title=score)
+    if score == "accuracy":
+        acc_axes.set(ylim=(0, 1.02))
     for axes in (loss_axes, acc_axes):
         axes.grid(alpha=0.3)
     # Fixed corners: loc="best" tries every position against every plotted point.

@@ -143,15 +143,14 @@ def log_metrics(client: MlflowClient, run_id: str, rows: Iterable[tuple[str, flo
 
 
 def epoch_metric_rows(history: Sequence[EpochRecord], prefix: str = "") -> list[tuple[str, float, int]]:
-    """The per-epoch metrics of a training history: train/loss, train/acc, val/loss, val/acc, lr."""
+    """The per-epoch metrics of a training history: train/loss, val/loss, lr and the task's metrics
+    (train/acc, val/acc, val/balanced_acc; or train/rmse, train/r2, val/rmse, val/mae, val/r2)."""
     rows: list[tuple[str, float, int]] = []
     for record in history:
-        values = {
+        values: dict[str, float | None] = {
             "train/loss": record.train_loss,
-            "train/acc": record.train_acc,
             "val/loss": record.val_loss,
-            "val/acc": record.val_acc,
-            "val/balanced_acc": record.val_balanced_acc,
+            **record.metrics,
             "lr": record.lr,
         }
         rows.extend((prefix + name, value, record.epoch) for name, value in values.items() if value is not None)

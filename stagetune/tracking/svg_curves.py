@@ -23,17 +23,18 @@ def learning_curve_svg(history: Sequence[EpochRecord], title: str) -> str:
     """Train and validation loss (left) and accuracy (right) against epoch, as an SVG document."""
     val = [r for r in history if r.val_loss is not None]
     loss: Series = {"train": [(r.epoch, r.train_loss) for r in history]}
-    acc: Series = {"train": [(r.epoch, r.train_acc) for r in history]}
+    score = history[0].score_pair()[0] if history else "accuracy"
+    acc: Series = {"train": [(r.epoch, t) for r in history if (t := r.score_pair()[1]) is not None]}
     if val:
         loss["validation"] = [(r.epoch, r.val_loss) for r in val if r.val_loss is not None]
-        acc["validation"] = [(r.epoch, r.val_acc) for r in val if r.val_acc is not None]
+        acc["validation"] = [(r.epoch, v) for r in val if (v := r.score_pair()[2]) is not None]
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
         f'viewBox="0 0 {WIDTH} {HEIGHT}" font-family="DejaVu Sans, Arial, sans-serif" font-size="11">',
         f'<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>',
         f'<text x="{WIDTH / 2}" y="20" text-anchor="middle" font-size="14">{escape(title)}</text>',
         _panel(_PANELS_X[0], "loss", loss, None, legend_low=False),
-        _panel(_PANELS_X[1], "accuracy", acc, (0.0, 1.02), legend_low=True),
+        _panel(_PANELS_X[1], score, acc, (0.0, 1.02) if score == "accuracy" else None, legend_low=True),
         "</svg>",
     ]
     return "\n".join(parts)

@@ -6,7 +6,7 @@ model's step) and ran in every trial's every epoch.
 """
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -16,21 +16,24 @@ from torch.utils.data import TensorDataset
 from schemas.hyperparams import HyperParams
 from stagetune.data.rebalance import BalancedBatchSampler, inverse_frequency_weights, oversample_indices
 from stagetune.errors import InputError
+from stagetune.task.base import Task
+from stagetune.task.classification import ClassificationTask
 
 Batch = tuple[torch.Tensor, ...]
 
 
 @dataclass(frozen=True)
 class TrainFeed:
-    """The training batches and, for the class_weights strategy, the per-class loss weights."""
+    """The training batches, the task they train, and for the class_weights strategy the per-class loss weights."""
 
     loader: "TensorBatches"
     class_weights: torch.Tensor | None = None
+    task: Task = field(default_factory=lambda: ClassificationTask([]))
 
-    def loss_fn(self, device: torch.device) -> nn.CrossEntropyLoss:
-        """Cross-entropy for training: weighted by class when the strategy asks for it."""
+    def loss_fn(self, device: torch.device) -> nn.Module:
+        """The task's training loss: cross-entropy weighted by class when the strategy asks for it."""
         weight = None if self.class_weights is None else self.class_weights.to(device)
-        return nn.CrossEntropyLoss(weight=weight)
+        return self.task.train_loss(weight).to(device)
 
 
 class TensorBatches:
@@ -78,30 +81,40 @@ class TensorBatches:
             yield tuple(t[index] for t in self.tensors)
 
 
-def to_dataset(x: np.ndarray, y: np.ndarray) -> TensorDataset:
-    """Float32 features and int64 labels as a TensorDataset."""
+def to_dataset(x: np.ndarray, y: np.ndarray, task: Task | None = None) -> TensorDataset:
+    """Float32 features and the task's targets (int64 labels without a task or for classification)."""
     if len(x) != len(y):
         raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
-    return TensorDataset(torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.int64))
+    targets = torch.as_tensor(y, dtype=torch.int64) if task is None else task.targets_tensor(y)
+    return TensorDataset(torch.as_tensor(x, dtype=torch.float32), targets)
 
 
 def make_train_loader(
     x: np.ndarray,
     y: np.ndarray,
     hp: HyperParams,
-    num_classes: int,
+    task: Task | int,
     seed: int,
     oversample_ratio: float = 1.0,
 ) -> TrainFeed:
     """Shuffled training batches of hp.batch_size under hp.rebalance; the same seed gives the same batches.
+
+    `task` is the Task, or (for a classifier) its number of classes. Rebalancing needs classes: a task
+    without them (regression) always gets plain shuffled batches; Stage 1 refuses a strategy set for it.
 
     - none: every row once per epoch, in a fresh order each epoch.
     - oversample: minority rows duplicated (once, up front) to `oversample_ratio` x the largest class.
     - balanced_batches: every batch holds about the same number of rows of each class.
     - class_weights: plain shuffled batches; the loss weights classes by inverse frequency.
     """
-    tensors = to_dataset(x, y).tensors
+    if isinstance(task, int):
+        task = ClassificationTask([str(i) for i in range(task)])
+    task = task.with_loss(hp.loss)  # a trial's own loss (space.loss); auto keeps the task's
+    num_classes = task.output_size
+    tensors = to_dataset(x, y, task).tensors
     generator = torch.Generator().manual_seed(seed)
+    if not isinstance(task, ClassificationTask):
+        return TrainFeed(TensorBatches(tensors, hp.batch_size, shuffle=True, generator=generator), task=task)
     labels = np.asarray(y, dtype=np.int64)
     if hp.rebalance == "balanced_batches":
         classes = len(np.unique(labels))
@@ -110,19 +123,19 @@ def make_train_loader(
                 "batch_size", f"balanced_batches needs batch_size >= {classes} classes, got {hp.batch_size}"
             )
         sampler = BalancedBatchSampler(labels, hp.batch_size, seed)
-        return TrainFeed(TensorBatches(tensors, hp.batch_size, batch_sampler=sampler))
+        return TrainFeed(TensorBatches(tensors, hp.batch_size, batch_sampler=sampler), task=task)
     if hp.rebalance == "oversample":
         indices = torch.as_tensor(oversample_indices(labels, oversample_ratio, np.random.default_rng(seed)))
         tensors = tuple(t[indices] for t in tensors)
     weights = None
     if hp.rebalance == "class_weights":
         weights = torch.as_tensor(inverse_frequency_weights(labels, num_classes), dtype=torch.float32)
-    return TrainFeed(TensorBatches(tensors, hp.batch_size, shuffle=True, generator=generator), weights)
+    return TrainFeed(TensorBatches(tensors, hp.batch_size, shuffle=True, generator=generator), weights, task)
 
 
-def make_eval_loader(x: np.ndarray, y: np.ndarray, batch_size: int) -> TensorBatches:
-    """Batches in row order, for evaluation."""
-    return TensorBatches(to_dataset(x, y).tensors, batch_size)
+def make_eval_loader(x: np.ndarray, y: np.ndarray, batch_size: int, task: Task | None = None) -> TensorBatches:
+    """Batches in row order, for evaluation (targets typed by `task`; int64 labels without one)."""
+    return TensorBatches(to_dataset(x, y, task).tensors, batch_size)
 
 
 def endless_batches(loader: Iterable[Batch]) -> Iterator[Batch]:

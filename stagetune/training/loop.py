@@ -18,6 +18,7 @@ from torch import nn
 
 from schemas.hyperparams import HyperParams
 from schemas.results import EpochRecord
+from stagetune.task.base import Task
 from stagetune.training.loaders import TrainFeed
 from stagetune.training.optim import build_optimizer
 
@@ -32,20 +33,20 @@ class StopTraining(Exception):  # noqa: N818 - a control-flow signal, not an err
 
 @dataclass(frozen=True)
 class StepResult:
-    """One optimizer step: the batch loss, correct predictions, batch size, and whether the loss was finite."""
+    """One optimizer step: the batch loss, the task's batch statistics (when asked), batch size, finiteness."""
 
     loss: float
-    correct: int
     size: int
     finite: bool
+    sums: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
 class EpochStats:
-    """Sample-weighted mean training loss and accuracy of the batches run; `finite` False if one went NaN/inf."""
+    """Sample-weighted mean training loss, the task's training metrics; `finite` False if a batch went NaN/inf."""
 
     loss: float
-    accuracy: float
+    metrics: dict[str, float]
     samples: int
     batches: int
     finite: bool
@@ -53,14 +54,29 @@ class EpochStats:
 
 @dataclass(frozen=True)
 class EvalStats:
-    """Mean loss over samples, accuracy, balanced accuracy, and the predicted classes when asked for."""
+    """Mean loss over samples, the task's metrics, and (when asked for) the outputs and targets in row order."""
 
     loss: float
-    accuracy: float
+    metrics: dict[str, float]
     samples: int
     finite: bool
-    predictions: np.ndarray | None = None
-    balanced_accuracy: float = math.nan
+    outputs: torch.Tensor | None = None
+    targets: torch.Tensor | None = None
+
+    @property
+    def accuracy(self) -> float:
+        """Classification accuracy (NaN for other tasks)."""
+        return self.metrics.get("val/acc", math.nan)
+
+    @property
+    def balanced_accuracy(self) -> float:
+        """Classification balanced accuracy (NaN for other tasks)."""
+        return self.metrics.get("val/balanced_acc", math.nan)
+
+    @property
+    def predictions(self) -> np.ndarray | None:
+        """Predicted classes (classification, when outputs were kept)."""
+        return None if self.outputs is None else self.outputs.argmax(dim=1).numpy()
 
 
 @dataclass
@@ -91,25 +107,33 @@ def train_step(
     device: torch.device,
     grad_clip_norm: float | None = None,
     amp_bf16: bool = False,
+    task: Task | None = None,
 ) -> StepResult:
     """One forward/backward/update on one batch; a non-finite loss is reported and no update is made.
 
-    The caller puts the model in train mode.
+    With `task`, the task's batch statistics come back too (for the epoch's training metrics). The
+    caller puts the model in train mode.
     """
     inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
     with autocast_context(device, amp_bf16):
-        logits = model(inputs)
-    loss = loss_fn(logits.float(), targets)
-    # Loss and correct count come back to the host together: one synchronisation per step.
-    loss_value, correct = torch.stack([loss.detach(), (logits.argmax(dim=1) == targets).sum().float()]).tolist()
+        outputs = model(inputs)
+    outputs = outputs.float()
+    if targets.is_floating_point():
+        outputs = outputs.reshape(targets.shape)  # a one-output regressor may return (batch,) or (batch, 1)
+    loss = loss_fn(outputs, targets)
+    # Loss and batch statistics come back to the host together: one synchronisation per step.
+    sums = None if task is None else task.batch_sums(outputs.detach(), targets)
+    packed = loss.detach().reshape(1) if sums is None else torch.cat([loss.detach().reshape(1), sums])
+    host = packed.cpu()
+    loss_value = float(host[0])
     if not math.isfinite(loss_value):
-        return StepResult(loss_value, 0, len(targets), finite=False)
+        return StepResult(loss_value, len(targets), finite=False)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip_norm is not None:
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
     optimizer.step()
-    return StepResult(loss_value, int(correct), len(targets), finite=True)
+    return StepResult(loss_value, len(targets), finite=True, sums=None if sums is None else host[1:])
 
 
 def train_one_epoch(
@@ -121,66 +145,83 @@ def train_one_epoch(
     grad_clip_norm: float | None,
     amp_bf16: bool = False,
     max_batches: int | None = None,
+    task: Task | None = None,
 ) -> EpochStats:
-    """One pass over `loader` (at most `max_batches` batches); stops at the first non-finite loss."""
+    """One pass over `loader` (at most `max_batches` batches); stops at the first non-finite loss.
+
+    The task (classification when None, judged from integer targets) turns the batch statistics into
+    the epoch's training metrics.
+    """
     model.train()
-    total_loss, correct, samples, batches = 0.0, 0, 0, 0
+    total_loss, samples, batches = 0.0, 0, 0
+    sums: torch.Tensor | None = None
     for inputs, targets in loader:
         if max_batches is not None and batches >= max_batches:
             break
-        step = train_step(model, inputs, targets, optimizer, loss_fn, device, grad_clip_norm, amp_bf16)
+        if task is None:
+            task = _default_task(targets)
+        step = train_step(model, inputs, targets, optimizer, loss_fn, device, grad_clip_norm, amp_bf16, task)
         batches += 1
         if not step.finite:
-            return EpochStats(step.loss, correct / max(samples, 1), samples, batches, finite=False)
+            return EpochStats(step.loss, {}, samples, batches, finite=False)
         total_loss += step.loss * step.size
-        correct += step.correct
+        sums = step.sums if sums is None or step.sums is None else sums + step.sums
         samples += step.size
-    if samples == 0:
+    if samples == 0 or task is None:
         raise ValueError("the training loader yielded no batches")
-    return EpochStats(total_loss / samples, correct / samples, samples, batches, finite=True)
+    metrics = {} if sums is None else task.train_metrics(sums, samples)
+    return EpochStats(total_loss / samples, metrics, samples, batches, finite=True)
+
+
+def _default_task(targets: torch.Tensor) -> Task:
+    # Callers that pass no task train a classifier (integer labels) over the classes of its head.
+    from stagetune.task.classification import ClassificationTask
+
+    if targets.is_floating_point():
+        raise ValueError("float targets need a regression Task: pass task=")
+    return ClassificationTask([])
 
 
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
     loader: Batches,
-    loss_fn: LossFn,
+    task: Task,
     device: torch.device,
     amp_bf16: bool = False,
-    return_predictions: bool = False,
+    return_outputs: bool = False,
+    prefix: str = "val",
 ) -> EvalStats:
-    """Mean loss over samples, accuracy and balanced accuracy (mean per-class recall over the classes
-    present) in eval mode; `loss_fn` must average over its batch."""
+    """Mean plain loss over samples and the task's metrics ("<prefix>/...") in eval mode.
+
+    Outputs stay on the device until the end: one transfer per evaluation, not one per batch.
+    """
     model.eval()
+    loss_fn = task.eval_loss().to(device)
     total_loss = torch.zeros((), device=device)
-    correct = torch.zeros((), device=device)
-    per_class_total: torch.Tensor | None = None
-    per_class_hit: torch.Tensor | None = None
+    outputs_seen: list[torch.Tensor] = []
+    targets_seen: list[torch.Tensor] = []
     samples = 0
-    predictions: list[torch.Tensor] = []
     for inputs, targets in loader:
         inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
         with autocast_context(device, amp_bf16):
-            logits = model(inputs)
-        predicted = logits.argmax(dim=1)
-        total_loss += loss_fn(logits.float(), targets) * len(targets)
-        hits = predicted == targets
-        correct += hits.sum()
-        classes = logits.shape[1]
-        totals = torch.bincount(targets, minlength=classes)
-        hit_counts = torch.bincount(targets[hits], minlength=classes)
-        per_class_total = totals if per_class_total is None else per_class_total + totals
-        per_class_hit = hit_counts if per_class_hit is None else per_class_hit + hit_counts
+            outputs = model(inputs)
+        outputs = outputs.float()
+        if targets.is_floating_point():
+            outputs = outputs.reshape(targets.shape)
+        total_loss += loss_fn(outputs, targets) * len(targets)
+        outputs_seen.append(outputs)
+        targets_seen.append(targets)
         samples += len(targets)
-        if return_predictions:
-            predictions.append(predicted.cpu())
-    if per_class_total is None or per_class_hit is None:
+    if not samples:
         raise ValueError("the evaluation loader yielded no batches")
     loss = total_loss.item() / samples
-    predicted_all = torch.cat(predictions).numpy() if return_predictions else None
-    present = per_class_total > 0
-    balanced = (per_class_hit[present].float() / per_class_total[present].float()).mean().item()
-    return EvalStats(loss, correct.item() / samples, samples, math.isfinite(loss), predicted_all, balanced)
+    all_outputs, all_targets = torch.cat(outputs_seen), torch.cat(targets_seen)
+    finite = math.isfinite(loss)
+    metrics = task.eval_metrics(all_outputs, all_targets, prefix) if finite else {}
+    if not return_outputs:
+        return EvalStats(loss, metrics, samples, finite)
+    return EvalStats(loss, metrics, samples, finite, all_outputs.cpu(), all_targets.cpu())
 
 
 def current_lr(optimizer: torch.optim.Optimizer) -> float:
@@ -212,7 +253,8 @@ def fit(
 ) -> FitResult:
     """Train `model` for up to `epochs` epochs with the optimizer of `hp`, validating after each epoch.
 
-    - Validation loss is plain (unweighted) cross-entropy, so runs with different rebalancing compare.
+    - The task (`feed.task`) gives the losses and metrics; validation loss is its plain (unweighted)
+      loss, so runs with different rebalancing compare.
     - `lr_plateau_patience`: multiply the LR by `lr_plateau_factor` when validation loss has not
       improved for more than that many epochs (ReduceLROnPlateau).
     - `early_stopping_patience`: stop once validation loss has not improved for that many epochs.
@@ -230,28 +272,26 @@ def fit(
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=lr_plateau_factor, patience=lr_plateau_patience
         )
-    train_loss_fn, val_loss_fn = feed.loss_fn(device), nn.CrossEntropyLoss()
+    train_loss_fn, task = feed.loss_fn(device), feed.task
     keep_best = keep_best_state or early_stopping_patience is not None
     result = FitResult()
 
     for epoch in range(epochs):
         started, lr = time.perf_counter(), current_lr(optimizer)
         train = train_one_epoch(
-            model, feed.loader, optimizer, train_loss_fn, device, grad_clip_norm, amp_bf16, max_batches_per_epoch
+            model, feed.loader, optimizer, train_loss_fn, device, grad_clip_norm, amp_bf16, max_batches_per_epoch, task
         )
         if not train.finite:
             reason = f"training loss became {train.loss} at epoch {epoch}, batch {train.batches - 1} (lr {lr:.3g})"
             return _finish(result, model, "diverged", reason)
-        val = None if val_loader is None else evaluate(model, val_loader, val_loss_fn, device, amp_bf16)
+        val = None if val_loader is None else evaluate(model, val_loader, task, device, amp_bf16)
         if val is not None and not val.finite:
             return _finish(result, model, "diverged", f"validation loss became {val.loss} at epoch {epoch}")
         record = EpochRecord(
             epoch=epoch,
             train_loss=train.loss,
-            train_acc=train.accuracy,
             val_loss=None if val is None else val.loss,
-            val_acc=None if val is None else val.accuracy,
-            val_balanced_acc=None if val is None else val.balanced_accuracy,
+            metrics={**train.metrics, **({} if val is None else val.metrics)},
             lr=lr,
             seconds=time.perf_counter() - started,
         )

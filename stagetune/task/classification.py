@@ -1,0 +1,81 @@
+"""Classification: cross-entropy on logits, accuracy and balanced accuracy, strata are the classes."""
+
+import math
+from collections.abc import Sequence
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from schemas.final import TestMetrics
+from stagetune.task.base import Direction, Task
+
+
+class ClassificationTask(Task):
+    """Single-label classification over `class_names` (labels 0..C-1)."""
+
+    name = "classification"
+    objectives: ClassVar[dict[str, Direction]] = {
+        "val_loss": "minimize",
+        "val_acc": "maximize",
+        "val_balanced_acc": "maximize",
+    }
+    champion_metrics: ClassVar[dict[str, Direction]] = {
+        "accuracy": "maximize",
+        "balanced_accuracy": "maximize",
+        "macro_f1": "maximize",
+    }
+    default_champion_metric = "accuracy"
+    default_loss = "cross_entropy"
+    target_dtype = torch.int64
+
+    def __init__(self, class_names: Sequence[str]) -> None:
+        self.class_names = [str(name) for name in class_names]
+
+    @property
+    def output_size(self) -> int:
+        return len(self.class_names)
+
+    def train_loss(self, class_weights: torch.Tensor | None = None) -> nn.Module:
+        return nn.CrossEntropyLoss(weight=class_weights)
+
+    def eval_loss(self) -> nn.Module:
+        return nn.CrossEntropyLoss()
+
+    def batch_sums(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return (outputs.argmax(dim=1) == targets).sum().float().reshape(1)
+
+    def train_metrics(self, sums: torch.Tensor, samples: int) -> dict[str, float]:
+        return {"train/acc": float(sums[0]) / max(samples, 1)}
+
+    def eval_metrics(self, outputs: torch.Tensor, targets: torch.Tensor, prefix: str = "val") -> dict[str, float]:
+        predicted = outputs.argmax(dim=1)
+        hits = predicted == targets
+        classes = outputs.shape[1]
+        totals = torch.bincount(targets, minlength=classes)
+        hit_counts = torch.bincount(targets[hits], minlength=classes)
+        present = totals > 0
+        balanced = (hit_counts[present].float() / totals[present].float()).mean().item()
+        return {f"{prefix}/acc": hits.float().mean().item(), f"{prefix}/balanced_acc": balanced}
+
+    def expected_initial_loss(self, targets: np.ndarray) -> float:
+        # Near-zero logits from the small-init head give a uniform softmax: ln(C).
+        return math.log(self.output_size)
+
+    def overfit_score(self, outputs: torch.Tensor, targets: torch.Tensor) -> float:
+        return float((outputs.argmax(dim=1) == targets).float().mean())
+
+    def prior_loss(self, targets: np.ndarray) -> float:
+        frequencies = np.unique(targets, return_counts=True)[1] / len(targets)
+        return float(-(frequencies * np.log(frequencies)).sum())
+
+    @staticmethod
+    def strata(targets: np.ndarray) -> np.ndarray:
+        return np.asarray(targets, dtype=np.int64)
+
+    def test_metrics(self, outputs: torch.Tensor, targets: torch.Tensor, loss: float) -> TestMetrics:
+        from stagetune.evaluation import classification_test_metrics  # evaluation imports the training loop
+
+        predicted = outputs.argmax(dim=1).cpu().numpy().astype(np.int64)
+        return classification_test_metrics(targets.cpu().numpy().astype(np.int64), predicted, loss, self.class_names)
