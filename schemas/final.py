@@ -95,14 +95,28 @@ class RegressionTestMetrics(StrictModel):
 
 
 class CurveDiagnosisSettings(StrictModel):
-    """Thresholds of the learning-curve diagnosis (practitioners' defaults, TUNING-RULES.md)."""
+    """Thresholds of the learning-curve diagnosis, read on train vs validation loss for every task.
+
+    Loss shares are taken of the run's reference loss: the loss a freshly initialised model starts
+    from (classification: ln C; regression: the loss of a zero output on standardised targets, ~1 per
+    output for MSE). On MSE regression a share of the reference is 1 - R² (so `overfit_gap` is the
+    train-minus-validation R² gap and `underfit_loss_share` a train R² floor); on classification it is
+    one minus McFadden's pseudo-R² against the uniform guess. See stagetune/diagnosis.py for why.
+    """
 
     overfit_gap: float = Field(
-        default=0.1, gt=0, lt=1, description="Train minus validation accuracy (R² for regression) above this."
+        default=0.1,
+        gt=0,
+        lt=1,
+        description="Final validation minus training loss above this share of the reference loss.",
     )
     val_rise: float = Field(default=0.1, gt=0, description="Final val loss this share above its minimum.")
-    underfit_train_acc: float = Field(default=0.9, gt=0, le=1, description="Final train accuracy below this.")
-    underfit_train_r2: float = Field(default=0.5, gt=0, le=1, description="Regression: final train R² below this.")
+    underfit_loss_share: float = Field(
+        default=0.5,
+        gt=0,
+        lt=1,
+        description="Final training and validation loss both above this share of the reference loss.",
+    )
     still_improving: float = Field(default=0.01, ge=0, description="Relative val-loss drop over the last epoch.")
     explode_ratio: float = Field(default=3.0, gt=1, description="Final train loss this many times the first.")
 

@@ -1,29 +1,66 @@
 """Read a run's learning curves the way a practitioner would: diverged, overfitting, underfitting, not converged.
 
-Rules from TUNING-RULES.md ("Reading the curves"). Checks run in order of precedence and the first
-that fires is the diagnosis:
+Rules from TUNING-RULES.md ("Reading the curves"), read on train vs validation LOSS for every task, as
+the worked keypoint regression judges each net. Checks run in order of precedence and the first that
+fires is the diagnosis:
 
     diverged > overfitting > underfitting > not_converged > ok
 
 A diverged run's other numbers mean nothing; an overfitting model is not short of capacity, even if
-its training accuracy is modest; an underfitting model needs capacity before it needs epochs.
+its training loss is still high; an underfitting model needs capacity before it needs epochs.
 Fewer than two recorded epochs (without divergence) give `insufficient`: no curve to read.
+
+Why losses and a reference loss. Accuracy (or R²) gaps are task-specific and accuracy hides what
+cross-entropy shows (a model growing over-confident on validation rows). Losses exist for every
+task, but their scale does not: ln 10 = 2.3 for ten classes, ~1 for MSE on standardised targets.
+So the absolute thresholds are shares of a reference loss: the loss a freshly initialised model
+starts from (`Task.expected_initial_loss`: ln C for classification, whatever the class balance or
+class weights, since a uniform softmax scores ln C on any distribution; the zero-output loss for
+regression, exactly 1 for MSE on targets standardised with the training split). On MSE regression a
+loss share is then 1 - R², so the defaults (`overfit_gap` 0.1, `underfit_loss_share` 0.5) are the
+train-minus-validation R² gap of 0.1 and the train R² floor of 0.5 the R² rules used; on
+classification they read as McFadden's pseudo-R² against the uniform guess (a cross-entropy still
+above half of ln C is a model that has learnt less than half of what separates the classes); as the
+rule says "both", underfitting needs the validation loss above that share too. The
+caller passes the reference (`reference_loss`); without one the first epoch's larger loss stands in
+for it, an underestimate (the model learnt during that epoch), so the checks then fire earlier.
+
+Two biases, both towards not crying overfitting: the training loss is the mean over the epoch with
+dropout on, so it reads higher than the final weights' loss would; and with class weights or
+oversampling it is measured on a rebalanced distribution, so the gap is only trusted above 10% of
+the reference. The rising-validation check is relative to the validation minimum (`val_rise`),
+which needs no reference at all.
 """
 
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 from schemas.final import CurveCode, CurveDiagnosis, CurveDiagnosisSettings, StageDiagnosisSummary
 from schemas.results import EpochRecord
 
 SOURCE_DIVERGED = "TUNING-RULES.md, loss explodes or becomes NaN: lower the learning rate (004_e9930d7a8081840b.txt)"
 SOURCE_OVERFITTING = (
-    "TUNING-RULES.md, train accuracy high, validation low: regularise; validation error falls then rises: "
-    "early stopping (000_721f12b7d3a5a9e6.txt, 004_e9930d7a8081840b.txt)"
+    "TUNING-RULES.md, train accuracy high, validation low, read on the losses as the keypoint case does "
+    "(training loss well below validation loss): regularise; validation error falls then rises: early stopping "
+    "(000_721f12b7d3a5a9e6.txt, 004_e9930d7a8081840b.txt)"
+)
+SOURCE_OVERFITTING_GAP = (
+    "TUNING-RULES.md, train accuracy high, validation low, read on the losses as the keypoint case does "
+    "(training loss well below validation loss): regularise (000_721f12b7d3a5a9e6.txt, 004_e9930d7a8081840b.txt)"
+)
+SOURCE_VAL_RISES = (
+    "TUNING-RULES.md, validation error falls then rises: early stopping (patience), regularise "
+    "(002_d0d560747b3c77db.txt, 004_e9930d7a8081840b.txt)"
+)
+SOURCE_VAL_NEVER_FALLS = (
+    "TUNING-RULES.md, train loss falls, validation loss never does: validation data differ from training, or "
+    "preprocessing applied only in training: check the data pipeline (000_721f12b7d3a5a9e6.txt, reader comments)"
 )
 SOURCE_UNDERFITTING = (
-    "TUNING-RULES.md, train and validation accuracy both low: more capacity (000_721f12b7d3a5a9e6.txt)"
+    "TUNING-RULES.md, train and validation accuracy both low at the end, read on the losses "
+    "(training and validation loss both high): more capacity (000_721f12b7d3a5a9e6.txt)"
 )
 SOURCE_NOT_CONVERGED = (
     "TUNING-RULES.md, coarse to fine: more epochs for the promising settings "
@@ -39,38 +76,57 @@ NEXT_ACTIONS: dict[str, str] = {
     "ok": "nothing to change on the evidence of the curves",
     "insufficient": "train for at least 2 epochs to read the curves",
 }
+NEVER_FALLS_ACTION = (
+    "check the data pipeline (validation rows prepared like training rows?), then regularise: "
+    "more dropout/weight decay, more data"
+)
 # Problems in order of precedence; "ok" and "insufficient" are not problems.
 PROBLEMS: tuple[CurveCode, ...] = ("diverged", "overfitting", "underfitting", "not_converged")
 ALL_CODES: tuple[CurveCode, ...] = (*PROBLEMS, "ok", "insufficient")
 DEFAULT_SETTINGS = CurveDiagnosisSettings()
-# A check returns the message of its diagnosis, or None when its symptom is absent.
-Check = Callable[[Sequence[EpochRecord], str, CurveDiagnosisSettings], str | None]
+
+
+class Symptom(NamedTuple):
+    """What a check found: its evidence, the rule it applies, and a next action when not the code's usual one."""
+
+    message: str
+    source: str
+    next_action: str | None = None
+
+
+# A check returns its symptom, or None when absent; `scale` is the reference loss.
+Check = Callable[[Sequence[EpochRecord], str, CurveDiagnosisSettings, float], Symptom | None]
 
 
 def diagnose_curves(
-    history: Sequence[EpochRecord], status: str, settings: CurveDiagnosisSettings = DEFAULT_SETTINGS
+    history: Sequence[EpochRecord],
+    status: str,
+    settings: CurveDiagnosisSettings = DEFAULT_SETTINGS,
+    reference_loss: float | None = None,
 ) -> CurveDiagnosis:
     """Diagnose one run from its per-epoch history and how it ended (`fit`'s status).
 
     `status` is "completed", "early_stopped", "diverged" or "stopped"; validation-based checks are
-    skipped for epochs without validation numbers.
+    skipped for epochs without validation numbers. `reference_loss` is the loss the run started from
+    (`Task.expected_initial_loss` of its training targets, for its loss); see the module docstring.
     """
     diverged = _diverged(history, status, settings)
     if diverged is not None:
-        return _make("diverged", diverged, SOURCE_DIVERGED)
+        return _make("diverged", Symptom(diverged, SOURCE_DIVERGED))
     if len(history) < 2:
-        return _make("insufficient", f"only {len(history)} epoch(s) recorded (status {status})", SOURCE_NONE)
-    checks: tuple[tuple[Check, CurveCode, str], ...] = (
-        (_overfitting, "overfitting", SOURCE_OVERFITTING),
-        (_underfitting, "underfitting", SOURCE_UNDERFITTING),
-        (_not_converged, "not_converged", SOURCE_NOT_CONVERGED),
+        return _make("insufficient", Symptom(f"only {len(history)} epoch(s) recorded (status {status})", SOURCE_NONE))
+    scale = _scale(history, reference_loss)
+    checks: tuple[tuple[Check, CurveCode], ...] = (
+        (_overfitting, "overfitting"),
+        (_underfitting, "underfitting"),
+        (_not_converged, "not_converged"),
     )
-    for check, code, source in checks:
-        message = check(history, status, settings)
-        if message is not None:
-            return _make(code, message, source)
+    for check, code in checks:
+        symptom = check(history, status, settings, scale)
+        if symptom is not None:
+            return _make(code, symptom)
     last = history[-1]
-    return _make("ok", f"no problem in the curves after {len(history)} epochs ({_accuracies(last)})", SOURCE_NONE)
+    return _make("ok", Symptom(f"no problem in the curves after {len(history)} epochs ({_losses(last)})", SOURCE_NONE))
 
 
 def summarise_diagnoses(codes: Sequence[str]) -> StageDiagnosisSummary:
@@ -98,15 +154,30 @@ def summarise_diagnoses(codes: Sequence[str]) -> StageDiagnosisSummary:
     return StageDiagnosisSummary(counts=counts, dominant=dominant, message=message)
 
 
-def _make(code: CurveCode, message: str, source: str) -> CurveDiagnosis:
-    return CurveDiagnosis(code=code, message=message, next_action=NEXT_ACTIONS[code], rule_source=source)
+def _make(code: CurveCode, symptom: Symptom) -> CurveDiagnosis:
+    return CurveDiagnosis(
+        code=code,
+        message=symptom.message,
+        next_action=symptom.next_action or NEXT_ACTIONS[code],
+        rule_source=symptom.source,
+    )
 
 
-def _accuracies(record: EpochRecord) -> str:
+def _scale(history: Sequence[EpochRecord], reference_loss: float | None) -> float:
+    """The reference loss, or without one the first epoch's larger (training or validation) loss."""
+    if reference_loss is not None and math.isfinite(reference_loss) and reference_loss > 0:
+        return reference_loss
+    first = history[0]
+    return max(first.train_loss, first.val_loss if first.val_loss is not None else 0.0) or 1.0
+
+
+def _losses(record: EpochRecord) -> str:
+    text = f"training loss {record.train_loss:.4g}"
+    if record.val_loss is not None:
+        text += f", validation loss {record.val_loss:.4g}"
     name, train, val = record.score_pair()
-    text = f"train loss {record.train_loss:.4g}" if train is None else f"train {name} {train:.3f}"
-    if val is not None:
-        text += f", validation {name} {val:.3f}"
+    if train is not None and val is not None:
+        text += f"; train {name} {train:.3f}, validation {val:.3f}"
     return text
 
 
@@ -127,59 +198,93 @@ def _diverged(history: Sequence[EpochRecord], status: str, settings: CurveDiagno
     return None
 
 
-def _overfitting(history: Sequence[EpochRecord], status: str, settings: CurveDiagnosisSettings) -> str | None:
-    name, train, val = history[-1].score_pair()
-    if train is not None and val is not None and train - val > settings.overfit_gap:
-        return (
-            f"train {name} {train:.3f} vs validation {val:.3f}: a gap of {train - val:.3f} > {settings.overfit_gap:g}"
+def _overfitting(
+    history: Sequence[EpochRecord], status: str, settings: CurveDiagnosisSettings, scale: float
+) -> Symptom | None:
+    last = history[-1]
+    if last.val_loss is not None and last.val_loss - last.train_loss > settings.overfit_gap * scale:
+        gap = last.val_loss - last.train_loss
+        return Symptom(
+            f"validation loss {last.val_loss:.4g} vs training loss {last.train_loss:.4g} at the last epoch: a gap of "
+            f"{gap:.4g}, {gap / scale:.0%} of the reference loss {scale:.4g} (more than {settings.overfit_gap:.0%})",
+            SOURCE_OVERFITTING_GAP,
         )
     validated = [r for r in history if r.val_loss is not None]
     if len(validated) < 2:
         return None
     best = min(validated, key=lambda r: r.val_loss if r.val_loss is not None else math.inf)
-    end = validated[-1]
+    first, end = validated[0], validated[-1]
     assert best.val_loss is not None
     assert end.val_loss is not None
+    assert first.val_loss is not None
+    train_fell = end.train_loss < best.train_loss
+    if best is first and len(validated) >= 3 and first.train_loss > 0:
+        drop = 1 - end.train_loss / first.train_loss
+        if drop > settings.val_rise:
+            return Symptom(
+                f"validation loss never fell below its first epoch's {first.val_loss:.4g} (now {end.val_loss:.4g}) "
+                f"while training loss fell {drop:.0%} ({first.train_loss:.4g} -> {end.train_loss:.4g}): "
+                "overfitting from the start, or validation rows that differ from the training rows",
+                SOURCE_VAL_NEVER_FALLS,
+                NEVER_FALLS_ACTION,
+            )
     rise = end.val_loss / best.val_loss - 1 if best.val_loss > 0 else 0.0
-    if rise > settings.val_rise and end.train_loss < best.train_loss:
-        return (
+    if rise > settings.val_rise and train_fell:
+        return Symptom(
             f"validation loss rose {rise:.0%} from its minimum {best.val_loss:.4g} (epoch {best.epoch}) to "
             f"{end.val_loss:.4g} (epoch {end.epoch}) while training loss kept falling "
-            f"({best.train_loss:.4g} -> {end.train_loss:.4g})"
+            f"({best.train_loss:.4g} -> {end.train_loss:.4g})",
+            SOURCE_VAL_RISES,
         )
     return None
 
 
-def _underfitting(history: Sequence[EpochRecord], status: str, settings: CurveDiagnosisSettings) -> str | None:
+def _underfitting(
+    history: Sequence[EpochRecord], status: str, settings: CurveDiagnosisSettings, scale: float
+) -> Symptom | None:
+    # "Train and validation both low": both losses must stay high. The training loss alone would
+    # read dropout's noise (it is measured in training mode) as missing capacity.
     last = history[-1]
-    name, train, _ = last.score_pair()
-    threshold = settings.underfit_train_r2 if name == "R²" else settings.underfit_train_acc
-    if train is None or train >= threshold:
+    losses = {"training": last.train_loss} | ({} if last.val_loss is None else {"validation": last.val_loss})
+    if min(losses.values()) / scale <= settings.underfit_loss_share:
         return None
-    # The overfitting check ran first, so any train/validation gap here is below overfit_gap.
-    message = f"final {_accuracies(last)}: training {name} below {threshold:g}"
+    names, values = " and ".join(f"{name} loss" for name in losses), " and ".join(f"{v:.4g}" for v in losses.values())
+    shares = " and ".join(f"{v / scale:.0%}" for v in losses.values())
+    message = (
+        f"final {names} {values} {'are' if len(losses) > 1 else 'is'} {shares} of the reference loss {scale:.4g} "
+        f"(more than {settings.underfit_loss_share:.0%})"
+    )
     if _still_improving(history, settings) is not None:
         message += "; the validation loss was still falling, so more epochs may help too"
-    return message
+    return Symptom(message, SOURCE_UNDERFITTING)
 
 
-def _not_converged(history: Sequence[EpochRecord], status: str, settings: CurveDiagnosisSettings) -> str | None:
+def _not_converged(
+    history: Sequence[EpochRecord], status: str, settings: CurveDiagnosisSettings, scale: float
+) -> Symptom | None:
     improving = _still_improving(history, settings)
     if improving is not None:
-        return improving
+        return Symptom(improving, SOURCE_NOT_CONVERGED)
     validated = [r for r in history if r.val_loss is not None]
     if status == "completed" and validated:
         best = min(validated, key=lambda r: r.val_loss if r.val_loss is not None else math.inf)
         if best is validated[-1]:
-            return f"the best validation loss ({best.val_loss:.4g}) is at the last epoch ({best.epoch})"
+            return Symptom(
+                f"the best validation loss ({best.val_loss:.4g}) is at the last epoch ({best.epoch})",
+                SOURCE_NOT_CONVERGED,
+            )
     return None
 
 
 def _still_improving(history: Sequence[EpochRecord], settings: CurveDiagnosisSettings) -> str | None:
-    """A message when the last epoch's loss (validation, else training) fell by more than `still_improving`."""
+    """A message when the last epoch's loss (validation, else training) fell by more than `still_improving`
+    to a new minimum: a drop that only climbs back from a wobble above the best epoch (an early-stopped
+    run's last epochs) is a plateau, not a loss still falling."""
     previous, last = history[-2], history[-1]
     if previous.val_loss is not None and last.val_loss is not None:
         name, before, after = "validation", previous.val_loss, last.val_loss
+        if any(r.val_loss is not None and r.val_loss < after for r in history[:-1]):
+            return None
     else:
         name, before, after = "training", previous.train_loss, last.train_loss
     if before <= 0:

@@ -298,11 +298,15 @@ def _regression_history(train_r2: list[float], val_r2: list[float]) -> list[Epoc
 def test_curve_diagnosis_reads_regression_curves() -> None:
     from stagetune.diagnosis import diagnose_curves
 
-    overfit = diagnose_curves(_regression_history([0.8, 0.9, 0.97], [0.7, 0.72, 0.71]), "completed")
+    # MSE on standardised targets starts at 1: a loss share of it is 1 - R², as the history builds it.
+    overfit = diagnose_curves(_regression_history([0.8, 0.9, 0.97], [0.7, 0.72, 0.71]), "completed", reference_loss=1)
     assert overfit.code == "overfitting"
-    assert "train R² 0.970 vs validation 0.710" in overfit.message
-    underfit = diagnose_curves(_regression_history([0.2, 0.3, 0.3], [0.2, 0.3, 0.3]), "completed")
+    assert "validation loss 0.29 vs training loss 0.03" in overfit.message
+    assert "26% of the reference loss 1" in overfit.message
+    underfit = diagnose_curves(_regression_history([0.2, 0.3, 0.3], [0.2, 0.3, 0.3]), "completed", reference_loss=1)
     assert underfit.code == "underfitting"
-    assert "training R² below 0.5" in underfit.message
-    fine = diagnose_curves(_regression_history([0.8, 0.85, 0.85], [0.8, 0.84, 0.84]), "completed")
+    assert "final training loss and validation loss 0.7 and 0.7 are 70% and 70% of the reference loss 1" in (
+        underfit.message
+    )
+    fine = diagnose_curves(_regression_history([0.8, 0.85, 0.85], [0.8, 0.84, 0.84]), "completed", reference_loss=1)
     assert fine.code == "ok"

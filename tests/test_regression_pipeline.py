@@ -12,9 +12,14 @@ from mlflow.tracking import MlflowClient
 
 from flows.tune_pipeline import tune_pipeline
 from schemas.final import RegressionTestMetrics
-from tests.conftest import subprocess_env, tiny_config
+from tests.conftest import TINY_OVERRIDES, subprocess_env, tiny_config
 
 pytestmark = [pytest.mark.slow]
+
+# The embedded defaults run 40 trials (~2-4 minutes here). The test is about the data side set by
+# data.source and data.target alone, so every data, sample and final-training setting stays at its
+# default; only the search and the sanity checks shrink, with the tiny overrides other slow tests use.
+SMALL_SEARCH = tuple(o for o in TINY_OVERRIDES if not o.startswith(("sample.", "data.", "final.")))
 
 
 def house_prices(path: Path, n: int = 260, missing_targets: int = 13) -> Path:
@@ -38,6 +43,7 @@ def test_csv_regression_on_the_embedded_defaults(tmp_path: Path, prefect_server:
     summary = tmp_path / "summary.json"
     command = [sys.executable, "-m", "stagetune", "run", "--set", f"data.source={data}", "--set"]
     command += ["data.target=price", "--summary", str(summary)]
+    command += [arg for override in SMALL_SEARCH for arg in ("--set", override)]
     env = subprocess_env(tmp_path, PREFECT_API_URL=prefect_server)
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

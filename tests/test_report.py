@@ -212,6 +212,7 @@ def test_diagnosis_section_names_each_stage_finding_and_a_valid_next_change(repo
     assert numbers["diagnosis.final.code"] == result.final.diagnosis.code
     html = _section_html(reported_run, "diagnosis")
     assert result.final.diagnosis.rule_source in html
+    assert "Curves are read on training vs validation loss, for classification and regression alike" in html
     assert "TUNING-RULES.md" in html
     overrides = re.findall(r"--set (\S+?)(?=<| --set|$)", html)
     assert overrides, "the tiny run's curves are short: at least one stage needs a concrete change"

@@ -2,7 +2,8 @@
 
 The diagnoses themselves come from the stage results (stagetune.diagnosis made them); this module
 only turns a diagnosis code into a concrete `--set` override for the next run, checked against the
-config schema so a suggestion is never an invalid setting.
+config schema so a suggestion is never an invalid setting. Curves are read on train vs validation
+loss for every task (`CURVE_READING` says how, at the head of the section).
 """
 
 from collections.abc import Callable, Mapping
@@ -15,6 +16,7 @@ from schemas.config import PipelineConfig
 from schemas.pipeline import PipelineResult, SearchStageResult
 from stagetune.config_loading import parse_override, with_value
 from stagetune.diagnosis import (
+    DEFAULT_SETTINGS,
     NEXT_ACTIONS,
     SOURCE_DIVERGED,
     SOURCE_NONE,
@@ -33,6 +35,15 @@ RULE_SOURCES = {
 SOURCE_BOUNDARY = (
     "google-research/tuning_playbook: a search space is suspicious if the best point is near its boundary "
     "(refine.narrowing.boundary_fraction)"
+)
+CURVE_READING = (
+    "Curves are read on training vs validation loss, for classification and regression alike, against the "
+    "loss a freshly initialised model starts from (ln C for C classes; for regression the zero-output loss on "
+    "standardised targets, 1 for MSE): overfitting when the validation loss ends more than "
+    f"{DEFAULT_SETTINGS.overfit_gap:.0%} of that reference above the training loss, rises more than "
+    f"{DEFAULT_SETTINGS.val_rise:.0%} from its minimum while the training loss falls, or never falls while the "
+    "training loss does; underfitting when the training and validation losses both end above "
+    f"{DEFAULT_SETTINGS.underfit_loss_share:.0%} of it."
 )
 _EPOCH_KEYS = {"coarse": "coarse.epochs", "refine": "refine.epochs", "final": "final.max_epochs"}
 

@@ -8,7 +8,7 @@ import yaml
 from schemas.final import FinalResult, RegressionTestMetrics, TestMetrics
 from schemas.pipeline import PipelineResult
 from stagetune.evaluation import confusion_matrix_figure
-from stagetune.report.advice import Finding
+from stagetune.report.advice import CURVE_READING, Finding
 from stagetune.report.figures import final_curves_figure
 from stagetune.report.markup import (
     Numbers,
@@ -149,8 +149,10 @@ def diagnosis_section(found: list[Finding], numbers: Numbers) -> Section:
                 finding.rule_source,
             ]
         )
-    body = html_table(["stage", "finding", "evidence", "next change", "rule (TUNING-RULES.md source)"], rows)
-    markdown = md_table(["stage", "finding", "next change", "rule source"], md_rows)
+    body = paragraph(CURVE_READING) + html_table(
+        ["stage", "finding", "evidence", "next change", "rule (TUNING-RULES.md source)"], rows
+    )
+    markdown = CURVE_READING + "\n\n" + md_table(["stage", "finding", "next change", "rule source"], md_rows)
     return Section("diagnosis", "7. Diagnosis and next steps", body, markdown)
 
 

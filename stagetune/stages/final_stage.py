@@ -121,7 +121,9 @@ def final_stage(
             best_epoch=outcome.best_epoch,
             history=outcome.history,
             test=test,
-            diagnosis=diagnose_curves(outcome.history, outcome.status),
+            diagnosis=diagnose_curves(
+                outcome.history, outcome.status, reference_loss=feed.task.expected_initial_loss(arrays.y_train)
+            ),
             checkpoint_artifact=CHECKPOINT_ARTIFACT,
             registry=decision,
             mlflow_run_id=run_id,

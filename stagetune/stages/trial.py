@@ -141,7 +141,7 @@ def run_trial(
         outcome_state, outcome.reason = "FAIL", "no finite validation value"
     if outcome_state == "PRUNED":
         value = objective_value(outcome.history[-1], config.search.objective) if outcome.history else None
-    diagnosis = diagnose_curves(outcome.history, outcome.status)
+    diagnosis = diagnose_curves(outcome.history, outcome.status, reference_loss=reference_loss(context.data, hp))
     record = TrialRecord(
         number=number,
         state=outcome_state,
@@ -157,6 +157,16 @@ def run_trial(
     # Held until the search loop has started the next trial: it then overlaps that trial's training.
     tracking.submit(lambda: _record(context, client, record, run_params, outcome.history, reason, ended), held=True)
     return record
+
+
+def reference_loss(data: TrialData, hp: HyperParams) -> float | None:
+    """The loss the trial's model starts from (ln C; the zero-output value of its regression loss): the
+    scale the curve diagnosis reads train vs validation loss against. None for a loss the task refuses
+    (the trial then failed in training already)."""
+    try:
+        return data.task.with_loss(hp.loss).expected_initial_loss(data.y_train)
+    except ValueError:
+        return None
 
 
 def trial_run_params(
