@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from schemas.urls import endpoint_url_problem, storage_url_problem, tracking_uri_problem
 from stagetune.errors import InputError
@@ -30,6 +30,19 @@ class RuntimeSettings(BaseSettings):
     """Where runs, studies and artifacts go, and the credentials to get there."""
 
     model_config = SettingsConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # `load_settings` merges the env file and the environment it is given itself: the process
+        # environment must not leak in when it validates another mapping (tests, `known_secrets`).
+        return (init_settings,)
 
     tracking_uri: str | None = Field(
         default=None, validation_alias=AliasChoices("STAGETUNE_TRACKING_URI", "MLFLOW_TRACKING_URI")

@@ -109,6 +109,22 @@ def _quiet_third_parties() -> None:
         os.environ.setdefault(key, value)
 
 
+# A run against a stack puts the stack's logins into the process environment (export_client_settings),
+# where MLflow's and Prefect's clients read them; in a test process they must not outlive the test.
+CLIENT_LOGIN_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "PREFECT_API_AUTH_STRING")
+
+
+@pytest.fixture(autouse=True)
+def _client_logins_do_not_leak() -> Iterator[None]:
+    before = {name: os.environ.get(name) for name in CLIENT_LOGIN_VARIABLES}
+    yield
+    for name, value in before.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture(scope="session")
 def prefect_server() -> Iterator[str]:
     """One temporary Prefect API (and database) for every flow run of the session; yields its URL."""
