@@ -105,15 +105,19 @@ def test_a_foreign_file_is_not_taken_for_a_checkpoint(tmp_path: Path) -> None:
         load_checkpoint(path)
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, Path]:
-    """One SQLite tracking/registry store with a local artifact root per module; also a checkpoint file."""
-    root = tmp_path_factory.mktemp("registry")
+def make_store(root: Path) -> tuple[str, str, Path]:
+    """A SQLite tracking/registry store under `root` with a local artifact root; also a checkpoint file."""
     uri = f"sqlite:///{root / 'mlflow.db'}"
     experiment_id = MlflowClient(uri).create_experiment("t", artifact_location=(root / "artifacts").as_uri())
     checkpoint = root / "final.pt"
     _save(checkpoint, _trained_model())
     return uri, experiment_id, checkpoint
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, Path]:
+    """One store per module (see `make_store`)."""
+    return make_store(tmp_path_factory.mktemp("registry"))
 
 
 def _register(

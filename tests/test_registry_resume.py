@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 from schemas.final import ChampionDecision
 from stagetune.registry import TAG_ROLE, register_and_promote
 from stagetune.registry.champion import TAG_PIPELINE_RUN, TAG_VERSION_RUN, version_of_pipeline_run
-from tests.test_registry import _save, _trained_model
+from tests.test_registry import make_store
 
 _names = itertools.count()
 
@@ -20,12 +20,7 @@ class Killed(BaseException):
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, Path]:
-    root = tmp_path_factory.mktemp("registry-resume")
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    experiment_id = MlflowClient(uri).create_experiment("t", artifact_location=(root / "artifacts").as_uri())
-    checkpoint = root / "final.pt"
-    _save(checkpoint, _trained_model())
-    return uri, experiment_id, checkpoint
+    return make_store(tmp_path_factory.mktemp("registry-resume"))
 
 
 def _attempt(
