@@ -146,6 +146,61 @@ class ModelConfig(StrictModel):
         return self
 
 
+class AugmentConfig(StrictModel):
+    """How training batches are augmented when a run's `augment` hyperparameter is on.
+
+    Whether to augment is the hyperparameter (model.baseline.augment, space.augment); this section says
+    how. Applied on the device to training batches only: never to validation, test or sanity checks.
+    Flip and shift need images; tabular data takes noise only.
+    """
+
+    flip_probability: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Chance that an image is mirrored left-right. Coordinate targets (<point>_x/_y columns in "
+        "[-1, 1]) follow: x -> -x, and the flip_pairs swap. Wrong for data whose label changes under a mirror "
+        "(digits, text).",
+    )
+    max_shift: int = Field(
+        default=0,
+        ge=0,
+        le=4096,
+        description="Images move by up to this many pixels along each axis (uniform, per image); coordinate "
+        "targets move with them.",
+    )
+    padding: Literal["zeros", "reflect", "replicate"] = Field(
+        default="zeros", description="What fills the pixels a shift uncovers (zeros: black, in pixel units)."
+    )
+    noise_std: float = Field(
+        default=0.0,
+        ge=0,
+        le=100,
+        description="Std of Gaussian noise added to the inputs as the model sees them (standardised units).",
+    )
+    flip_pairs: list[tuple[str, str]] = Field(
+        default_factory=list,
+        description="Left/right target pairs a flip swaps: point names ([left_eye, right_eye] swaps left_eye_x "
+        "with right_eye_x and left_eye_y with right_eye_y) or target column names. Checked against the data's "
+        "target columns at Stage 1.",
+    )
+
+    @model_validator(mode="after")
+    def _check_pairs(self) -> Self:
+        names = [name for pair in self.flip_pairs for name in pair]
+        if any(left == right for left, right in self.flip_pairs):
+            raise ValueError(f"flip_pairs {self.flip_pairs} pair a name with itself: pair a left with a right name")
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"flip_pairs name {repeated} in more than one pair: a point swaps with one partner")
+        return self
+
+    @property
+    def transforms(self) -> bool:
+        """True if any transform is configured (flip, shift or noise)."""
+        return self.flip_probability > 0 or self.max_shift > 0 or self.noise_std > 0
+
+
 class TrainingConfig(StrictModel):
     """Settings shared by every training run (sanity, trials, final)."""
 
@@ -357,6 +412,7 @@ class PipelineConfig(StrictModel):
     space: SearchSpace = SearchSpace()
     search: SearchConfig = SearchConfig()
     training: TrainingConfig = TrainingConfig()
+    augment: AugmentConfig = AugmentConfig()
     sanity: SanityConfig = SanityConfig()
     coarse: CoarseConfig = CoarseConfig()
     refine: RefineConfig = RefineConfig()
@@ -367,6 +423,7 @@ class PipelineConfig(StrictModel):
     @model_validator(mode="after")
     def _check_cross_fields(self) -> Self:
         self._check_task_fields()
+        self._check_augment()
         if self.model.family == "cnn" and self.data.source != "builtin:digits":
             raise ValueError("model.family 'cnn' needs image-shaped data: only builtin:digits (8x8) is supported")
         if self.refine.narrowing.top_k > self.coarse.n_trials:
@@ -380,6 +437,21 @@ class PipelineConfig(StrictModel):
                 f"or coarse.n_trials ({self.coarse.n_trials}): enqueue fewer coarse trials"
             )
         return self
+
+    def _check_augment(self) -> None:
+        wanted = [
+            name
+            for name, on in (
+                ("model.baseline.augment", self.model.baseline.augment),
+                ("space.augment", any(choice is True for choice in self.space.augment.choices)),
+            )
+            if on
+        ]
+        if wanted and not self.augment.transforms:
+            raise ValueError(
+                f"augmentation is switched on ({', '.join(wanted)}) but the augment section sets no transform: set "
+                "augment.flip_probability, augment.max_shift or augment.noise_std"
+            )
 
     def _check_task_fields(self) -> None:
         # Only an explicit task is checked here; `auto` is resolved from the data (Stage 1 re-checks).

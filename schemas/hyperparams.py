@@ -30,3 +30,7 @@ class HyperParams(StrictModel):
     loss: LossName = Field(
         default="auto", description="Training loss; auto: training.loss (cross-entropy, or MSE for regression)."
     )
+    augment: bool = Field(
+        default=False,
+        description="Augment training batches as the augment: section says (never validation or test batches).",
+    )

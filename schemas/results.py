@@ -106,6 +106,14 @@ class SampleResult(StrictModel):
         default=0, ge=0, description="Rows dropped because their label (or regression target) was missing."
     )
     warnings: list[str] = Field(default_factory=list, description="Data problems fixed on the way, one per line.")
+    input_mean: list[float] | None = Field(
+        default=None,
+        description="Images: the mean Stage 1 subtracted per pixel (or per channel), so augmentation can flip and "
+        "shift in pixel units; None: inputs are fed as they are.",
+    )
+    input_scale: list[float] | None = Field(
+        default=None, description="Images: the scale Stage 1 divided by, per pixel (or per channel)."
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -101,6 +101,10 @@ class SearchSpace(StrictModel):
         description="Training loss choices (regression: mse, huber, l1; tuned, judge by val_rmse/val_mae/val_r2); "
         "auto: training.loss.",
     )
+    augment: CategoricalParam = Field(
+        default=CategoricalParam(choices=[False]),
+        description="Whether trials augment their training batches (the augment: section): [false, true] tunes it.",
+    )
 
     @model_validator(mode="after")
     def _check_choices(self) -> Self:
@@ -126,8 +130,10 @@ class SearchSpace(StrictModel):
             raise ValueError(
                 f"activation choices {bad} are not activations the models build: use {sorted(activations)}"
             )
-        if any(not isinstance(c, bool) for c in self.batch_norm.choices):
-            raise ValueError(f"batch_norm choices must be true/false, got {self.batch_norm.choices}")
+        for name in ("batch_norm", "augment"):
+            choices = getattr(self, name).choices
+            if any(not isinstance(c, bool) for c in choices):
+                raise ValueError(f"{name} choices must be true/false, got {choices}")
         for name in ("batch_size", "width", "depth", "channels"):
             param = getattr(self, name)
             values = param.choices if isinstance(param, CategoricalParam) else [param.low, param.high]

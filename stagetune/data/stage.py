@@ -12,6 +12,7 @@ import numpy as np
 from schemas.config import TASK_CHAMPION_METRICS, TASK_OBJECTIVES, PipelineConfig
 from schemas.results import SampleResult
 from schemas.search_space import CategoricalParam
+from stagetune.data.augment import check_augment_settings, pixel_scaling
 from stagetune.data.fingerprint import arrays_fingerprint, dataset_fingerprint
 from stagetune.data.loading import RawTable, load_table
 from stagetune.data.preprocess import PreparedData, prepare
@@ -53,6 +54,7 @@ def run_sample_stage(config: PipelineConfig, out_dir: Path) -> SampleResult:
         check_regression_settings(config)
     else:
         check_classification_settings(config)
+    check_augment_settings(config, table.image_shape, table.task, table.target_names)
     prepared = prepare(table, config.data, config.seed)
     if table.task == "regression":
         return _regression_result(config, table, prepared, out_dir)
@@ -96,6 +98,7 @@ def run_sample_stage(config: PipelineConfig, out_dir: Path) -> SampleResult:
         return dict(zip(names, class_counts(labels, len(names)).tolist(), strict=True))
 
     n_features = prepared.X_train.shape[1]
+    pixels = pixel_scaling(prepared.transformer, n_features) if table.image_shape else None
     return SampleResult(
         source=config.data.source,
         data_path=str(path),
@@ -122,6 +125,8 @@ def run_sample_stage(config: PipelineConfig, out_dir: Path) -> SampleResult:
         warnings=list(table.warnings),
         task_reason=table.task_reason,
         target_names=list(table.target_names),
+        input_mean=None if pixels is None else list(pixels.mean),
+        input_scale=None if pixels is None else list(pixels.scale),
     )
 
 

@@ -55,6 +55,7 @@ def overfit_hyperparams(family: str, hp: HyperParams, cfg: SanityConfig) -> Hype
         "optimizer": "adam",
         "learning_rate": cfg.overfit_learning_rate,
         "rebalance": "none",
+        "augment": False,
         "batch_size": cfg.overfit_batch_size,
     }
     if family == "mlp":

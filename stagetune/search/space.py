@@ -39,6 +39,7 @@ SPACE_FIELDS = (
     "batch_norm",
     "rebalance",
     "loss",
+    "augment",
 )
 
 

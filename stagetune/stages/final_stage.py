@@ -1,6 +1,7 @@
 """Stage 5: the chosen hyperparameters on the full training data, then one test evaluation, then the registry."""
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -10,6 +11,7 @@ from schemas.final import FinalResult, RegressionTestMetrics, TestMetrics
 from schemas.hyperparams import HyperParams
 from schemas.results import SampleResult
 from stagetune import progress
+from stagetune.data.augment import build_augmenter, pixels_of
 from stagetune.data.fingerprint import arrays_fingerprint
 from stagetune.data.stage import load_stage_arrays
 from stagetune.diagnosis import diagnose_curves
@@ -59,6 +61,8 @@ def final_stage(
             config.model.family, hp, sample.input_shape, task.output_size, config.model.import_path, seed=config.seed
         )
         feed = make_train_loader(arrays.X_train, arrays.y_train, hp, task, config.seed, config.sample.oversample_ratio)
+        augment = build_augmenter(config, hp, feed.task, sample.input_shape, config.seed, pixels_of(sample))
+        feed = replace(feed, augment=augment)
         torch.manual_seed(config.seed)  # dropout masks come from the global generator
         reporter.stage_started(
             "final", f"up to {final.max_epochs} epochs on {len(arrays.y_train)} rows", total=final.max_epochs

@@ -1,12 +1,14 @@
 """Stage 2 in MLflow: the sanity gate, then a short baseline fit of the configured hyperparameters."""
 
 import math
+from dataclasses import replace
 
 from mlflow.tracking import MlflowClient
 
 from schemas.config import PipelineConfig
 from schemas.results import BaselineFit, EpochRecord, SampleResult, SanityResult
 from stagetune import progress
+from stagetune.data.augment import build_augmenter, pixels_of
 from stagetune.data.stage import StageArrays, load_stage_arrays
 from stagetune.sanity import run_sanity_gate
 from stagetune.task import Task, task_for
@@ -73,6 +75,9 @@ def fit_baseline(config: PipelineConfig, arrays: StageArrays, sample: SampleResu
     )
     feed = make_train_loader(
         arrays.X_train_sampled, arrays.y_train_sampled, hp, task, config.seed, config.sample.oversample_ratio
+    )
+    feed = replace(
+        feed, augment=build_augmenter(config, hp, feed.task, sample.input_shape, config.seed, pixels_of(sample))
     )
     val_loader = make_eval_loader(arrays.X_val_sampled, arrays.y_val_sampled, batch_size=512, task=task)
     reporter = progress.current()

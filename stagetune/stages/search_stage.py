@@ -24,6 +24,7 @@ from schemas.pipeline import SearchStageResult
 from schemas.results import SampleResult, SanityResult
 from schemas.search import NarrowingReport, TrialRecord
 from schemas.search_space import FloatParam, SearchSpace
+from stagetune.data.augment import pixels_of
 from stagetune.data.sampling import stratified_subsample
 from stagetune.data.stage import load_stage_arrays
 from stagetune.diagnosis import summarise_diagnoses
@@ -322,13 +323,15 @@ def trial_data(sample: SampleResult, fraction: float, seed: int, full: bool, los
     arrays = load_stage_arrays(sample)
     if full:
         task = full_task_for(sample, loss)
-        return TrialData(arrays.X_train, arrays.y_train, arrays.X_val, arrays.y_val, sample.input_shape, task)
+        return TrialData(
+            arrays.X_train, arrays.y_train, arrays.X_val, arrays.y_val, sample.input_shape, task, pixels_of(sample)
+        )
     task = task_for(sample, loss)
     x, y = arrays.X_train_sampled, arrays.y_train_sampled
     if fraction < 1.0:
         keep = stratified_subsample(task.strata(y), max(1, round(fraction * len(y))), np.random.default_rng(seed))
         x, y = x[keep], y[keep]
-    return TrialData(x, y, arrays.X_val_sampled, arrays.y_val_sampled, sample.input_shape, task)
+    return TrialData(x, y, arrays.X_val_sampled, arrays.y_val_sampled, sample.input_shape, task, pixels_of(sample))
 
 
 def centre_learning_rates(space: SearchSpace, optimizer: str, suggestion: float) -> SearchSpace:

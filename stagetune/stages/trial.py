@@ -15,7 +15,7 @@ it ends its own run. Without a queue (a `stagetune worker`, a Dask worker) the c
 import json
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -33,6 +33,7 @@ from schemas.config import TASK_OBJECTIVES, PipelineConfig
 from schemas.hyperparams import HyperParams
 from schemas.results import EpochRecord
 from schemas.search import TrialRecord
+from stagetune.data.augment import PixelScaling, build_augmenter
 from stagetune.diagnosis import diagnose_curves
 from stagetune.errors import InputError
 from stagetune.interruption import INTERRUPTED_REASON, TrialInterrupted, stop_requested
@@ -69,6 +70,8 @@ class TrialData:
     y_val: np.ndarray
     input_shape: list[int]
     task: Task
+    pixels: PixelScaling | None = None
+    """How Stage 1 standardised image pixels (augmentation flips and shifts in pixel units)."""
 
 
 @dataclass(frozen=True)
@@ -192,6 +195,7 @@ def _train(
         config.model.family, hp, data.input_shape, data.task.output_size, config.model.import_path, seed=seed
     )
     feed = make_train_loader(data.x_train, data.y_train, hp, data.task, seed, config.sample.oversample_ratio)
+    feed = replace(feed, augment=build_augmenter(config, hp, feed.task, data.input_shape, seed, data.pixels))
     val_loader = make_eval_loader(data.x_val, data.y_val, batch_size=1024, task=data.task)
 
     def on_epoch(record: EpochRecord) -> None:

@@ -5,7 +5,7 @@ fetching and collating row by row: that cost ~2 ms per batch of 128 here (about 
 model's step) and ran in every trial's every epoch.
 """
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,15 +20,18 @@ from stagetune.task.base import Task
 from stagetune.task.classification import ClassificationTask
 
 Batch = tuple[torch.Tensor, ...]
+BatchTransform = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
 class TrainFeed:
-    """The training batches, the task they train, and for the class_weights strategy the per-class loss weights."""
+    """The training batches, the task they train, for the class_weights strategy the per-class loss weights,
+    and the augmentation `fit` applies to each training batch once it is on the device (None: none)."""
 
     loader: "TensorBatches"
     class_weights: torch.Tensor | None = None
     task: Task = field(default_factory=lambda: ClassificationTask([]))
+    augment: BatchTransform | None = None
 
     def loss_fn(self, device: torch.device) -> nn.Module:
         """The task's training loss: cross-entropy weighted by class when the strategy asks for it."""

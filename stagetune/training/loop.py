@@ -19,7 +19,7 @@ from torch import nn
 from schemas.hyperparams import HyperParams
 from schemas.results import EpochRecord
 from stagetune.task.base import Task
-from stagetune.training.loaders import TrainFeed
+from stagetune.training.loaders import BatchTransform, TrainFeed
 from stagetune.training.optim import build_optimizer
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -146,11 +146,12 @@ def train_one_epoch(
     amp_bf16: bool = False,
     max_batches: int | None = None,
     task: Task | None = None,
+    augment: BatchTransform | None = None,
 ) -> EpochStats:
     """One pass over `loader` (at most `max_batches` batches); stops at the first non-finite loss.
 
     The task (classification when None, judged from integer targets) turns the batch statistics into
-    the epoch's training metrics.
+    the epoch's training metrics. `augment` transforms each batch once it is on the device.
     """
     model.train()
     total_loss, samples, batches = 0.0, 0, 0
@@ -160,6 +161,8 @@ def train_one_epoch(
             break
         if task is None:
             task = _default_task(targets)
+        if augment is not None:
+            inputs, targets = augment(inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True))
         step = train_step(model, inputs, targets, optimizer, loss_fn, device, grad_clip_norm, amp_bf16, task)
         batches += 1
         if not step.finite:
@@ -255,6 +258,8 @@ def fit(
 
     - The task (`feed.task`) gives the losses and metrics; validation loss is its plain (unweighted)
       loss, so runs with different rebalancing compare.
+    - `feed.augment` (when set) transforms every training batch on the device; validation batches
+      are never augmented.
     - `lr_plateau_patience`: multiply the LR by `lr_plateau_factor` when validation loss has not
       improved for more than that many epochs (ReduceLROnPlateau).
     - `early_stopping_patience`: stop once validation loss has not improved for that many epochs.
@@ -279,7 +284,16 @@ def fit(
     for epoch in range(epochs):
         started, lr = time.perf_counter(), current_lr(optimizer)
         train = train_one_epoch(
-            model, feed.loader, optimizer, train_loss_fn, device, grad_clip_norm, amp_bf16, max_batches_per_epoch, task
+            model,
+            feed.loader,
+            optimizer,
+            train_loss_fn,
+            device,
+            grad_clip_norm,
+            amp_bf16,
+            max_batches_per_epoch,
+            task,
+            feed.augment,  # training batches only: evaluate() below never augments
         )
         if not train.finite:
             reason = f"training loss became {train.loss} at epoch {epoch}, batch {train.batches - 1} (lr {lr:.3g})"
