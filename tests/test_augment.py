@@ -175,6 +175,9 @@ def test_build_augmenter_follows_the_hyperparameter() -> None:
     assert augmenter is not None
     assert augmenter.coordinates is not None
     assert augmenter.coordinates.x_columns == (0, 2, 4)
+    age = build_augmenter(config, HyperParams(augment=True), RegressionTask(["age"], [30.0], [9.0]), [1, 8, 8], 0)
+    assert age is not None
+    assert age.coordinates is None  # nothing to move: the targets are left exactly as they are
     with pytest.raises(ValueError, match="need images"):
         build_augmenter(config, HyperParams(augment=True), ClassificationTask(["a", "b"]), [30], 0)
 

@@ -71,6 +71,11 @@ class CoordinateTargets:
             flip_order=tuple(order),
         )
 
+    @property
+    def is_identity(self) -> bool:
+        """True if no flip or shift changes these targets (no coordinate column, no pair to swap)."""
+        return not self.x_columns and not self.y_columns and self.flip_order == tuple(range(len(self.flip_order)))
+
 
 def resolve_flip_pairs(flip_pairs: Sequence[Sequence[str]], names: Sequence[str]) -> list[tuple[int, int]]:
     """Column index pairs to swap: a pair of column names, or of point names (both `_x` and `_y` columns)."""
@@ -275,6 +280,8 @@ def build_augmenter(
         coordinates = CoordinateTargets.of(
             task.target_names, task.mean.tolist(), task.std.tolist(), config.augment.flip_pairs
         )
+        if coordinates.is_identity:  # no coordinate column and no pair: targets do not move with the image
+            coordinates = None
     return BatchAugmenter(config.augment, seed, image_shape, pixels, coordinates)
 
 
