@@ -267,3 +267,17 @@ def test_stage_one_records_how_digits_pixels_were_standardised(tmp_path: Path) -
     assert pixels.max() < 16 + 1e-4
     tabular = run_sample_stage(PipelineConfig.model_validate({"data": {"source": "builtin:iris"}}), tmp_path)
     assert tabular.input_mean is None
+
+
+@pytest.mark.gpu
+def test_augmentation_on_cuda_matches_the_cpu_geometry_and_is_seeded() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    images = torch.arange(4 * 3 * 5 * 6, dtype=torch.float32).reshape(4, 90)
+    settings = AugmentConfig(flip_probability=1.0, noise_std=0.2)
+    first, _ = BatchAugmenter(settings, 5, (3, 5, 6))(images.cuda(), torch.zeros(4, device="cuda"))
+    again, _ = BatchAugmenter(settings, 5, (3, 5, 6))(images.cuda(), torch.zeros(4, device="cuda"))
+    assert first.device.type == "cuda"
+    assert torch.equal(first, again)
+    flipped = images.reshape(4, 3, 5, 6).flip(-1).reshape(4, 90)
+    assert 0.1 < float((first.cpu() - flipped).std()) < 0.3  # the flip, plus noise of the configured size
