@@ -52,7 +52,12 @@ def no_model_baseline(sample: Any) -> tuple[str, float]:
 
 
 def run_augment_effect(
-    config_file: Path | None, overrides: Sequence[str], on: Sequence[str], seeds: Sequence[int], workdir: Path
+    config_file: Path | None,
+    overrides: Sequence[str],
+    on: Sequence[str],
+    seeds: Sequence[int],
+    workdir: Path,
+    arms: Sequence[str] = tuple(ARMS),
 ) -> list[dict[str, Any]]:
     """One pipeline run per seed and arm; a row each with the test metrics, the baseline and the seconds."""
     from flows.tune_pipeline import tune_pipeline
@@ -60,7 +65,8 @@ def run_augment_effect(
 
     rows = []
     for seed in seeds:
-        for arm, fixed in ARMS.items():
+        for arm in arms:
+            fixed = ARMS[arm]
             extra = [*QUIET, *overrides, *fixed, *(on if arm == "on" else ()), f"seed={seed}"]
             config = load_config(config_file, [*extra, f"execution.workdir={workdir / f'{arm}-{seed}'}"])
             started = time.perf_counter()
@@ -91,19 +97,20 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="KEY=VALUE for both arms")
     parser.add_argument("--on", action="append", default=[], help="KEY=VALUE for the augmented arm only")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS), help="default: off and on")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/augment-effect"))
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--name", default="augment_effect")
     args = parser.parse_args()
     prepare_process()
-    rows = run_augment_effect(args.config, args.overrides, args.on, args.seeds, args.workdir)
+    rows = run_augment_effect(args.config, args.overrides, args.on, args.seeds, args.workdir, args.arms)
     table = [
         [r["seed"], r["arm"], r["status"], f"{r['test']:.4f}", f"{r['baseline']:.4f}", f"{r['seconds']:.0f}"]
         for r in rows
     ]
     metric = rows[0]["metric"] if rows else "metric"
     print(format_table(["seed", "augment", "status", f"test {metric}", f"no-model {metric}", "seconds"], table))
-    for arm in ARMS:
+    for arm in args.arms:
         values = [r["test"] for r in rows if r["arm"] == arm]
         print(f"{arm}: mean test {metric} {np.mean(values):.4f} over {len(values)} seed(s)")
     path = write_results(args.out, args.name, {"config": str(args.config), "on": args.on, "rows": rows})

@@ -265,6 +265,11 @@ def test_stage_one_records_how_digits_pixels_were_standardised(tmp_path: Path) -
     np.testing.assert_allclose(pixels, np.rint(pixels), atol=1e-4)
     assert pixels.min() > -1e-4
     assert pixels.max() < 16 + 1e-4
+    assert not any(w.startswith("augment:") for w in result.warnings)
+    shifted = PipelineConfig.model_validate(
+        {"augment": {"max_shift": 1}, "space": {"augment": {"kind": "categorical", "choices": [False, True]}}}
+    )
+    assert any(w.startswith("augment: flips and shifts") for w in run_sample_stage(shifted, tmp_path).warnings)
     tabular = run_sample_stage(PipelineConfig.model_validate({"data": {"source": "builtin:iris"}}), tmp_path)
     assert tabular.input_mean is None
 

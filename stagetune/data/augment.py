@@ -263,6 +263,21 @@ def check_augment_settings(
         )
 
 
+def per_pixel_warning(config: PipelineConfig, pixels: PixelScaling | None, channels: int) -> list[str]:
+    """A warning when flips or shifts will move pixels standardised one by one (builtin:digits): a pixel that
+    is near-constant in the training data (a border) then receives ink, hundreds of standard deviations out."""
+    settings = config.augment
+    moves = settings.flip_probability > 0 or settings.max_shift > 0
+    if not (moves and augmentation_requested(config)) or pixels is None or len(pixels.scale) == channels:
+        return []
+    return [
+        "augment: flips and shifts move pixels into positions Stage 1 standardised with their own mean and std, so "
+        "a shifted or mirrored image has values far outside the training data's (builtin:digits, max_shift 1: "
+        "|z| up to ~570 against 35 unshifted), which can make augmented runs worse; noise_std alone, or pixels "
+        "scaled per channel, does not have this problem"
+    ]
+
+
 def build_augmenter(
     config: PipelineConfig,
     hp: HyperParams,

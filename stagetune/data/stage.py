@@ -12,7 +12,7 @@ import numpy as np
 from schemas.config import TASK_CHAMPION_METRICS, TASK_OBJECTIVES, PipelineConfig
 from schemas.results import SampleResult
 from schemas.search_space import CategoricalParam
-from stagetune.data.augment import check_augment_settings, pixel_scaling
+from stagetune.data.augment import check_augment_settings, per_pixel_warning, pixel_scaling
 from stagetune.data.fingerprint import arrays_fingerprint, dataset_fingerprint
 from stagetune.data.loading import RawTable, load_table
 from stagetune.data.preprocess import PreparedData, prepare
@@ -99,6 +99,7 @@ def run_sample_stage(config: PipelineConfig, out_dir: Path) -> SampleResult:
 
     n_features = prepared.X_train.shape[1]
     pixels = pixel_scaling(prepared.transformer, n_features) if table.image_shape else None
+    channels = table.image_shape[0] if table.image_shape else 0
     return SampleResult(
         source=config.data.source,
         data_path=str(path),
@@ -122,7 +123,7 @@ def run_sample_stage(config: PipelineConfig, out_dir: Path) -> SampleResult:
         sampled_class_names=list(sampled.class_names),
         dropped_columns=list(table.dropped_columns),
         dropped_label_rows=table.dropped_label_rows,
-        warnings=list(table.warnings),
+        warnings=[*table.warnings, *per_pixel_warning(config, pixels, channels)],
         task_reason=table.task_reason,
         target_names=list(table.target_names),
         input_mean=None if pixels is None else list(pixels.mean),
