@@ -19,6 +19,8 @@ from stagetune.data.augment import (
     build_augmenter,
     check_augment_settings,
     move_coordinates,
+    per_pixel_warning,
+    pixels_of,
     shift_images,
 )
 from stagetune.errors import InputError
@@ -269,7 +271,8 @@ def test_stage_one_records_how_digits_pixels_were_standardised(tmp_path: Path) -
     shifted = PipelineConfig.model_validate(
         {"augment": {"max_shift": 1}, "space": {"augment": {"kind": "categorical", "choices": [False, True]}}}
     )
-    assert any(w.startswith("augment: flips and shifts") for w in run_sample_stage(shifted, tmp_path).warnings)
+    assert per_pixel_warning(shifted, pixels_of(result), channels=1)  # Stage 1 adds it to its warnings
+    assert not per_pixel_warning(shifted, PixelScaling((0.5,), (0.25,)), channels=1)  # scaled per channel
     tabular = run_sample_stage(PipelineConfig.model_validate({"data": {"source": "builtin:iris"}}), tmp_path)
     assert tabular.input_mean is None
 
