@@ -264,6 +264,18 @@ class CoarseConfig(StrictModel):
         description="Centre each optimizer's learning-rate range on the sanity stage's LR suggestion "
         "(same width in log space).",
     )
+    reuse_champion: bool = Field(
+        default=True,
+        description="When the registered model has a champion, enqueue its hyperparameters as a first coarse "
+        "trial (if the space contains them); it counts toward n_trials.",
+    )
+    reuse_previous: int = Field(
+        default=3,
+        ge=0,
+        le=100,
+        description="Enqueue this many of the previous finished run's best trials (refinement first, then "
+        "coarse) as first coarse trials, those the space still contains; they count toward n_trials.",
+    )
 
 
 class RefineConfig(StrictModel):
