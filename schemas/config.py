@@ -316,6 +316,12 @@ class TrackingConfig(StrictModel):
     registered_model: str | None = Field(default=None, description="Model Registry name; None: the config's name.")
     trial_plots: bool = Field(default=True, description="Log a learning-curve plot (SVG) for every trial.")
     report: bool = Field(default=True, description="Write the tuning report at the end of every run.")
+    system_metrics: bool = Field(
+        default=True, description="Record CPU, memory (and GPU, with nvidia-ml-py) on trial and final runs."
+    )
+    system_metrics_interval: float = Field(
+        default=10.0, ge=0.5, le=3600, description="Seconds between system readings (a trial shorter gets one)."
+    )
     io_retry_seconds: float = Field(
         default=180.0,
         ge=0,

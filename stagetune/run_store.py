@@ -27,7 +27,13 @@ from stagetune.flat_keys import flatten
 M = TypeVar("M", bound=BaseModel)
 
 # Settings that do not change what a run computes: a resumed run may use other values.
-VOLATILE_PREFIXES = ("execution.", "tracking.report", "tracking.trial_plots", "tracking.io_retry_seconds")
+VOLATILE_PREFIXES = (
+    "execution.",
+    "tracking.report",
+    "tracking.trial_plots",
+    "tracking.io_retry_seconds",
+    "tracking.system_metrics",
+)
 VOLATILE_KEYS = ("search.heartbeat_seconds", "search.stale_after_seconds", "search.max_retries")
 
 

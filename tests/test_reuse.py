@@ -129,6 +129,11 @@ def test_a_retune_starts_from_the_champion_and_the_last_run(tmp_path: Path) -> N
     assert sorted(t.number for t in coarse.trials) == [0, 1, 2]  # the enqueued trial counts toward the budget
     client = MlflowClient(second.tracking_uri)
     assert "v1 (champion): trial 0" in client.get_run(coarse.mlflow_run_id).data.tags["stagetune.reused"]
+    # System metrics on every trial run and on the final run (see tests/test_system_metrics.py).
+    trial = client.get_run(coarse.trials[1].mlflow_run_id or "")
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(trial.data.metrics)
+    final = client.get_run(second.final.mlflow_run_id if second.final else "")
+    assert "system/cpu_utilization_percentage" in final.data.metrics
     report = build_report(second, client)
     coarse_html = next(section.html for section in report.sections if section.id == "coarse")
     assert "reused from earlier runs" in coarse_html
