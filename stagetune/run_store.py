@@ -204,6 +204,11 @@ def _result_settings(config: PipelineConfig) -> dict[str, Any]:
     }
 
 
+def read_run_state(folder: Path) -> RunState | None:
+    """The state a run folder records (None when unreadable)."""
+    return _read_state(folder)
+
+
 def _read_state(folder: Path) -> RunState | None:
     try:
         return RunState.model_validate_json((folder / "state.json").read_text(encoding="utf-8"))
