@@ -28,7 +28,8 @@ def test_help_shows_flags_without_a_type_placeholder(command: list[str]) -> None
 
 def _result(tracking_uri: str) -> PipelineResult:
     # Only the three fields the closing lines read.
-    fields: dict[str, Any] = {"mlflow_parent_run_id": "abc123", "mlflow_experiment_id": "7", "tracking_uri": tracking_uri}
+    fields: dict[str, Any] = {"mlflow_parent_run_id": "abc123", "mlflow_experiment_id": "7"}
+    fields["tracking_uri"] = tracking_uri
     return PipelineResult.model_construct(**fields)
 
 
