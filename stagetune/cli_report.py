@@ -77,8 +77,8 @@ def resolve_run(run: str) -> tuple[str, str | None, str]:
 
 
 def compare(
-    run_a: Annotated[str, typer.Argument(help="MLflow parent run id of run A (the reference).")],
-    run_b: Annotated[str, typer.Argument(help="MLflow parent run id of run B.")],
+    run_a: Annotated[str, typer.Argument(metavar="RUN_A", help="Run A, the reference (as for `report`).")],
+    run_b: Annotated[str, typer.Argument(metavar="RUN_B", help="Run B (folder name, path or MLflow run id).")],
     out: OutOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
@@ -88,8 +88,10 @@ def compare(
 
     quiet_artifact_downloads()
     console = Console(stderr=True, soft_wrap=True, highlight=False)
-    folder = out or Path(f"compare-{run_a[:8]}-{run_b[:8]}")
-    comparison, path = guarded(console, lambda: write_comparison(run_a, run_b, folder, tracking_uri))
+    (id_a, uri_a, label_a), (id_b, _, label_b) = guarded(console, lambda: (resolve_run(run_a), resolve_run(run_b)))
+    folder = out or Path(f"compare-{label_a[:24]}-{label_b[:24]}")
+    uri = tracking_uri or uri_a
+    comparison, path = guarded(console, lambda: write_comparison(id_a, id_b, folder, uri))
     print_comparison(Console(file=sys.stdout, soft_wrap=True, highlight=False), comparison)
     console.print(f"written: {path}")
 
