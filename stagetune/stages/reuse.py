@@ -101,7 +101,11 @@ def previous_run_points(
     """The `count` best trials of the last finished run of pipeline `pipeline` in this experiment:
     refinement trials first (trained longest), then coarse ones."""
     query = f"tags.`{PIPELINE_TAG}` = '{pipeline.replace(chr(39), chr(39) * 2)}' and attributes.status = 'FINISHED'"
-    runs = client.search_runs([tree.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=5)
+    try:
+        runs = client.search_runs([tree.experiment_id], query, order_by=["attributes.start_time DESC"], max_results=5)
+    except MlflowException as error:  # reuse is a head start, not a reason to stop the run
+        LOGGER.warning("the previous runs of %s cannot be searched (%s): none reused", pipeline, error.error_code)
+        return []
     previous = next((run for run in runs if run.info.run_id != tree.parent_run_id), None)
     if previous is None:
         return []
