@@ -10,7 +10,14 @@ from schemas.hyperparams import HyperParams
 from schemas.search import ReusedTrial, TrialRecord
 from schemas.search_space import SearchSpace
 from stagetune.search.space import optuna_params, suggest_hyperparams
-from stagetune.stages.reuse import REUSE_ATTR, enqueue_reused, hyperparams_from_logged, score_reused
+from stagetune.search.study import storage_url
+from stagetune.stages.reuse import (
+    REUSE_ATTR,
+    TRIAL_REUSE_ATTR,
+    enqueue_reused,
+    hyperparams_from_logged,
+    score_reused,
+)
 from stagetune.tracking.run_tree import log_params
 from tests.conftest import tiny_config
 
@@ -105,12 +112,13 @@ def test_a_retune_starts_from_the_champion_and_the_last_run(tmp_path: Path) -> N
         "final.max_epochs=1",
         "training.max_batches_per_epoch=3",
     )
-    first = tune_pipeline(tiny_config(tmp_path, *overrides))
+    config = tiny_config(tmp_path, *overrides)
+    first = tune_pipeline(config)
     assert first.coarse is not None
     assert first.coarse.reused == []
     assert first.registered_model is not None
     assert first.registered_model.alias == "champion"
-    second = tune_pipeline(tiny_config(tmp_path, *overrides))
+    second = tune_pipeline(config)
     coarse = second.coarse
     assert coarse is not None
     assert first.final is not None
@@ -127,12 +135,17 @@ def test_a_retune_starts_from_the_champion_and_the_last_run(tmp_path: Path) -> N
     assert previous.skipped == "same point as an earlier one"
     assert coarse.enqueued == [0]
     assert sorted(t.number for t in coarse.trials) == [0, 1, 2]  # the enqueued trial counts toward the budget
+    # In the Optuna study: trial 0 was enqueued with the champion's point, marked with where it came from.
+    study = optuna.load_study(study_name=coarse.study_name, storage=storage_url(config))
+    assert study.trials[0].user_attrs[TRIAL_REUSE_ATTR] == champion.label
+    assert study.trials[0].params == optuna_params(champion.hyperparams, coarse.space, "mlp")
     client = MlflowClient(second.tracking_uri)
     assert "v1 (champion): trial 0" in client.get_run(coarse.mlflow_run_id).data.tags["stagetune.reused"]
     # System metrics on every trial run and on the final run (see tests/test_system_metrics.py).
     trial = client.get_run(coarse.trials[1].mlflow_run_id or "")
     assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(trial.data.metrics)
-    final = client.get_run(second.final.mlflow_run_id if second.final else "")
+    assert second.final is not None
+    final = client.get_run(second.final.mlflow_run_id or "")
     assert "system/cpu_utilization_percentage" in final.data.metrics
     report = build_report(second, client)
     coarse_html = next(section.html for section in report.sections if section.id == "coarse")
