@@ -319,6 +319,18 @@ class CoarseConfig(StrictModel):
         description="Centre each optimizer's learning-rate range on the sanity stage's LR suggestion "
         "(same width in log space).",
     )
+    reuse_champion: bool = Field(
+        default=True,
+        description="When the registered model has a champion, enqueue its hyperparameters as a first coarse "
+        "trial (if the space contains them); it counts toward n_trials.",
+    )
+    reuse_previous: int = Field(
+        default=3,
+        ge=0,
+        le=100,
+        description="Enqueue this many of the previous finished run's best trials (refinement first, then "
+        "coarse) as first coarse trials, those the space still contains; they count toward n_trials.",
+    )
 
 
 class RefineConfig(StrictModel):
@@ -359,6 +371,12 @@ class TrackingConfig(StrictModel):
     registered_model: str | None = Field(default=None, description="Model Registry name; None: the config's name.")
     trial_plots: bool = Field(default=True, description="Log a learning-curve plot (SVG) for every trial.")
     report: bool = Field(default=True, description="Write the tuning report at the end of every run.")
+    system_metrics: bool = Field(
+        default=True, description="Record CPU, memory (and GPU, with nvidia-ml-py) on trial and final runs."
+    )
+    system_metrics_interval: float = Field(
+        default=10.0, ge=0.5, le=3600, description="Seconds between system readings (a trial shorter gets one)."
+    )
     io_retry_seconds: float = Field(
         default=180.0,
         ge=0,

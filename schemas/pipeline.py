@@ -8,7 +8,7 @@ from schemas.base import StrictModel
 from schemas.final import FinalResult, StageDiagnosisSummary
 from schemas.hyperparams import HyperParams
 from schemas.results import SampleResult, SanityResult
-from schemas.search import NarrowingReport, TrialRecord
+from schemas.search import NarrowingReport, ReusedTrial, TrialRecord
 from schemas.search_space import SearchSpace
 
 
@@ -27,6 +27,9 @@ class SearchStageResult(StrictModel):
     n_train_rows: int
     space: SearchSpace
     enqueued: list[int] = Field(default_factory=list, description="Trial numbers seeded with known points.")
+    reused: list[ReusedTrial] = Field(
+        default_factory=list, description="Coarse only: the champion's and the previous run's points, and how they did."
+    )
     counts: dict[str, int] = Field(description="Trials per final state (COMPLETE, PRUNED, FAIL).")
     best: TrialRecord | None
     trials: list[TrialRecord]

@@ -29,6 +29,21 @@ class TrialRecord(StrictModel):
     diagnosis: str | None = Field(default=None, description="Short diagnosis code of the trial's curves.")
 
 
+class ReusedTrial(StrictModel):
+    """A known point enqueued as a coarse trial: the champion's hyperparameters or a previous run's best trial."""
+
+    source: Literal["champion", "previous_run"]
+    label: str = Field(description="Where it came from, e.g. 'digits v3 (champion)' or 'run 1a2b3c4d refine trial 5'.")
+    source_run_id: str = Field(description="The MLflow run its hyperparameters were read from.")
+    model_version: int | None = Field(default=None, description="The registered version (champion only).")
+    source_value: float | None = Field(default=None, description="Its objective (or test metric) back then.")
+    hyperparams: HyperParams
+    number: int | None = Field(default=None, description="Its coarse trial number; None: not enqueued.")
+    skipped: str | None = Field(default=None, description="Why it was not enqueued (outside the space, duplicate).")
+    value: float | None = Field(default=None, description="Its coarse objective in this run.")
+    rank: int | None = Field(default=None, ge=1, description="Its rank among this run's completed coarse trials.")
+
+
 class ParamChange(StrictModel):
     """What narrowing did to one parameter, and why, in a sentence with numbers."""
 

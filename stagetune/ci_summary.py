@@ -21,9 +21,11 @@ _METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "r2", "rmse", "mae", "l
 def summary_markdown(result: PipelineResult, tracking_uri: str | None = None) -> str:
     """The job summary of one pipeline run; `tracking_uri` (default: the result's) makes the MLflow link."""
     lines = [f"## stagetune `{result.name}`: {result.status.replace('_', ' ')}", "", _escape(result.message), ""]
-    for section in (_sanity, _test_metrics, _champion, _best_hyperparams, _searches):
+    uri = tracking_uri or result.tracking_uri
+    for section in (_sanity, _test_metrics, _champion, _best_hyperparams, _searches, _reused):
         lines += section(result)
-    lines += ["### MLflow", "", _mlflow_line(result, tracking_uri or result.tracking_uri), ""]
+    lines += _version_link(result, uri)
+    lines += ["### MLflow", "", _mlflow_line(result, uri), ""]
     return "\n".join(lines)
 
 
@@ -33,6 +35,14 @@ def mlflow_run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | 
         return None
     base = without_credentials(tracking_uri).rstrip("/")
     return f"{base}/#/experiments/{quote(experiment_id)}/runs/{quote(run_id)}"
+
+
+def mlflow_version_url(tracking_uri: str, model_name: str, version: int) -> str | None:
+    """The MLflow UI address of a registered model version on an http(s) tracking server; None otherwise."""
+    if urlsplit(tracking_uri).scheme not in ("http", "https"):
+        return None
+    base = without_credentials(tracking_uri).rstrip("/")
+    return f"{base}/#/models/{quote(model_name, safe='')}/versions/{version}"
 
 
 def without_credentials(uri: str) -> str:
@@ -74,6 +84,31 @@ def _champion(result: PipelineResult) -> list[str]:
         f"Reason: {_escape(decision.reason)}"
     )
     return ["### Champion decision", "", text, ""]
+
+
+def _version_link(result: PipelineResult, tracking_uri: str) -> list[str]:
+    model = result.registered_model
+    if model is None:
+        return []
+    url = mlflow_version_url(tracking_uri, model.name, model.version)
+    label = f"`{model.name}` version {model.version} (`{model.alias}`)"
+    if url is None:
+        store = without_credentials(tracking_uri)
+        return [f"Registered: {label}; `mlflow ui --backend-store-uri {store}`, then Models > {model.name}.", ""]
+    return [f"Registered: [{label}]({url})", ""]
+
+
+def _reused(result: PipelineResult) -> list[str]:
+    reused = result.coarse.reused if result.coarse is not None else []
+    if not reused:
+        return []
+    rows = [
+        f"| {_escape(item.label)} | {'-' if item.number is None else f'#{item.number}'} "
+        f"| {'-' if item.rank is None else item.rank} | {_escape(item.skipped or '')} |"
+        for item in reused
+    ]
+    header = ["| reused point | coarse trial | rank | not enqueued because |", "| --- | --- | --- | --- |"]
+    return ["### Reused from earlier runs", "", *header, *rows, ""]
 
 
 def _best_hyperparams(result: PipelineResult) -> list[str]:

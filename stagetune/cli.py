@@ -17,8 +17,10 @@ from rich.console import Console
 
 from schemas.config import PipelineConfig
 from schemas.pipeline import PipelineResult
+from stagetune.ci_summary import without_credentials
 from stagetune.cli_deploy import serve
 from stagetune.cli_errors import EXIT_OK, EXIT_SANITY, guarded
+from stagetune.cli_help import FlagCommand, FlagGroup
 from stagetune.cli_report import compare, report
 from stagetune.cli_stack import stack_app
 from stagetune.config_loading import check_environment, load_config, validate_config
@@ -29,6 +31,7 @@ from stagetune.runtime import configure_process
 from stagetune.store_check import check_stores_writable
 
 app = typer.Typer(
+    cls=FlagGroup,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -38,11 +41,12 @@ ConfigArg = Annotated[
     Path | None, typer.Argument(help="YAML config file; omitted: the embedded defaults (digits, MLP).")
 ]
 SetOpt = Annotated[
-    list[str] | None, typer.Option("--set", "-s", help="Override a setting: dotted.key=value (repeatable).")
+    list[str] | None,
+    typer.Option("--set", "-s", metavar="KEY=VALUE", help="Override a setting: dotted.key=value (repeatable)."),
 ]
 
 
-@app.command()
+@app.command(cls=FlagCommand)
 def run(
     config: ConfigArg = None,
     overrides: SetOpt = None,
@@ -50,6 +54,7 @@ def run(
     resume: Annotated[
         str | None,
         typer.Option(
+            metavar="RUN",
             help="Continue this run (its folder name under <workdir>/runs, its path, or its MLflow parent run id); "
             "without CONFIG and --set, with the config it was started with.",
             show_default=False,
@@ -78,11 +83,11 @@ def run(
     )
     if summary is not None:
         write_json_atomically(summary, result.model_dump_json(indent=2))
-    _print_result(console, result)
+    _print_result(console, settings, result)
     raise typer.Exit(EXIT_SANITY if result.status == "sanity_failed" else EXIT_OK)
 
 
-@app.command()
+@app.command(cls=FlagCommand)
 def worker(
     config: ConfigArg = None,
     study: Annotated[
@@ -112,7 +117,7 @@ def worker(
     Console(file=sys.stdout, soft_wrap=True).print(f"worker done: {ran} trial(s) run for study {study!r}")
 
 
-@app.command()
+@app.command(cls=FlagCommand)
 def validate(
     config: ConfigArg = None,
     overrides: SetOpt = None,
@@ -126,15 +131,15 @@ def validate(
     console.print(f"[green]valid[/green]: {config or 'embedded defaults'}")
 
 
-@app.command()
+@app.command(cls=FlagCommand)
 def schema() -> None:
     """Print the JSON schema of the config."""
     typer.echo(json.dumps(PipelineConfig.model_json_schema(), indent=2))
 
 
-app.command()(report)
-app.command()(compare)
-app.command()(serve)
+app.command(cls=FlagCommand)(report)
+app.command(cls=FlagCommand)(compare)
+app.command(cls=FlagCommand)(serve)
 app.add_typer(stack_app, name="stack", help="A local S3 + MLflow (+ Prefect) stack on 127.0.0.1, no Docker.")
 
 
@@ -191,7 +196,7 @@ def write_json_atomically(path: Path, text: str) -> None:
         raise
 
 
-def _print_result(console: Console, result: PipelineResult) -> None:
+def _print_result(console: Console, settings: PipelineConfig, result: PipelineResult) -> None:
     out = Console(file=sys.stdout, highlight=False, soft_wrap=True)
     if result.status == "sanity_failed" and result.sanity is not None:
         console.print("[red]sanity gate failed[/red] — no search was started.", highlight=False)
@@ -203,8 +208,34 @@ def _print_result(console: Console, result: PipelineResult) -> None:
             )
     else:
         out.print(result.message)
-    out.print(f"MLflow run: {result.mlflow_parent_run_id} (experiment {result.mlflow_experiment_id})")
+    for line in closing_lines(result, _report_path(settings, result)):
+        out.print(line)
+
+
+def closing_lines(result: PipelineResult, report_html: Path | None) -> list[str]:
+    """The run's last lines: its MLflow run, the HTML report's path, and how to open the run in MLflow's UI."""
+    run, experiment = result.mlflow_parent_run_id, result.mlflow_experiment_id
+    lines = [f"MLflow run: {run} (experiment {experiment})"]
+    if report_html is not None:
+        lines.append(f"Report: {report_html}")
+    page = f"#/experiments/{experiment}/runs/{run}"
     if result.tracking_uri.startswith(("http://", "https://")):
-        out.print(f"Browse: {result.tracking_uri}/#/experiments/{result.mlflow_experiment_id}")
+        base = without_credentials(result.tracking_uri).rstrip("/")
+        lines.append(f"MLflow UI: open {base}/{page}")
     else:
-        out.print(f"Browse: mlflow ui --backend-store-uri {result.tracking_uri}")
+        lines.append(f"MLflow UI: mlflow ui --backend-store-uri {result.tracking_uri}")
+        lines.append(f"           then open http://127.0.0.1:5000/{page}")
+    return lines
+
+
+def _report_path(settings: PipelineConfig, result: PipelineResult) -> Path | None:
+    """The HTML report the run wrote into its folder, if it did (tracking.report)."""
+    from stagetune.report.build import HTML_NAME
+
+    if not settings.tracking.report:
+        return None
+    try:
+        html = find_run(settings, result.mlflow_parent_run_id) / "report" / HTML_NAME
+    except InputError:
+        return None
+    return html if html.is_file() else None

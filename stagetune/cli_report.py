@@ -30,28 +30,55 @@ OutOpt = Annotated[Path | None, typer.Option("--out", help="Folder to write into
 
 
 def report(
-    run_id: Annotated[str, typer.Argument(help="MLflow id of the pipeline's parent run.")],
+    run: Annotated[
+        str,
+        typer.Argument(
+            metavar="RUN",
+            help="The run: its folder name under <workdir>/runs (as `stagetune run` prints it), its path, "
+            "or its MLflow parent run id.",
+        ),
+    ],
     out: OutOpt = None,
     tracking_uri: TrackingOpt = None,
     log: Annotated[bool, typer.Option("--log/--no-log", help="Attach the report to the parent MLflow run.")] = True,
 ) -> None:
-    """Write the tuning report of RUN_ID (HTML, Markdown, summary JSON); default folder ./report-RUN_ID."""
+    """Write the tuning report of RUN (HTML, Markdown, summary JSON); default folder ./report-RUN."""
     configure_process()
     from stagetune.report.commands import quiet_artifact_downloads, write_run_report
 
     quiet_artifact_downloads()
     console = Console(stderr=True, soft_wrap=True, highlight=False)
-    folder = out or Path(f"report-{run_id}")
-    files = guarded(console, lambda: write_run_report(run_id, folder, tracking_uri, log))
+    run_id, recorded_uri, label = guarded(console, lambda: resolve_run(run))
+    folder = out or Path(f"report-{label}")
+    uri = tracking_uri or recorded_uri
+    files = guarded(console, lambda: write_run_report(run_id, folder, uri, log))
     stdout = Console(file=sys.stdout, soft_wrap=True, highlight=False)
     stdout.print(f"report: {files.html}\nmarkdown: {files.markdown}\nnumbers: {files.summary}")
     if log:
         stdout.print(f"attached to MLflow run {run_id} as report/{files.html.name} and report/{files.markdown.name}")
 
 
+def resolve_run(run: str) -> tuple[str, str | None, str]:
+    """(MLflow parent run id, the tracking URI the run recorded to or None, a label for file names) of a
+    run folder name or path under the default workdir, as `--resume` takes them; else `run` is taken
+    for an MLflow parent run id."""
+    from schemas.config import PipelineConfig
+    from stagetune.errors import InputError
+    from stagetune.run_store import find_run, read_run_state
+
+    try:
+        folder = find_run(PipelineConfig(), run)
+    except InputError:
+        return run, None, run
+    state = read_run_state(folder)
+    if state is None or state.parent_run_id is None:
+        raise InputError("RUN", f"run {folder.name} has no MLflow run yet (it stopped before its first stage ended)")
+    return state.parent_run_id, state.tracking_uri, folder.name
+
+
 def compare(
-    run_a: Annotated[str, typer.Argument(help="MLflow parent run id of run A (the reference).")],
-    run_b: Annotated[str, typer.Argument(help="MLflow parent run id of run B.")],
+    run_a: Annotated[str, typer.Argument(metavar="RUN_A", help="Run A, the reference (as for `report`).")],
+    run_b: Annotated[str, typer.Argument(metavar="RUN_B", help="Run B (folder name, path or MLflow run id).")],
     out: OutOpt = None,
     tracking_uri: TrackingOpt = None,
 ) -> None:
@@ -61,8 +88,10 @@ def compare(
 
     quiet_artifact_downloads()
     console = Console(stderr=True, soft_wrap=True, highlight=False)
-    folder = out or Path(f"compare-{run_a[:8]}-{run_b[:8]}")
-    comparison, path = guarded(console, lambda: write_comparison(run_a, run_b, folder, tracking_uri))
+    (id_a, uri_a, label_a), (id_b, _, label_b) = guarded(console, lambda: (resolve_run(run_a), resolve_run(run_b)))
+    folder = out or Path(f"compare-{label_a[:24]}-{label_b[:24]}")
+    uri = tracking_uri or uri_a
+    comparison, path = guarded(console, lambda: write_comparison(id_a, id_b, folder, uri))
     print_comparison(Console(file=sys.stdout, soft_wrap=True, highlight=False), comparison)
     console.print(f"written: {path}")
 

@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 
 from stagetune.cli_errors import EXIT_ERROR, guarded
+from stagetune.cli_help import FlagCommand, FlagGroup
 from stagetune.stack import ServiceStatus, StackError, StackOptions, resolve_paths, stack_down, stack_status, stack_up
 from stagetune.stack.credentials import CredentialsError
 
@@ -18,6 +19,7 @@ from stagetune.stack.credentials import CredentialsError
 STACK_ERRORS = (StackError, CredentialsError, OSError)
 
 stack_app = typer.Typer(
+    cls=FlagGroup,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -34,7 +36,7 @@ StateDirOpt = Annotated[
 ]
 
 
-@stack_app.command()
+@stack_app.command(cls=FlagCommand)
 def up(
     state_dir: StateDirOpt = None,
     s3_port: Annotated[int | None, typer.Option(help="S3 port (default 8333, or the running one's).")] = None,
@@ -78,7 +80,7 @@ def up(
     typer.echo(info.export_line)
 
 
-@stack_app.command()
+@stack_app.command(cls=FlagCommand)
 def down(
     state_dir: StateDirOpt = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait after SIGTERM before SIGKILL.")] = 15.0,
@@ -94,7 +96,7 @@ def down(
         console.print("nothing was running")
 
 
-@stack_app.command()
+@stack_app.command(cls=FlagCommand)
 def status(state_dir: StateDirOpt = None) -> None:
     """Each service: PID, port, health. Exit code 1 when a recorded service is not healthy."""
     console = Console(soft_wrap=True, highlight=False)

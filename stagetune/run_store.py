@@ -27,7 +27,13 @@ from stagetune.flat_keys import flatten
 M = TypeVar("M", bound=BaseModel)
 
 # Settings that do not change what a run computes: a resumed run may use other values.
-VOLATILE_PREFIXES = ("execution.", "tracking.report", "tracking.trial_plots", "tracking.io_retry_seconds")
+VOLATILE_PREFIXES = (
+    "execution.",
+    "tracking.report",
+    "tracking.trial_plots",
+    "tracking.io_retry_seconds",
+    "tracking.system_metrics",
+)
 VOLATILE_KEYS = ("search.heartbeat_seconds", "search.stale_after_seconds", "search.max_retries")
 
 
@@ -196,6 +202,11 @@ def _result_settings(config: PipelineConfig) -> dict[str, Any]:
     return {
         key: value for key, value in flat.items() if not key.startswith(VOLATILE_PREFIXES) and key not in VOLATILE_KEYS
     }
+
+
+def read_run_state(folder: Path) -> RunState | None:
+    """The state a run folder records (None when unreadable)."""
+    return _read_state(folder)
 
 
 def _read_state(folder: Path) -> RunState | None:

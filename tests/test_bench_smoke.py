@@ -162,3 +162,12 @@ def test_gpu_benchmark_reports_trials_per_hour() -> None:
     for row in results["rows"]:
         assert row["trials_per_hour"] > 0
         assert row["samples"] > 0
+
+
+def test_system_metrics_cost_measures_a_reading_and_a_short_trial() -> None:
+    from bench.system_metrics_cost import measure
+
+    result = measure(5)
+    assert result["readings"] == 5
+    assert 0 < result["ms_per_reading"] < 1000
+    assert 0 < result["ms_per_short_trial"] < 1000

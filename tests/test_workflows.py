@@ -15,7 +15,8 @@ from pydantic import AliasChoices
 
 from flows.tune_pipeline import tune_pipeline
 from schemas.pipeline import PipelineResult
-from stagetune.ci_summary import main, mlflow_run_url, summary_markdown
+from stagetune.ci_summary import main, mlflow_run_url, mlflow_version_url, summary_markdown
+from stagetune.config_loading import load_config
 from stagetune.settings import RuntimeSettings
 from tests.conftest import REPO, tiny_config
 
@@ -76,12 +77,37 @@ def test_retune_triggers_and_pinned_actions() -> None:
     workflow = _workflow("retune.yml")
     triggers = workflow[True]  # YAML 1.1 reads the key `on` as True
     assert set(triggers["workflow_dispatch"]["inputs"]) == {"config", "overrides"}
-    assert [s["cron"] for s in triggers["schedule"]] == ["0 3 * * 1"]
+    assert [s["cron"] for s in triggers["schedule"]] == ["30 5 * * 1"]
     assert triggers["push"]["paths"] == ["configs/**"]
     uses = {step["uses"] for job in workflow["jobs"].values() for step in job["steps"] if "uses" in step}
     assert uses == {"actions/checkout@v4", "actions/setup-python@v5", "actions/upload-artifact@v4"}
     install = _step(workflow, "Install")["run"]
     assert install == _step(_workflow("ci.yml"), "Install")["run"]
+
+
+def _minute_of_week(cron: str) -> int:
+    """A weekly cron ("M H * * D", one value each) as minutes since Sunday 00:00."""
+    minute, hour, day_of_month, month, weekday = cron.split()
+    assert (day_of_month, month) == ("*", "*"), f"not a weekly schedule: {cron}"
+    return (int(weekday) % 7) * 24 * 60 + int(hour) * 60 + int(minute)
+
+
+def test_the_workflow_and_the_prefect_deployment_never_retune_the_same_model_at_once() -> None:
+    workflow = _workflow("retune.yml")
+    [job] = workflow["jobs"].values()
+    default_config = load_config(REPO / workflow["env"]["DEFAULT_CONFIG"])  # what the schedule tunes
+    deployments = yaml.safe_load((REPO / "prefect.yaml").read_text(encoding="utf-8"))["deployments"]
+    week = 7 * 24 * 60
+    for deployment in deployments:
+        if deployment["parameters"]["config"].get("name") != default_config.name:
+            continue
+        for prefect_schedule in deployment["schedules"]:
+            assert prefect_schedule["timezone"] == "UTC"
+            for github_schedule in workflow[True]["schedule"]:
+                gap = abs(_minute_of_week(github_schedule["cron"]) - _minute_of_week(prefect_schedule["cron"]))
+                # Longer apart than the workflow job may run, both ways round the week.
+                assert min(gap, week - gap) > job["timeout-minutes"], (github_schedule, prefect_schedule)
+    assert workflow["concurrency"] == {"group": "retune", "cancel-in-progress": False}
 
 
 def test_retune_passes_every_runtime_setting_from_secrets() -> None:
@@ -211,6 +237,7 @@ def test_summary_shows_best_params_metrics_champion_and_mlflow_run(pipeline_resu
     assert "| coarse | " in markdown
     assert "| refine | " in markdown
     assert f"`mlflow ui --backend-store-uri {result.tracking_uri}`" in markdown
+    assert "Registered: `stagetune` version 1 (`champion`); `mlflow ui --backend-store-uri" in markdown
 
 
 @pytest.mark.slow
@@ -221,6 +248,11 @@ def test_summary_links_the_run_on_a_server_without_its_credentials(pipeline_resu
     assert "s3cr3t" not in markdown
     assert "ci:" not in markdown
     assert mlflow_run_url("sqlite:///x.db", "1", "abc") is None
+    model = pipeline_result.registered_model
+    assert model is not None
+    link = f"(https://mlflow.example.com:8443/#/models/{model.name}/versions/{model.version})"
+    assert f"Registered: [`{model.name}` version {model.version} (`{model.alias}`)]{link}" in markdown
+    assert mlflow_version_url("sqlite:///x.db", "m", 1) is None
 
 
 @pytest.mark.slow

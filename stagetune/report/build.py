@@ -45,7 +45,7 @@ def build_report(result: PipelineResult, client: MlflowClient) -> Report:
     sections = [
         data_section(result.sample, numbers),
         sanity_section(result.sanity, numbers),
-        coarse_section(result.coarse, result.narrowing, client, numbers),
+        coarse_section(result.coarse, result.narrowing, client, numbers, result.best_hyperparams),
         narrowing_section(result.narrowing, numbers),
         refine_section(result.refine, importances, client, numbers),
         final_section(result.final, numbers),

@@ -5,6 +5,7 @@ from collections.abc import Sequence
 
 from mlflow.tracking import MlflowClient
 
+from schemas.hyperparams import HyperParams
 from schemas.pipeline import SearchStageResult
 from schemas.search import NarrowingReport, TrialRecord
 from schemas.search_space import CategoricalParam, Param
@@ -23,6 +24,7 @@ from stagetune.report.markup import (
 )
 from stagetune.report.mlflow_io import trial_history
 from stagetune.report.model import Section
+from stagetune.report.sections_reuse import reuse_block
 from stagetune.report.svg_scatter import param_scatter_svg
 from stagetune.stages.search_stage import top_trials
 from stagetune.tracking.study_plots import history_figure, importances_figure, parallel_coordinates_figure
@@ -33,9 +35,14 @@ _SHOWN_PARAMS = ("optimizer", "learning_rate", "weight_decay", "dropout", "batch
 
 
 def coarse_section(
-    stage: SearchStageResult | None, narrowing: NarrowingReport | None, client: MlflowClient, numbers: Numbers
+    stage: SearchStageResult | None,
+    narrowing: NarrowingReport | None,
+    client: MlflowClient,
+    numbers: Numbers,
+    final: HyperParams | None = None,
 ) -> Section:
-    """Objective against each hyperparameter (top trials ringed), the best trials and their learning curves."""
+    """Objective against each hyperparameter (top trials ringed), the best trials and their learning curves,
+    and the points reused from earlier runs (`final`: the run's best hyperparameters, to say if one won again)."""
     if stage is None:
         return _not_run("coarse", "3. Coarse search")
     highlighted = narrowing.top_trials if narrowing is not None and narrowing.top_trials else None
@@ -50,7 +57,9 @@ def coarse_section(
         + _best_curves(stage, client)
         + _top_table(stage, numbers)
     )
-    return Section("coarse", "3. Coarse search", body, _stage_markdown(stage, numbers))
+    reuse_html, reuse_markdown = reuse_block(stage, final, numbers)
+    markdown = _stage_markdown(stage, numbers) + f"\n\n{reuse_markdown}"
+    return Section("coarse", "3. Coarse search", body + reuse_html, markdown)
 
 
 def refine_section(

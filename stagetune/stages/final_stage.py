@@ -1,6 +1,7 @@
 """Stage 5: the chosen hyperparameters on the full training data, then one test evaluation, then the registry."""
 
 import math
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from stagetune.tracking.run_tree import (
     log_tags,
     stage_run,
 )
+from stagetune.tracking.system_metrics import monitored_run
 from stagetune.training.device import resolve_device
 from stagetune.training.loaders import make_eval_loader, make_train_loader
 from stagetune.training.loop import fit
@@ -50,7 +52,7 @@ def final_stage(
     device = resolve_device(config.execution.device)
     final = config.final
     reporter = progress.current()
-    with stage_run(tree, "final") as run_id:
+    with stage_run(tree, "final") as run_id, _system_metrics(config, tree, run_id):
         log_params(
             tree.client,
             run_id,
@@ -171,3 +173,10 @@ def test_line(test: TestMetrics | RegressionTestMetrics) -> str:
     if isinstance(test, TestMetrics):
         return f"accuracy {test.accuracy:.4f}, balanced {test.balanced_accuracy:.4f}, macro F1 {test.macro_f1:.4f}"
     return f"R² {test.r2:.4f}, RMSE {test.rmse:.4g}, MAE {test.mae:.4g}"
+
+
+def _system_metrics(config: PipelineConfig, tree: RunTree, run_id: str) -> AbstractContextManager[None]:
+    """MLflow's system-metrics monitor on the final run (or nothing, with tracking.system_metrics off)."""
+    if not config.tracking.system_metrics:
+        return nullcontext()
+    return monitored_run(tree.tracking_uri, run_id, config.tracking.system_metrics_interval)

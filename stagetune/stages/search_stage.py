@@ -22,7 +22,7 @@ from schemas.config import PipelineConfig
 from schemas.hyperparams import HyperParams
 from schemas.pipeline import SearchStageResult
 from schemas.results import SampleResult, SanityResult
-from schemas.search import NarrowingReport, TrialRecord
+from schemas.search import NarrowingReport, ReusedTrial, TrialRecord
 from schemas.search_space import FloatParam, SearchSpace
 from stagetune.data.augment import pixels_of
 from stagetune.data.sampling import stratified_subsample
@@ -35,6 +35,7 @@ from stagetune.search.liveness import Liveness
 from stagetune.search.space import optuna_params, space_violations, suggest_hyperparams
 from stagetune.search.study import liveness_of, make_pruner, make_sampler, open_study, rdb_storage, storage_url
 from stagetune.stages.lost_records import rewrite_lost_trial_records
+from stagetune.stages.reuse import REUSE_ATTR, enqueue_reused, reuse_candidates, score_reused
 from stagetune.stages.shared_study import (
     RECORD_ATTR,
     close_killed_trial_runs,
@@ -67,6 +68,7 @@ class SearchPlan:
     storage: str
     liveness: Liveness = field(default_factory=Liveness)
     enqueued: list[int] = field(default_factory=list)
+    reused: list[ReusedTrial] = field(default_factory=list)  # coarse: the champion's and last run's points
     asked: dict[int, optuna.Trial] = field(default_factory=dict)  # asked by this process, not told yet
     records: list[TrialRecord] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
@@ -87,8 +89,27 @@ def start_coarse(
         name, storage_url(config), config.search.direction, sampler, make_pruner("none", 1), liveness_of(config)
     )
     plan = _plan(config, tree, "coarse", study, space, config.coarse.n_trials, config.coarse.epochs, data, "none")
+    reuse_last_run(plan, tree)
     publish_plan(plan, sample, config.coarse.train_fraction, False, config.coarse.sampler)
     return plan
+
+
+def reuse_last_run(plan: SearchPlan, tree: RunTree) -> None:
+    """Enqueue the champion's point and the previous run's best trials as the first coarse trials
+    (see `stagetune.stages.reuse`); a resumed stage keeps the plan stored on its study."""
+    config = plan.context.config
+    stored = REUSE_ATTR in plan.study.user_attrs
+    candidates = [] if stored else reuse_candidates(config, tree)
+    plan.reused = enqueue_reused(plan.study, plan.space, config.model.family, plan.n_trials, candidates)
+    plan.enqueued = [item.number for item in plan.reused if item.number is not None]
+    if plan.reused and not stored:
+        lines = [
+            f"{item.label}: " + (f"trial {item.number}" if item.skipped is None else str(item.skipped))
+            for item in plan.reused
+        ]
+        log_tags(tree.client, plan.context.stage_run_id, {"stagetune.reused": "\n".join(lines)[:5000]})
+        for line in lines:
+            LOGGER.info("coarse stage reuses %s", line)
 
 
 def start_refine(
@@ -289,6 +310,7 @@ def finish(plan: SearchPlan) -> SearchStageResult:
         n_train_rows=len(plan.context.data.y_train),
         space=plan.space,
         enqueued=plan.enqueued,
+        reused=score_reused(plan.reused, records, config.search.direction),
         counts=counts,
         best=best[0] if best else None,
         trials=records,

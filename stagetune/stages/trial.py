@@ -13,6 +13,7 @@ it ends its own run. Without a queue (a `stagetune worker`, a Dask worker) the c
 """
 
 import json
+import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -51,10 +52,13 @@ from stagetune.tracking.run_tree import (
     now_ms,
 )
 from stagetune.tracking.svg_curves import learning_curve_svg
+from stagetune.tracking.system_metrics import trial_sampler
 from stagetune.training.device import resolve_device
 from stagetune.training.loaders import make_eval_loader, make_train_loader
 from stagetune.training.loop import FitResult, StopTraining, fit
 from stagetune.training.models import build_model
+
+LOGGER = logging.getLogger(__name__)
 
 Objective = Literal["val_loss", "val_acc", "val_balanced_acc", "val_rmse", "val_mae", "val_r2"]
 Reporter = Callable[[int, float], bool]
@@ -139,6 +143,7 @@ def run_trial(
             outcome.status, "FAIL"
         )
     ended = now_ms()
+    system = _system_rows(config, started, ended)
     value = best_value(outcome.history, config.search.objective)
     if outcome_state == "COMPLETE" and value is None:
         outcome_state, outcome.reason = "FAIL", "no finite validation value"
@@ -158,7 +163,9 @@ def run_trial(
     )
     reason = outcome.reason
     # Held until the search loop has started the next trial: it then overlaps that trial's training.
-    tracking.submit(lambda: _record(context, client, record, run_params, outcome.history, reason, ended), held=True)
+    tracking.submit(
+        lambda: _record(context, client, record, run_params, outcome.history, reason, ended, system), held=True
+    )
     return record
 
 
@@ -219,6 +226,18 @@ def _train(
     )
 
 
+def _system_rows(config: PipelineConfig, started_ms: int, ended_ms: int) -> list[tuple[str, float, int]]:
+    """The machine's readings while the trial trained (see `stagetune.tracking.system_metrics`)."""
+    if not config.tracking.system_metrics:
+        return []
+    try:
+        sampler = trial_sampler(config.tracking.system_metrics_interval)
+        return sampler.rows(started_ms / 1000, ended_ms / 1000)
+    except Exception as error:  # a trial's result matters more than its system metrics
+        LOGGER.warning("system metrics were not read: %s", error)
+        return []
+
+
 def _end_invalid(client: MlflowClient, run_id: str, params: Mapping[str, object]) -> None:
     log_params(client, run_id, params)
     end_run(client, run_id, "FAILED")
@@ -232,9 +251,10 @@ def _record(
     history: list[EpochRecord],
     reason: str | None,
     ended_ms: int,
+    system: Sequence[tuple[str, float, int]] = (),
 ) -> None:
     run_id = record.mlflow_run_id or ""
-    rows = epoch_metric_rows(history)
+    rows = epoch_metric_rows(history) + list(system)
     if record.value is not None:
         rows.append(("objective", record.value, max(record.epochs_run - 1, 0)))
     tags = {"stagetune.state": record.state, "stagetune.diagnosis": record.diagnosis or ""}

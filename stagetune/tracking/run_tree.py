@@ -30,6 +30,10 @@ RunEnd = Literal["FINISHED", "FAILED", "KILLED"]
 STAGE_TAG = "stagetune.stage"
 TRIAL_TAG = "stagetune.trial"
 PIPELINE_TAG = "stagetune.pipeline"
+# MLflow 3's UI opens an experiment in its GenAI view (traces) unless this tag names another kind;
+# "custom_model_development" is the kind its selector calls "Machine learning": runs, metrics, models.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
 _MAX_PARAMS_PER_CALL = 100
 _MAX_METRICS_PER_CALL = 1000
 _MAX_PARAM_LENGTH = 6000
@@ -67,18 +71,21 @@ class RunTree:
 
 
 def ensure_experiment(client: MlflowClient, name: str, artifact_location: str | None) -> str:
-    """The id of experiment `name`, created (with `artifact_location`, if given) when missing."""
-    experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return str(experiment.experiment_id)
-    try:
-        return str(client.create_experiment(name, artifact_location=artifact_location))
-    except MlflowException as error:  # created meanwhile: by another pipeline, or by a retried request
-        if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
-            raise
+    """The id of experiment `name`, created (with `artifact_location`, if given) when missing; marked as a
+    model-training experiment unless someone chose its kind (see EXPERIMENT_KIND_TAG)."""
     experiment = client.get_experiment_by_name(name)
     if experiment is None:
-        raise MlflowException(f"experiment {name!r} exists and yet was not found (deleted meanwhile?)")
+        try:
+            tags = {EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND}
+            return str(client.create_experiment(name, artifact_location=artifact_location, tags=tags))
+        except MlflowException as error:  # created meanwhile: by another pipeline, or by a retried request
+            if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+                raise
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise MlflowException(f"experiment {name!r} exists and yet was not found (deleted meanwhile?)")
+    if EXPERIMENT_KIND_TAG not in experiment.tags:  # made by an older stagetune, or by hand
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
     return str(experiment.experiment_id)
 
 
