@@ -18,7 +18,7 @@ from stagetune.evaluation import evaluate_on_test
 from stagetune.training.device import resolve_device
 from stagetune.training.loaders import make_eval_loader, make_train_loader
 from stagetune.training.loop import FitResult, fit
-from stagetune.training.models import build_model
+from stagetune.models.layers import build_model
 
 EpochCallback = Callable[[EpochRecord], None]
 

@@ -20,7 +20,7 @@ from stagetune.log_masking import (
     mask_secrets,
 )
 from stagetune.runtime import configure_process
-from stagetune.training.models import MLP
+from stagetune.models.layers import MLP
 from tests.conftest import tiny_config
 
 SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY"

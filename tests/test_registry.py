@@ -23,7 +23,7 @@ from stagetune.registry import (
     register_and_promote,
     save_checkpoint,
 )
-from stagetune.training.models import build_model
+from stagetune.models.layers import build_model
 
 HP = HyperParams(width=16, depth=2, dropout=0.3, batch_norm=True)
 SHAPE, CLASSES = [6], ["a", "b", "c"]

@@ -16,7 +16,7 @@ from stagetune.sanity.overfit import overfit_tiny_subset
 from stagetune.task.base import Task
 from stagetune.task.classification import ClassificationTask
 from stagetune.training.loaders import make_train_loader
-from stagetune.training.models import build_model
+from stagetune.models.layers import build_model
 from stagetune.training.optim import build_optimizer
 
 INITIAL_LOSS_ROWS = 512

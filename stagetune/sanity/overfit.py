@@ -13,7 +13,7 @@ from stagetune.sanity.lr_range import StepCallback
 from stagetune.task.base import Task
 from stagetune.training.loaders import endless_batches, make_eval_loader, make_train_loader
 from stagetune.training.loop import evaluate, train_step
-from stagetune.training.models import build_model
+from stagetune.models.layers import build_model
 from stagetune.training.optim import build_optimizer
 
 # Accuracy on the subset is measured once per pass over it, but at least this often (in steps).

@@ -23,7 +23,7 @@ from stagetune.tracking.run_tree import (
 from stagetune.training.device import resolve_device
 from stagetune.training.loaders import make_eval_loader, make_train_loader
 from stagetune.training.loop import fit
-from stagetune.training.models import build_model
+from stagetune.models.layers import build_model
 
 
 def sanity_stage(config: PipelineConfig, sample: SampleResult, tree: RunTree) -> SanityResult:

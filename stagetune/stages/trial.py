@@ -53,7 +53,7 @@ from stagetune.tracking.svg_curves import learning_curve_svg
 from stagetune.training.device import resolve_device
 from stagetune.training.loaders import make_eval_loader, make_train_loader
 from stagetune.training.loop import FitResult, StopTraining, fit
-from stagetune.training.models import build_model
+from stagetune.models.layers import build_model
 
 Objective = Literal["val_loss", "val_acc", "val_balanced_acc", "val_rmse", "val_mae", "val_r2"]
 Reporter = Callable[[int, float], bool]

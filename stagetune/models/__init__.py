@@ -1,0 +1,1 @@
+"""Model families (mlp, cnn, custom)."""
