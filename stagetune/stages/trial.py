@@ -36,6 +36,8 @@ from schemas.search import TrialRecord
 from stagetune.diagnosis import diagnose_curves
 from stagetune.errors import InputError
 from stagetune.interruption import INTERRUPTED_REASON, TrialInterrupted, stop_requested
+from stagetune.models import build_model
+from stagetune.search.space import logged_hyperparams
 from stagetune.task.base import Task
 from stagetune.tracking.background import TrackingQueue
 from stagetune.tracking.run_tree import (
@@ -53,7 +55,6 @@ from stagetune.tracking.svg_curves import learning_curve_svg
 from stagetune.training.device import resolve_device
 from stagetune.training.loaders import make_eval_loader, make_train_loader
 from stagetune.training.loop import FitResult, StopTraining, fit
-from stagetune.models.layers import build_model
 
 Objective = Literal["val_loss", "val_acc", "val_balanced_acc", "val_rmse", "val_mae", "val_r2"]
 Reporter = Callable[[int, float], bool]
@@ -174,7 +175,7 @@ def trial_run_params(
 ) -> dict[str, object]:
     """The params of a trial's MLflow run: its hyperparameters, epochs, seed and the Optuna params."""
     run_params: dict[str, object] = {
-        **hp.model_dump(mode="json"),
+        **logged_hyperparams(hp, context.config.model),
         "epochs": context.epochs,
         "seed": context.config.seed + number,
     }
