@@ -1,1 +1,1 @@
-"""Runnable examples (a package so `model.import_path: examples.<name>.<module>:<factory>` imports from the repo root)."""
+"""Runnable examples: a package, so `model.import_path: examples.<name>.<module>:<factory>` imports."""
