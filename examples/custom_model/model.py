@@ -60,7 +60,9 @@ class ResidualBlock(nn.Module):
 class ResidualMLP(nn.Module):
     """Flatten -> Linear(hidden_size) -> blocks x ResidualBlock -> norm -> Linear head."""
 
-    def __init__(self, in_features: int, outputs: int, blocks: int, hidden_size: int, norm: object, dropout: float):
+    def __init__(
+        self, in_features: int, outputs: int, blocks: int, hidden_size: int, norm: object, dropout: float
+    ) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Flatten(), nn.Linear(in_features, hidden_size))
         self.blocks = nn.Sequential(*(ResidualBlock(hidden_size, norm, dropout) for _ in range(blocks)))
