@@ -15,10 +15,10 @@ from schemas.config import TASK_OBJECTIVES
 from schemas.hyperparams import HyperParams
 from schemas.results import EpochRecord
 from stagetune.evaluation import evaluate_on_test
+from stagetune.models import build_model
 from stagetune.training.device import resolve_device
 from stagetune.training.loaders import make_eval_loader, make_train_loader
 from stagetune.training.loop import FitResult, fit
-from stagetune.training.models import build_model
 
 EpochCallback = Callable[[EpochRecord], None]
 

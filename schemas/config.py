@@ -1,14 +1,23 @@
 """The one config object: every setting of a pipeline run, validated once at the edge."""
 
 import re
+from collections.abc import Mapping
 from typing import Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
 from schemas.base import StrictModel
-from schemas.hyperparams import HyperParams, LossName, RebalanceStrategy
+from schemas.hyperparams import (
+    ARCHITECTURE_FIELDS,
+    HyperParams,
+    LossName,
+    ParamMapping,
+    ParamValue,
+    ParamValues,
+    RebalanceStrategy,
+)
 from schemas.search import NarrowingSettings
-from schemas.search_space import SearchSpace
+from schemas.search_space import CategoricalParam, FloatParam, SearchSpace, is_power_of_two
 from schemas.task import (
     TASK_CHAMPION_METRICS,
     TASK_OBJECTIVES,
@@ -129,12 +138,27 @@ class SampleConfig(StrictModel):
 class ModelConfig(StrictModel):
     """The model family and the baseline hyperparameters used before (and outside) the search."""
 
-    family: Literal["mlp", "cnn", "custom"] = "mlp"
+    family: str = Field(
+        default="mlp",
+        pattern=r"^[a-z][a-z0-9_]{0,63}$",
+        description="A registered model family: mlp, cnn or custom (stagetune.models.registry lists them).",
+    )
     import_path: str | None = Field(
         default=None,
         description="custom family: 'package.module:factory', called as factory(hp, input_shape, num_classes)",
     )
     baseline: HyperParams = HyperParams()
+    params: ParamMapping = Field(
+        default_factory=ParamValues,
+        description="custom family: baseline values of the model's own hyperparameters, by name (the factory reads "
+        "hp.params['name']); each needs a search range in space.params.",
+    )
+    uses: list[str] = Field(
+        default_factory=list,
+        description="custom family: the built-in model hyperparameters its factory reads "
+        f"({', '.join(ARCHITECTURE_FIELDS)}), searched like mlp/cnn ones; the optimizer's and the data feed's "
+        "are always searched.",
+    )
 
     @model_validator(mode="after")
     def _check_custom(self) -> Self:
@@ -143,7 +167,28 @@ class ModelConfig(StrictModel):
                 raise ValueError("family 'custom' needs import_path as 'package.module:factory'")
         elif self.import_path is not None:
             raise ValueError(f"import_path is only used with family 'custom', not {self.family!r}: remove it")
+        elif self.uses:
+            raise ValueError(
+                f"model.uses is only read with family 'custom' ({self.family!r} knows what it reads): remove it"
+            )
+        unknown = sorted(set(self.uses) - set(ARCHITECTURE_FIELDS))
+        if unknown or len(set(self.uses)) != len(self.uses):
+            raise ValueError(f"model.uses {self.uses} must name distinct fields among {list(ARCHITECTURE_FIELDS)}")
+        if self.baseline.params:
+            raise ValueError(
+                "model.baseline.params is set: give the model's own hyperparameters in model.params (and their ranges "
+                "in space.params)"
+            )
+        if not is_power_of_two(self.baseline.channels):
+            raise ValueError(
+                f"model.baseline.channels = {self.baseline.channels} is not a power of two: use e.g. 16, 32 or 64"
+            )
         return self
+
+    @property
+    def baseline_hyperparams(self) -> HyperParams:
+        """The baseline with the model's own hyperparameters (`model.params`) in it: what the baseline trains."""
+        return self.baseline.model_copy(update={"params": ParamValues(self.params)})
 
 
 class AugmentConfig(StrictModel):
@@ -439,11 +484,16 @@ class PipelineConfig(StrictModel):
     execution: ExecutionConfig = ExecutionConfig()
 
     @model_validator(mode="after")
+    def _check_model_params(self) -> Self:
+        problem = model_params_problem(self.model.params, self.space, set(self.refine.narrowing.hard_limits.params))
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    @model_validator(mode="after")
     def _check_cross_fields(self) -> Self:
         self._check_task_fields()
         self._check_augment()
-        if self.model.family == "cnn" and self.data.source != "builtin:digits":
-            raise ValueError("model.family 'cnn' needs image-shaped data: only builtin:digits (8x8) is supported")
         if self.refine.narrowing.top_k > self.coarse.n_trials:
             raise ValueError(
                 f"refine.narrowing.top_k ({self.refine.narrowing.top_k}) exceeds coarse.n_trials "
@@ -497,3 +547,41 @@ class PipelineConfig(StrictModel):
                 f"final.champion_metric {self.final.champion_metric!r} does not fit a {task} task: "
                 f"use auto or one of {list(metrics)}"
             )
+
+
+def model_params_problem(baselines: Mapping[str, ParamValue], space: SearchSpace, limited: set[str]) -> str | None:
+    """What is wrong between model.params (baselines) and space.params (ranges), in one sentence; None: nothing."""
+    ranges = space.params
+    only_baseline = sorted(set(baselines) - set(ranges))
+    if only_baseline:
+        name = only_baseline[0]
+        return (
+            f"model.params.{name} has no search range: add space.params.{name} (e.g. {{kind: categorical, "
+            f"choices: [{baselines[name]!r}]}} to keep it fixed) or remove it"
+        )
+    only_range = sorted(set(ranges) - set(baselines))
+    if only_range:
+        name = only_range[0]
+        return f"space.params.{name} has no baseline value: add model.params.{name} (used before the search)"
+    unknown = sorted(limited - set(ranges))
+    if unknown:
+        return (
+            f"refine.narrowing.hard_limits.params.{unknown[0]} limits a parameter space.params does not declare: "
+            "remove it or fix its spelling"
+        )
+    for name, param in ranges.items():
+        value = baselines[name]
+        field = f"model.params.{name}"
+        if isinstance(param, CategoricalParam):
+            if not any(c == value and isinstance(c, bool) == isinstance(value, bool) for c in param.choices):
+                return f"{field} = {value!r} is not among space.params.{name} choices {param.choices}: pick one of them"
+            continue
+        kind = "a number" if isinstance(param, FloatParam) else "an integer"
+        if isinstance(value, bool | str) or (not isinstance(param, FloatParam) and not isinstance(value, int)):
+            return f"{field} = {value!r} is not {kind}, but space.params.{name} is a {param.kind} range: write {kind}"
+        if not param.low <= value <= param.high:
+            return (
+                f"{field} = {value!r} is outside space.params.{name} [{param.low}, {param.high}]: move the baseline "
+                "into the range or widen it"
+            )
+    return None

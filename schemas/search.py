@@ -92,6 +92,11 @@ class HardLimits(StrictModel):
     depth: Limit = Limit(low=1, high=8)
     channels: Limit = Limit(low=4, high=512)
     batch_size: Limit = Limit(low=8, high=4096)
+    params: dict[str, Limit] = Field(
+        default_factory=dict,
+        description="Limits of the model's own numeric hyperparameters (space.params), by name. Without one, "
+        "widening keeps a range's sign: a low >= 1 integer range stays >= 1, a low >= 0 range stays >= 0.",
+    )
 
 
 class NarrowingSettings(StrictModel):

@@ -7,10 +7,10 @@ batch sizes that are multiples of 32, widths 32..512, one to three hidden layers
 
 from typing import Annotated, Literal, Self, get_args
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from schemas.base import StrictModel
-from schemas.hyperparams import ActivationName, OptimizerName
+from schemas.hyperparams import PARAM_NAME, ActivationName, HyperParams, OptimizerName
 
 Scale = Literal["linear", "log"]
 Choice = bool | int | float | str
@@ -105,6 +105,25 @@ class SearchSpace(StrictModel):
         default=CategoricalParam(choices=[False]),
         description="Whether trials augment their training batches (the augment: section): [false, true] tunes it.",
     )
+    params: dict[str, Param] = Field(
+        default_factory=dict,
+        description="Search ranges of the model's own hyperparameters (custom family), by name; each needs a "
+        "baseline value in model.params. The factory reads the sampled values as hp.params['name'].",
+    )
+
+    @field_validator("params")
+    @classmethod
+    def _check_param_names(cls, params: dict[str, Param]) -> dict[str, Param]:
+        bad = [name for name in params if not PARAM_NAME.fullmatch(name)]
+        if bad:
+            raise ValueError(f"names {bad} are not identifiers: use letters, digits and underscores (e.g. num_blocks)")
+        builtin = sorted(set(params) & set(HyperParams.model_fields))
+        if builtin:
+            raise ValueError(
+                f"{builtin} are built-in hyperparameters (space.{builtin[0]}): give the model's own ones "
+                "other names (e.g. hidden_size)"
+            )
+        return params
 
     @model_validator(mode="after")
     def _check_choices(self) -> Self:
@@ -134,14 +153,34 @@ class SearchSpace(StrictModel):
             choices = getattr(self, name).choices
             if any(not isinstance(c, bool) for c in choices):
                 raise ValueError(f"{name} choices must be true/false, got {choices}")
-        for name in ("batch_size", "width", "depth", "channels"):
+        for name, least in (("batch_size", 1), ("width", 1), ("depth", 0), ("channels", 1)):
             param = getattr(self, name)
             values = param.choices if isinstance(param, CategoricalParam) else [param.low, param.high]
-            if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
-                raise ValueError(f"{name} values must be positive integers, got {values}")
+            if any(isinstance(v, bool) or not isinstance(v, int) or v < least for v in values):
+                what = "non-negative (0: a linear model)" if least == 0 else "positive"
+                raise ValueError(f"{name} values must be {what} integers, got {values}")
+        self._check_channels()
         for name, upper in (("weight_decay", 1.0), ("momentum", 0.999), ("dropout", 0.95)):
             param = getattr(self, name)
             values = param.choices if isinstance(param, CategoricalParam) else [param.low, param.high]
             if any(isinstance(v, bool | str) or not 0 <= v <= upper for v in values):
                 raise ValueError(f"{name} values must be numbers in [0, {upper}], got {values}")
         return self
+
+    def _check_channels(self) -> None:
+        # The CNN doubles its channels per block from this value: powers of two keep every block's count one.
+        channels = self.channels
+        values = channels.choices if isinstance(channels, CategoricalParam) else [channels.low, channels.high]
+        if isinstance(channels, IntParam) and channels.low != channels.high:
+            raise ValueError(
+                f"channels [{channels.low}, {channels.high}] is a range, but channel counts are powers of two: "
+                "list them, e.g. {kind: categorical, choices: [16, 32, 64]}"
+            )
+        odd = [v for v in values if not is_power_of_two(v)]
+        if odd:
+            raise ValueError(f"channels values {odd} are not powers of two: use e.g. 16, 32, 64")
+
+
+def is_power_of_two(value: object) -> bool:
+    """True for 1, 2, 4, 8, ... (not for bools)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0 and value & (value - 1) == 0

@@ -14,6 +14,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from pydantic import ValidationError
 
 from schemas.pipeline import PipelineResult, SearchStageResult
+from stagetune.flat_keys import flat_hyperparams
 
 _METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "r2", "rmse", "mae", "loss")
 
@@ -114,7 +115,7 @@ def _reused(result: PipelineResult) -> list[str]:
 def _best_hyperparams(result: PipelineResult) -> list[str]:
     if result.best_hyperparams is None:
         return []
-    rows = [f"| {k} | `{_value(v)}` |" for k, v in result.best_hyperparams.model_dump(mode="json").items()]
+    rows = [f"| {k} | `{_value(v)}` |" for k, v in flat_hyperparams(result.best_hyperparams).items()]
     return ["### Best hyperparameters", "", "| parameter | value |", "| --- | --- |", *rows, ""]
 
 

@@ -1,6 +1,5 @@
 """Reading the one config: a YAML file (optional), `--set dotted.key=value` overrides, one validation."""
 
-import importlib
 import inspect
 import math
 import types
@@ -15,6 +14,7 @@ from schemas.config import ExecutionConfig, PipelineConfig
 from stagetune.errors import InputError
 from stagetune.log_masking import mask_secrets
 from stagetune.settings import load_settings
+from stagetune.user_code import import_user_module
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> PipelineConfig:
@@ -34,7 +34,8 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Pipel
 
 def check_environment(config: PipelineConfig) -> None:
     """What the schema cannot see: the runtime settings in the environment (tracking URI, Optuna storage,
-    S3 endpoint) are well-formed, the device exists here, and a custom model factory imports.
+    S3 endpoint) are well-formed, the device exists here, the model family is registered and takes the
+    model settings, and a custom model factory imports.
 
     Raises `InputError` naming the variable or setting.
     """
@@ -43,6 +44,9 @@ def check_environment(config: PipelineConfig) -> None:
         from stagetune.training.device import resolve_device  # deferred: it imports torch
 
         resolve_device(config.execution.device)
+    from stagetune.models import check_model_config  # deferred: it imports torch
+
+    check_model_config(config.model)
     if config.model.family == "custom" and config.model.import_path:
         resolve_factory(config.model.import_path)
 
@@ -51,11 +55,12 @@ def resolve_factory(import_path: str) -> object:
     """The callable `package.module:factory` names; an InputError on `model.import_path` if there is none."""
     module_name, _, attribute = import_path.partition(":")
     try:
-        target: object = importlib.import_module(module_name)
+        target: object = import_user_module(module_name)
     except Exception as error:  # ImportError, or the module's own code failing at import
         reason = f"{type(error).__name__}: {mask_secrets(str(error))}"
         raise InputError(
-            "model.import_path", f"cannot import module {module_name!r} ({reason}): is it installed or on sys.path?"
+            "model.import_path",
+            f"cannot import module {module_name!r} ({reason}): is it installed, or under the current directory?",
         ) from None
     for part in attribute.split("."):
         if not hasattr(target, part):

@@ -9,6 +9,7 @@ from schemas.config import PipelineConfig
 from schemas.results import SampleResult
 from stagetune import progress
 from stagetune.data.stage import run_sample_stage
+from stagetune.models import get_family
 from stagetune.stages.sample_stage import record_sample_stage, sample_summary
 from stagetune.tracking.run_tree import RunTree
 
@@ -19,6 +20,8 @@ def sample_data(config: PipelineConfig, run_dir: Path) -> SampleResult:
     reporter = progress.current()
     reporter.stage_started("sample", f"loading {config.data.source}")
     result = run_sample_stage(config, run_dir / "sample")
+    # The first point the example shape is known: a family that cannot take it is refused before any MLflow run.
+    get_family(config.model.family).check_input_shape(result.input_shape)
     reporter.stage_finished("sample", sample_summary(result))
     return result
 

@@ -29,9 +29,7 @@ def open_coarse(
 @task(name="narrow-search-space", cache_policy=NO_CACHE)
 def narrow_space(config: PipelineConfig, coarse: SearchStageResult) -> tuple[SearchSpace, NarrowingReport]:
     """New ranges around the best coarse trials (a pure function of the coarse results)."""
-    return narrow(
-        coarse.space, coarse.trials, config.search.direction, config.refine.narrowing, family=config.model.family
-    )
+    return narrow(coarse.space, coarse.trials, config.search.direction, config.refine.narrowing, config.model)
 
 
 @task(name="start-refinement", cache_policy=NO_CACHE)

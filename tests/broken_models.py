@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from schemas.hyperparams import HyperParams
-from stagetune.training.models import MLP
+from stagetune.models.mlp import MLP
 
 
 def _mlp(hp: HyperParams, input_shape: Sequence[int], num_classes: int) -> MLP:

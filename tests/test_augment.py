@@ -9,7 +9,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from schemas.config import AugmentConfig, PipelineConfig
+from schemas.config import AugmentConfig, ModelConfig, PipelineConfig
 from schemas.hyperparams import HyperParams
 from schemas.search_space import CategoricalParam, SearchSpace
 from stagetune.data.augment import (
@@ -247,11 +247,11 @@ def test_search_samples_augment_and_rebuilds_it_from_params() -> None:
     values = set()
     for _ in range(12):
         trial = study.ask()
-        hp = suggest_hyperparams(trial, space, HyperParams(), family="mlp")
+        hp = suggest_hyperparams(trial, space, ModelConfig())
         values.add(hp.augment)
         assert trial.params["augment"] is hp.augment
-        assert hyperparams_from_params(trial.params, space, HyperParams(), "mlp") == hp
-        assert optuna_params(hp, space, "mlp")["augment"] is hp.augment
+        assert hyperparams_from_params(trial.params, space, ModelConfig()) == hp
+        assert optuna_params(hp, space, ModelConfig())["augment"] is hp.augment
     assert values == {False, True}
 
 

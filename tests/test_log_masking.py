@@ -19,8 +19,8 @@ from stagetune.log_masking import (
     known_secrets,
     mask_secrets,
 )
+from stagetune.models.mlp import MLP
 from stagetune.runtime import configure_process
-from stagetune.training.models import MLP
 from tests.conftest import tiny_config
 
 SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYzEXAMPLEKEY"

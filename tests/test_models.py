@@ -9,8 +9,9 @@ from torch import nn
 
 from schemas.hyperparams import HyperParams
 from stagetune.errors import InputError
+from stagetune.models import build_model
+from stagetune.models.layers import HEAD_INIT_GAIN
 from stagetune.training.device import resolve_device
-from stagetune.training.models import HEAD_INIT_GAIN, build_model
 from stagetune.training.optim import build_optimizer
 
 LayerT = TypeVar("LayerT", bound=nn.Module)

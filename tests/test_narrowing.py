@@ -10,9 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from schemas.hyperparams import HyperParams
+from schemas.config import ModelConfig
+from schemas.hyperparams import ARCHITECTURE_FIELDS, HyperParams
 from schemas.search import HardLimits, Limit, NarrowingReport, NarrowingSettings, ParamChange, TrialRecord
 from schemas.search_space import CategoricalParam, FloatParam, IntParam, SearchSpace
+from stagetune.errors import InputError
 from stagetune.search.narrowing import narrow
 from stagetune.search.space import space_violations, suggest_hyperparams
 
@@ -32,6 +34,14 @@ QUIET = SearchSpace(
     rebalance=CategoricalParam(choices=["none"]),
 )
 DEFAULTS = NarrowingSettings()
+# A custom factory that says it reads every built-in architecture field.
+MODELS = {
+    "mlp": ModelConfig(),
+    "cnn": ModelConfig(family="cnn"),
+    "custom": ModelConfig(
+        family="custom", import_path="tests.broken_models:correct_mlp", uses=list(ARCHITECTURE_FIELDS)
+    ),
+}
 
 
 def _space(**params: Any) -> SearchSpace:
@@ -264,11 +274,13 @@ def test_maximize_takes_the_highest_values_and_ties_go_to_the_lower_number() -> 
 
 
 def _coarse_trials(family: str, n: int = 25) -> tuple[SearchSpace, list[TrialRecord]]:
-    space = SearchSpace(channels=IntParam(low=8, high=128, scale="log"), momentum=FloatParam(low=0.5, high=0.99))
+    space = SearchSpace(
+        channels=CategoricalParam(choices=[8, 16, 32, 64, 128]), momentum=FloatParam(low=0.5, high=0.99)
+    )
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3))
     trials = []
     for number in range(n):
-        hp = suggest_hyperparams(study.ask(), space, HyperParams(), family=family)
+        hp = suggest_hyperparams(study.ask(), space, MODELS[family])
         value = random.Random(number).random()
         trials.append(TrialRecord(number=number, state="COMPLETE", value=value, hyperparams=hp, params={}))
     return space, trials
@@ -276,12 +288,12 @@ def _coarse_trials(family: str, n: int = 25) -> tuple[SearchSpace, list[TrialRec
 
 def test_same_inputs_in_any_order_give_the_same_output() -> None:
     space, trials = _coarse_trials("custom")
-    first = narrow(space, trials, "minimize", DEFAULTS, "custom")
+    first = narrow(space, trials, "minimize", DEFAULTS, MODELS["custom"])
     shuffled = list(trials)
     random.Random(0).shuffle(shuffled)
     for again in (
-        narrow(space, trials, "minimize", DEFAULTS, "custom"),
-        narrow(space, shuffled, "minimize", DEFAULTS, "custom"),
+        narrow(space, trials, "minimize", DEFAULTS, MODELS["custom"]),
+        narrow(space, shuffled, "minimize", DEFAULTS, MODELS["custom"]),
     ):
         assert again == first
         assert again[0].model_dump_json() == first[0].model_dump_json()
@@ -292,11 +304,11 @@ def test_same_inputs_in_any_order_give_the_same_output() -> None:
 def test_the_top_trials_lie_inside_the_narrowed_space(family: str) -> None:
     # So the refinement can warm-start with them (optuna_params refuses points outside the space).
     space, trials = _coarse_trials(family, n=40)
-    new, report = narrow(space, trials, "minimize", NarrowingSettings(top_k=8), family)
+    new, report = narrow(space, trials, "minimize", NarrowingSettings(top_k=8), MODELS[family])
     assert len(report.top_trials) == 8
     top = [t for t in trials if t.number in report.top_trials]
-    assert [space_violations(t.hyperparams, new, family) for t in top] == [[]] * 8
-    assert any(space_violations(t.hyperparams, new, family) for t in trials if t not in top)  # it did narrow
+    assert [space_violations(t.hyperparams, new, MODELS[family]) for t in top] == [[]] * 8
+    assert any(space_violations(t.hyperparams, new, MODELS[family]) for t in trials if t not in top)  # it did narrow
 
 
 @pytest.mark.parametrize(
@@ -304,20 +316,20 @@ def test_the_top_trials_lie_inside_the_narrowed_space(family: str) -> None:
 )
 def test_fields_the_family_does_not_sample_stay_unchanged(family: str, unsampled: str, sampled: str) -> None:
     space, trials = _coarse_trials(family)
-    new, report = narrow(space, trials, "minimize", DEFAULTS, family)
+    new, report = narrow(space, trials, "minimize", DEFAULTS, MODELS[family])
     assert getattr(new, unsampled) == getattr(space, unsampled)
     assert _change(report, unsampled).action == "kept"
     assert f"not sampled for model family '{family}'" in _change(report, unsampled).reason
     assert getattr(new, sampled) != getattr(space, sampled)
-    _, report = narrow(space, trials, "minimize", DEFAULTS, "custom")
+    _, report = narrow(space, trials, "minimize", DEFAULTS, MODELS["custom"])
     assert _change(report, unsampled).action != "kept"
 
 
 def test_bad_direction_family_and_settings_are_errors() -> None:
     with pytest.raises(ValueError, match="direction"):
         narrow(QUIET, [], "lowest", DEFAULTS)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="unknown model family"):
-        narrow(QUIET, [], "minimize", DEFAULTS, "rnn")
+    with pytest.raises(InputError, match="unknown model family"):
+        narrow(QUIET, [], "minimize", DEFAULTS, ModelConfig(family="rnn"))
     with pytest.raises(ValidationError, match="low < high"):
         Limit(low=1.0, high=1.0)
     with pytest.raises(ValidationError, match="top_quantile"):

@@ -13,6 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from schemas.final import ChampionDecision, ClassReport, TestMetrics
 from schemas.hyperparams import HyperParams
+from stagetune.models import build_model
 from stagetune.registry import (
     MODEL_ARGS_FILE,
     TAG_DATA_FINGERPRINT,
@@ -23,7 +24,6 @@ from stagetune.registry import (
     register_and_promote,
     save_checkpoint,
 )
-from stagetune.training.models import build_model
 
 HP = HyperParams(width=16, depth=2, dropout=0.3, batch_norm=True)
 SHAPE, CLASSES = [6], ["a", "b", "c"]

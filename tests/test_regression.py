@@ -259,9 +259,7 @@ def test_the_loss_is_a_tunable_choice_judged_by_a_metric() -> None:
         {"data": {"source": "builtin:diabetes"}, "space": space, "search": {"objective": "val_rmse"}}
     )
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    drawn = {
-        suggest_hyperparams(study.ask(), config.space, config.model.baseline, family="mlp").loss for _ in range(30)
-    }
+    drawn = {suggest_hyperparams(study.ask(), config.space, config.model).loss for _ in range(30)}
     assert drawn == {"mse", "huber", "l1"}
     task = RegressionTask(["y"], [0.0], [1.0])
     x, y = np.zeros((8, 2), dtype=np.float32), np.arange(8, dtype=np.float32)

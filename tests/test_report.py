@@ -18,6 +18,7 @@ from schemas.pipeline import PipelineResult, SearchStageResult
 from schemas.search import TrialRecord
 from schemas.search_space import CategoricalParam
 from stagetune.config_loading import load_config
+from stagetune.flat_keys import flat_hyperparams
 from stagetune.report.advice import concrete_overrides
 from stagetune.report.build import build_report, write_report
 from stagetune.report.importance import rank_importances
@@ -189,7 +190,8 @@ def test_final_section_matches_the_final_result(reported_run: ReportedRun) -> No
         for field in ("precision", "recall", "f1", "support"):
             assert numbers[f"final.class.{row.name}.{field}"] == getattr(row, field)
     assert reported_run.result.best_hyperparams is not None
-    for name, value in reported_run.result.best_hyperparams.model_dump().items():
+    # Flat keys, as the MLflow params: a model's own hyperparameters would be rows params.<name>.
+    for name, value in flat_hyperparams(reported_run.result.best_hyperparams).items():
         assert numbers[f"final.hp.{name}"] == value
     assert final.registry is not None
     assert numbers["champion.version"] == final.registry.version

@@ -6,6 +6,7 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
+from schemas.config import ModelConfig
 from schemas.hyperparams import HyperParams
 from schemas.search import ReusedTrial, TrialRecord
 from schemas.search_space import SearchSpace
@@ -38,20 +39,20 @@ def test_points_inside_the_space_are_enqueued_first_and_come_back_unchanged() ->
     study = _study()
     inside = _point("a", optimizer="adam", learning_rate=1e-3, width=64, dropout=0.1)
     outside = _point("b", optimizer="adam", learning_rate=5.0)  # far above the default range
-    plan = enqueue_reused(study, SPACE, "mlp", 10, [inside, outside])
+    plan = enqueue_reused(study, SPACE, ModelConfig(), 10, [inside, outside])
     assert [item.number for item in plan] == [0, None]
     assert plan[1].skipped is not None
     assert "learning_rate" in plan[1].skipped
     trial = study.ask()
     assert trial.number == 0
-    asked = suggest_hyperparams(trial, SPACE, BASE, family="mlp")
-    assert optuna_params(asked, SPACE, "mlp") == optuna_params(inside.hyperparams, SPACE, "mlp")
+    asked = suggest_hyperparams(trial, SPACE, ModelConfig())
+    assert optuna_params(asked, SPACE, ModelConfig()) == optuna_params(inside.hyperparams, SPACE, ModelConfig())
 
 
 def test_duplicates_and_points_beyond_the_budget_are_not_enqueued() -> None:
     study = _study()
     a, b, c = _point("a", width=64), _point("b", width=64), _point("c", width=32)
-    plan = enqueue_reused(study, SPACE, "mlp", 1, [a, b, c])
+    plan = enqueue_reused(study, SPACE, ModelConfig(), 1, [a, b, c])
     assert [item.number for item in plan] == [0, None, None]
     assert plan[1].skipped == "same point as an earlier one"
     assert plan[2].skipped is not None
@@ -61,8 +62,8 @@ def test_duplicates_and_points_beyond_the_budget_are_not_enqueued() -> None:
 
 def test_a_resumed_study_keeps_its_plan_and_enqueues_nothing_twice() -> None:
     study = _study()
-    first = enqueue_reused(study, SPACE, "mlp", 10, [_point("a", width=64)])
-    again = enqueue_reused(study, SPACE, "mlp", 10, [_point("other", width=32), _point("a", width=64)])
+    first = enqueue_reused(study, SPACE, ModelConfig(), 10, [_point("a", width=64)])
+    again = enqueue_reused(study, SPACE, ModelConfig(), 10, [_point("other", width=32), _point("a", width=64)])
     assert again == first
     assert len(study.trials) == 1
     assert study.user_attrs[REUSE_ATTR][0]["label"] == "a"
@@ -138,7 +139,7 @@ def test_a_retune_starts_from_the_champion_and_the_last_run(tmp_path: Path) -> N
     # In the Optuna study: trial 0 was enqueued with the champion's point, marked with where it came from.
     study = optuna.load_study(study_name=coarse.study_name, storage=storage_url(config))
     assert study.trials[0].user_attrs[TRIAL_REUSE_ATTR] == champion.label
-    assert study.trials[0].params == optuna_params(champion.hyperparams, coarse.space, "mlp")
+    assert study.trials[0].params == optuna_params(champion.hyperparams, coarse.space, ModelConfig())
     client = MlflowClient(second.tracking_uri)
     assert "v1 (champion): trial 0" in client.get_run(coarse.mlflow_run_id).data.tags["stagetune.reused"]
     # System metrics on every trial run and on the final run (see tests/test_system_metrics.py).

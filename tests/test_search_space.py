@@ -9,8 +9,10 @@ from hypothesis import strategies as st
 from optuna.trial import FixedTrial
 from pydantic import ValidationError
 
-from schemas.hyperparams import HyperParams
+from schemas.config import ModelConfig
+from schemas.hyperparams import ARCHITECTURE_FIELDS, HyperParams
 from schemas.search_space import CategoricalParam, FloatParam, IntParam, SearchSpace
+from stagetune.errors import InputError
 from stagetune.search.space import (
     distributions,
     hyperparams_from_params,
@@ -22,6 +24,14 @@ from stagetune.search.space import (
 
 BASE = HyperParams()
 FAMILIES = ("mlp", "cnn", "custom")
+# A custom factory that says it reads every built-in architecture field (as mlp and cnn do theirs).
+MODELS = {
+    "mlp": ModelConfig(),
+    "cnn": ModelConfig(family="cnn"),
+    "custom": ModelConfig(
+        family="custom", import_path="tests.broken_models:correct_mlp", uses=list(ARCHITECTURE_FIELDS)
+    ),
+}
 
 
 def _hp(**values: Any) -> HyperParams:
@@ -43,7 +53,7 @@ WIDE = SearchSpace(
     batch_size=CategoricalParam(choices=[32, 64]),
     width=IntParam(low=16, high=512, scale="log"),
     depth=IntParam(low=2, high=2),
-    channels=IntParam(low=8, high=64),
+    channels=CategoricalParam(choices=[8, 16, 32, 64]),
     activation=CategoricalParam(choices=["relu", "gelu", "tanh"]),
     batch_norm=CategoricalParam(choices=[False, True]),
     rebalance=CategoricalParam(choices=["none", "class_weights"]),
@@ -57,7 +67,7 @@ def _asked(space: SearchSpace, family: str, n: int, seed: int = 0) -> list[tuple
     result = []
     for _ in range(n):
         trial = study.ask()
-        result.append((trial, suggest_hyperparams(trial, space, BASE, family=family)))
+        result.append((trial, suggest_hyperparams(trial, space, MODELS[family])))
     return result
 
 
@@ -115,15 +125,15 @@ def test_family_decides_width_and_channels(family: str, absent: set[str], presen
 
 
 def test_unknown_family_is_an_error() -> None:
-    with pytest.raises(ValueError, match="unknown model family 'rnn'"):
-        suggest_hyperparams(FixedTrial({}), WIDE, BASE, family="rnn")
+    with pytest.raises(InputError, match="unknown model family 'rnn'"):
+        suggest_hyperparams(FixedTrial({}), WIDE, ModelConfig(family="rnn"))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_optuna_params_reproduce_a_real_trials_params_and_distributions(family: str) -> None:
     for trial, hp in _asked(WIDE, family, 30, seed=1):
-        assert optuna_params(hp, WIDE, family) == trial.params
-        assert distributions(WIDE, family, hp.optimizer) == trial.distributions
+        assert optuna_params(hp, WIDE, MODELS[family]) == trial.params
+        assert distributions(WIDE, MODELS[family], hp.optimizer) == trial.distributions
 
 
 @st.composite
@@ -155,9 +165,9 @@ def _inside(draw: st.DrawFn, space: SearchSpace, family: str) -> HyperParams:
 @given(data=st.data())
 def test_round_trip_through_fixed_trial(family: str, data: st.DataObject) -> None:
     hp = data.draw(_inside(WIDE, family))
-    params = optuna_params(hp, WIDE, family)
-    assert suggest_hyperparams(FixedTrial(params), WIDE, BASE, family=family) == hp
-    assert hyperparams_from_params(params, WIDE, BASE, family) == hp
+    params = optuna_params(hp, WIDE, MODELS[family])
+    assert suggest_hyperparams(FixedTrial(params), WIDE, MODELS[family]) == hp
+    assert hyperparams_from_params(params, WIDE, MODELS[family]) == hp
     # Fixed parameters never appear, and exactly one learning rate does: the optimizer's.
     assert {"dropout", "depth", "learning_rate_adam"}.isdisjoint(params)
     assert [n for n in params if n.startswith("learning_rate")] == (
@@ -168,8 +178,8 @@ def test_round_trip_through_fixed_trial(family: str, data: st.DataObject) -> Non
 def test_enqueued_point_is_asked_back_unchanged() -> None:
     hp = _hp(optimizer="sgd", learning_rate=0.05, momentum=0.8, weight_decay=1e-5, dropout=0.25, batch_norm=True)
     study = optuna.create_study()
-    study.enqueue_trial(optuna_params(hp, WIDE, "mlp"))
-    assert suggest_hyperparams(study.ask(), WIDE, BASE, family="mlp") == hp
+    study.enqueue_trial(optuna_params(hp, WIDE, MODELS["mlp"]))
+    assert suggest_hyperparams(study.ask(), WIDE, MODELS["mlp"]) == hp
 
 
 def test_booleans_stay_apart_from_numbers() -> None:
@@ -179,26 +189,26 @@ def test_booleans_stay_apart_from_numbers() -> None:
     assert same_choice(0.0, 0)
     # Distinct choices for the space (built unvalidated: the config itself refuses non-boolean batch_norm choices).
     space = SearchSpace().model_copy(update={"batch_norm": CategoricalParam(choices=[1, True])})
-    assert optuna_params(_hp(batch_norm=True, dropout=0.1), space, "mlp")["batch_norm"] is True
+    assert optuna_params(_hp(batch_norm=True, dropout=0.1), space, MODELS["mlp"])["batch_norm"] is True
 
 
 def test_points_outside_the_space_are_refused() -> None:
     hp = _hp(optimizer="adamw", learning_rate=0.5, dropout=0.3)
-    problems = space_violations(hp, WIDE, "mlp")
+    problems = space_violations(hp, WIDE, MODELS["mlp"])
     assert len(problems) == 2
     assert "learning_rate_adamw" in problems[0]
     assert "dropout" in problems[1]
     with pytest.raises(ValueError, match="outside the search space"):
-        optuna_params(hp, WIDE, "mlp")
+        optuna_params(hp, WIDE, MODELS["mlp"])
 
 
 def test_rebuilding_from_params_checks_the_names() -> None:
     hp = _hp(optimizer="adamw", learning_rate=1e-3, dropout=0.25, depth=2)
-    params = optuna_params(hp, WIDE, "mlp")
+    params = optuna_params(hp, WIDE, MODELS["mlp"])
     with pytest.raises(ValueError, match=r"\['channels'\] are not sampled"):
-        hyperparams_from_params({**params, "channels": 16}, WIDE, BASE, "mlp")
+        hyperparams_from_params({**params, "channels": 16}, WIDE, MODELS["mlp"])
     with pytest.raises(ValueError, match="'width' is not found"):
-        hyperparams_from_params({k: v for k, v in params.items() if k != "width"}, WIDE, BASE, "mlp")
+        hyperparams_from_params({k: v for k, v in params.items() if k != "width"}, WIDE, MODELS["mlp"])
 
 
 def test_a_value_hyperparams_rejects_is_an_error() -> None:
@@ -210,4 +220,4 @@ def test_a_value_hyperparams_rejects_is_an_error() -> None:
     # ... and a space built around that check still fails at the typed hyperparameters, not in a model.
     space = SearchSpace().model_copy(update={"activation": CategoricalParam(choices=["swish"])})
     with pytest.raises(ValidationError, match="activation"):
-        suggest_hyperparams(optuna.create_study().ask(), space, BASE, family="mlp")
+        suggest_hyperparams(optuna.create_study().ask(), space, MODELS["mlp"])

@@ -10,10 +10,10 @@ from torch import nn
 
 from schemas.hyperparams import HyperParams
 from schemas.results import EpochRecord
+from stagetune.models import build_model
 from stagetune.task.classification import ClassificationTask
 from stagetune.training.loaders import Batch, TrainFeed, make_eval_loader, make_train_loader
 from stagetune.training.loop import FitResult, StopTraining, evaluate, fit, train_one_epoch
-from stagetune.training.models import build_model
 from stagetune.training.optim import build_optimizer
 from tests.broken_models import NanAfterSteps
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from schemas.final import TestMetrics
 from schemas.hyperparams import HyperParams
-from stagetune.training.models import build_model
+from stagetune.models import build_model
 
 CHECKPOINT_FORMAT = 1
 """Bump when the layout of the checkpoint dictionary changes."""

@@ -8,7 +8,7 @@ from typing import Any
 
 from schemas.config import TASK_CHAMPION_METRICS
 from schemas.pipeline import PipelineResult, SearchStageResult
-from stagetune.flat_keys import flatten
+from stagetune.flat_keys import flat_hyperparams, flatten
 from stagetune.report.markup import esc, format_value, html_page, html_table, paragraph
 from stagetune.report.masking import mask_data
 
@@ -62,8 +62,8 @@ def compare_results(
         for key in sorted(set(flat_a) | set(flat_b))
         if flat_a.get(key) != flat_b.get(key)
     ]
-    hp_a = a.best_hyperparams.model_dump() if a.best_hyperparams else {}
-    hp_b = b.best_hyperparams.model_dump() if b.best_hyperparams else {}
+    hp_a = flat_hyperparams(a.best_hyperparams) if a.best_hyperparams else {}
+    hp_b = flat_hyperparams(b.best_hyperparams) if b.best_hyperparams else {}
     params = [(k, _text(hp_a.get(k)), _text(hp_b.get(k))) for k in sorted(set(hp_a) | set(hp_b))]
     metrics = [
         (k, a.test_metrics.get(k), b.test_metrics.get(k)) for k in sorted(set(a.test_metrics) | set(b.test_metrics))

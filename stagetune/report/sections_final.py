@@ -8,6 +8,7 @@ import yaml
 from schemas.final import FinalResult, RegressionTestMetrics, TestMetrics
 from schemas.pipeline import PipelineResult
 from stagetune.evaluation import confusion_matrix_figure
+from stagetune.flat_keys import flat_hyperparams
 from stagetune.report.advice import CURVE_READING, Finding
 from stagetune.report.figures import final_curves_figure
 from stagetune.report.markup import (
@@ -47,7 +48,7 @@ def final_section(final: FinalResult | None, numbers: Numbers) -> Section:
     rows = key_value_rows(numbers, "final", facts)
     if final.stop_reason:
         rows.insert(2, [esc("stop reason"), esc(final.stop_reason)])
-    hp_rows = [[esc(k), numbers.span(f"final.hp.{k}", v)] for k, v in final.hyperparams.model_dump().items()]
+    hp_rows = [[esc(k), numbers.span(f"final.hp.{k}", v)] for k, v in flat_hyperparams(final.hyperparams).items()]
     body = (
         '<div class="plots">'
         + html_table(["", "value"], rows, caption="final training and test metrics")

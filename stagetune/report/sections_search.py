@@ -9,6 +9,7 @@ from schemas.hyperparams import HyperParams
 from schemas.pipeline import SearchStageResult
 from schemas.search import NarrowingReport, TrialRecord
 from schemas.search_space import CategoricalParam, Param
+from stagetune.flat_keys import flat_hyperparams
 from stagetune.report.figures import best_curves_figure, narrowing_figure, trial_states_figure
 from stagetune.report.importance import Importances
 from stagetune.report.markup import (
@@ -156,20 +157,26 @@ def _top(stage: SearchStageResult, k: int) -> list[TrialRecord]:
     return top_trials(stage.trials, stage.direction, k)
 
 
+def _shown_params(stage: SearchStageResult) -> list[str]:
+    """The table columns: the main built-in hyperparameters, then the model's own (`params.<name>`)."""
+    return [*_SHOWN_PARAMS, *(f"params.{name}" for name in sorted(stage.space.params))]
+
+
 def _top_table(stage: SearchStageResult, numbers: Numbers) -> str:
     rows = []
+    shown = _shown_params(stage)
     for rank, trial in enumerate(_top(stage, TOP_ROWS), start=1):
-        hp = trial.hyperparams.model_dump()
+        hp = flat_hyperparams(trial.hyperparams)
         rows.append(
             [
                 str(rank),
                 numbers.span(f"{stage.stage}.top.{rank}.number", trial.number),
                 numbers.span(f"{stage.stage}.top.{rank}.value", trial.value),
                 esc(trial.diagnosis or ""),
-                *(esc(_short(hp[name])) for name in _SHOWN_PARAMS),
+                *(esc(_short(hp.get(name, ""))) for name in shown),
             ]
         )
-    header = ["rank", "trial", stage.objective, "diagnosis", *_SHOWN_PARAMS]
+    header = ["rank", "trial", stage.objective, "diagnosis", *shown]
     return f"<h3>best {len(rows)} of {len(stage.trials)} trials</h3>" + html_table(header, rows)
 
 
@@ -217,7 +224,8 @@ def _param_value(trial: TrialRecord, name: str) -> object:
 def _is_log(stage: SearchStageResult, name: str) -> bool:
     if name == "learning_rate":
         return any(p.scale == "log" for p in stage.space.learning_rate.values())
-    param = getattr(stage.space, name, None)
+    param = stage.space.params.get(name.removeprefix("params.")) if name.startswith("params.") else None
+    param = param if param is not None else getattr(stage.space, name, None)
     return param is not None and not isinstance(param, CategoricalParam) and param.scale == "log"
 
 
@@ -250,8 +258,9 @@ def _stage_markdown(stage: SearchStageResult, numbers: Numbers) -> str:
         return line + "No trial completed."
     best = stage.best
     line += f"Best: trial {best.number}, {stage.objective} {numbers.text(prefix + '.best_value')}.\n\n"
-    params = best.hyperparams.model_dump()
-    return line + md_table(list(_SHOWN_PARAMS), [[_short(params[n]) for n in _SHOWN_PARAMS]])
+    params = flat_hyperparams(best.hyperparams)
+    shown = _shown_params(stage)
+    return line + md_table(shown, [[_short(params.get(n, "")) for n in shown]])
 
 
 def _not_run(section_id: str, title: str) -> Section:

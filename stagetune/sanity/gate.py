@@ -10,13 +10,13 @@ from schemas.config import SanityConfig
 from schemas.hyperparams import HyperParams
 from schemas.results import LrRangePoint, SanityResult
 from stagetune.errors import InputError
+from stagetune.models import build_model
 from stagetune.sanity.diagnosis import diagnose_initial_loss, diagnose_overfit
 from stagetune.sanity.lr_range import StepCallback, lr_range_test, suggest_lr
 from stagetune.sanity.overfit import overfit_tiny_subset
 from stagetune.task.base import Task
 from stagetune.task.classification import ClassificationTask
 from stagetune.training.loaders import make_train_loader
-from stagetune.training.models import build_model
 from stagetune.training.optim import build_optimizer
 
 INITIAL_LOSS_ROWS = 512

@@ -9,11 +9,11 @@ import torch
 from schemas.config import SanityConfig
 from schemas.hyperparams import HyperParams
 from stagetune.data.sampling import stratified_subsample
+from stagetune.models import build_model, get_family
 from stagetune.sanity.lr_range import StepCallback
 from stagetune.task.base import Task
 from stagetune.training.loaders import endless_batches, make_eval_loader, make_train_loader
 from stagetune.training.loop import evaluate, train_step
-from stagetune.training.models import build_model
 from stagetune.training.optim import build_optimizer
 
 # Accuracy on the subset is measured once per pass over it, but at least this often (in steps).
@@ -43,11 +43,11 @@ class OverfitOutcome:
 
 
 def overfit_hyperparams(family: str, hp: HyperParams, cfg: SanityConfig) -> HyperParams:
-    """The baseline made large and unregularised: no dropout, weight decay or batch norm, Adam.
+    """The baseline made large and unregularised: no dropout or weight decay, Adam, and the family's overfit variant.
 
-    MLP: cfg.overfit_width x cfg.overfit_depth. CNN: cfg.overfit_depth blocks starting at
-    max(hp.channels, cfg.overfit_width // 8) filters (512 // 8 = 64, doubling per block).
-    Custom: the factory decides the size and batch norm; only dropout and weight decay are zeroed.
+    The family says how its model grows (`ModelFamily.overfit_changes`): MLP cfg.overfit_width x
+    cfg.overfit_depth; CNN cfg.overfit_depth blocks from max(hp.channels, cfg.overfit_width // 8)
+    filters; custom: nothing, the factory decides the size (its own params keep their baseline values).
     """
     update: dict[str, object] = {
         "dropout": 0.0,
@@ -58,12 +58,7 @@ def overfit_hyperparams(family: str, hp: HyperParams, cfg: SanityConfig) -> Hype
         "augment": False,
         "batch_size": cfg.overfit_batch_size,
     }
-    if family == "mlp":
-        update |= {"width": cfg.overfit_width, "depth": cfg.overfit_depth, "batch_norm": False}
-    elif family == "cnn":
-        channels = max(hp.channels, cfg.overfit_width // 8)
-        update |= {"channels": channels, "depth": cfg.overfit_depth, "batch_norm": False}
-    return hp.model_copy(update=update)
+    return hp.model_copy(update=update | get_family(family).overfit_changes(hp, cfg))
 
 
 def label_prior_loss(y: np.ndarray) -> float:

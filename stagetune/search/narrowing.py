@@ -7,18 +7,32 @@ space is suspicious if the best point is near its boundary"): if the BEST trial'
 `boundary_fraction` of the old width from an old bound, that bound moves outward by `widen_factor`
 of the old width instead of shrinking. The best trial, not any top trial, decides: with five
 random top trials, one of them near some bound is common and would widen nearly every range.
-Hard limits clip everything last; integers are rounded outward.
+Hard limits clip everything last (never inside the old range: a user's space beyond them stays);
+integers are rounded outward. The model's own hyperparameters (`space.params`) narrow by the same
+rules, under the names `params.<name>`; their hard limits are `hard_limits.params.<name>`, and without
+one a widened range keeps its sign (an integer range from >= 1 stays >= 1, one from >= 0 stays >= 0).
 """
 
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
+from schemas.config import ModelConfig
 from schemas.search import ChangeAction, HardLimits, Limit, NarrowingReport, NarrowingSettings, ParamChange, TrialRecord
 from schemas.search_space import CategoricalParam, FloatParam, IntParam, SearchSpace
-from stagetune.search.space import SPACE_FIELDS, AnyParam, is_fixed, same_choice, unused_fields
+from stagetune.search.space import (
+    SPACE_FIELDS,
+    AnyParam,
+    is_fixed,
+    same_choice,
+    slot_value,
+    unused_fields,
+    user_param_name,
+)
 
 _EPS = 1e-9
+# No bound a user's parameter could reach: its range widens freely on that side.
+_UNBOUNDED = 1e300
 
 
 def _fmt(value: Any) -> str:
@@ -91,6 +105,15 @@ def _window(xs: list[float], old_lo: float, old_hi: float, s: NarrowingSettings)
     return max(old_lo, centre - min_width / 2), min(old_hi, centre + min_width / 2), True
 
 
+def _user_limit(param: AnyParam, limit: Limit | None) -> Limit | None:
+    """The hard limit of a model's own parameter: the one given, else one that keeps the range's sign."""
+    if limit is not None or isinstance(param, CategoricalParam):
+        return limit
+    if param.low >= 1 and isinstance(param, IntParam):
+        return Limit(low=1, high=_UNBOUNDED)
+    return Limit(low=0.0 if param.low >= 0 else -_UNBOUNDED, high=_UNBOUNDED)
+
+
 def _clip(name: str, low: float, high: float, limit: Limit, hits: list[str]) -> tuple[float, float]:
     clipped = []
     for side, value in (("low", low), ("high", high)):
@@ -149,10 +172,12 @@ def _narrow_range(
             "the boundary means the space is too small)"
         )
     n_hits = len(hits)
+    # A hard limit never cuts into the old range (a space given beyond it, e.g. depth from 0, keeps its values).
+    limit = Limit(low=min(limit.low, param.low), high=max(limit.high, param.high))
     low, high = _clip(name, low, high, limit, hits)
     notes.extend(hits[n_hits:])
     if isinstance(param, IntParam):
-        low = max(math.floor(low + _EPS), math.ceil(limit.low - _EPS), 1)
+        low = max(math.floor(low + _EPS), math.ceil(limit.low - _EPS), 1 if log else -math.inf)
         high = max(low, min(math.ceil(high - _EPS), math.floor(limit.high + _EPS)))
         new: FloatParam | IntParam = IntParam(low=int(low), high=int(high), scale=param.scale)
     else:
@@ -187,16 +212,18 @@ def narrow(
     trials: Sequence[TrialRecord],
     direction: Literal["minimize", "maximize"],
     settings: NarrowingSettings,
-    family: str = "mlp",
+    model: ModelConfig | None = None,
 ) -> tuple[SearchSpace, NarrowingReport]:
     """Narrow `space` around the best COMPLETE trials (pruned/failed ones have no usable value).
 
     With fewer than `settings.min_completed` completed trials the space comes back unchanged and the
     report says so (fallback=True). Learning rates narrow per optimizer, from the top trials that
-    used it; optimizers no top trial used leave `optimizer.choices`. Parameters the family or the
-    chosen optimizers never sample stay unchanged. Same inputs, in any order: the same output.
+    used it; optimizers no top trial used leave `optimizer.choices`. Parameters `model`'s family
+    (default: an MLP) or the chosen optimizers never sample stay unchanged; the model's own
+    (`space.params`) narrow like the built-in ones. Same inputs, in any order: the same output.
     """
-    unused = unused_fields(family)
+    model = model if model is not None else ModelConfig()
+    unused = unused_fields(model)
     ranked = _ranked(trials, direction)
     n_completed = len(ranked)
     if n_completed < settings.min_completed:
@@ -213,9 +240,10 @@ def narrow(
     changes: list[ParamChange] = []
     updates: dict[str, Any] = {}
 
-    def apply(field: str, name: str, param: AnyParam, users: list[TrialRecord]) -> AnyParam:
-        values = [getattr(t.hyperparams, field) for t in users]
-        new, change = _narrow_param(name, param, values, getattr(limits, field, None), settings, hits)
+    def apply(field: str, name: str, param: AnyParam, users: list[TrialRecord], limit: Limit | None = None) -> AnyParam:
+        values = [slot_value(t.hyperparams, field) for t in users]
+        limit = limit if limit is not None else getattr(limits, field, None)
+        new, change = _narrow_param(name, param, [v for v in values if v is not None], limit, settings, hits)
         changes.append(change)
         return new
 
@@ -240,11 +268,16 @@ def narrow(
         param = getattr(space, field)
         users = [t for t in top if t.hyperparams.optimizer == "sgd"] if field == "momentum" else top
         if field in unused:
-            changes.append(_kept(field, param, f"not sampled for model family {family!r}"))
+            changes.append(_kept(field, param, f"not sampled for model family {model.family!r}"))
         elif not users and not is_fixed(param):
             changes.append(_kept(field, param, "only sampled with sgd, and no top trial used sgd"))
         else:
             updates[field] = apply(field, field, param, users)
+    own: dict[str, AnyParam] = {}
+    for name, param in sorted(space.params.items()):
+        key = user_param_name(name)
+        own[name] = apply(key, key, param, top, _user_limit(param, limits.params.get(name)))
+    updates["params"] = own
     new_space = SearchSpace.model_validate({**dict(space), **updates})
     best = top[0]
     reason = (

@@ -2,9 +2,11 @@
 
 Naming: every Optuna param is named after its `HyperParams` field, except the learning rate, which
 depends on the optimizer: `learning_rate_<optimizer>` with that optimizer's range, so TPE/GP see one
-consistent distribution per name. A fixed parameter (low == high, or a single choice) is never
-suggested: its value is set directly and stays out of Optuna's space. Fields a trial does not
-sample (momentum without SGD, the other family's width/channels) come from the base hyperparameters.
+consistent distribution per name, and the model's own hyperparameters (`space.params.<name>`), which
+are `params.<name>` (the key they also have as MLflow params). A fixed parameter (low == high, or a
+single choice) is never suggested: its value is set directly and stays out of Optuna's space. Fields
+a trial does not sample (momentum without SGD, fields the model family does not read: see
+`stagetune.models`) come from the model's baseline hyperparameters.
 """
 
 from collections.abc import Mapping
@@ -14,18 +16,15 @@ from typing import Any
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import BaseTrial, FixedTrial
 
-from schemas.hyperparams import HyperParams
+from schemas.config import ModelConfig
+from schemas.hyperparams import HyperParams, ParamValues
 from schemas.search_space import CategoricalParam, Choice, FloatParam, IntParam, SearchSpace
+from stagetune.models import tuned_fields
 
 AnyParam = FloatParam | IntParam | CategoricalParam
 
-FAMILIES = ("mlp", "cnn", "custom")
-# Fields a family's model ignores: not suggested, so they cost no samples and do not mislead TPE/GP.
-_UNUSED_BY_FAMILY: dict[str, frozenset[str]] = {
-    "mlp": frozenset({"channels"}),
-    "cnn": frozenset({"width"}),
-    "custom": frozenset(),
-}
+# The model's own hyperparameters: `params.<name>` as Optuna params, MLflow params and narrowing names.
+USER_PREFIX = "params."
 # Sampled after the optimizer and its learning rate, in this order.
 SPACE_FIELDS = (
     "weight_decay",
@@ -57,11 +56,21 @@ def learning_rate_name(optimizer: str) -> str:
     return f"learning_rate_{optimizer}"
 
 
-def unused_fields(family: str) -> frozenset[str]:
-    """The space fields a model family ignores (never sampled for it)."""
-    if family not in _UNUSED_BY_FAMILY:
-        raise ValueError(f"unknown model family {family!r}: use one of {', '.join(FAMILIES)}")
-    return _UNUSED_BY_FAMILY[family]
+def unused_fields(model: ModelConfig) -> frozenset[str]:
+    """The built-in space fields `model`'s family does not read (never sampled, narrowed or logged for it)."""
+    return frozenset(SPACE_FIELDS) - tuned_fields(model)
+
+
+def user_param_name(name: str) -> str:
+    """The Optuna (and MLflow) name of the model's own hyperparameter `name`: `params.<name>`."""
+    return USER_PREFIX + name
+
+
+def slot_value(hp: HyperParams, field: str) -> Any:
+    """The value of a slot's field in `hp` (`params.<name>` reads hp.params; None if it has no such param)."""
+    if field.startswith(USER_PREFIX):
+        return hp.params.get(field.removeprefix(USER_PREFIX))
+    return getattr(hp, field)
 
 
 def is_fixed(param: AnyParam) -> bool:
@@ -76,9 +85,12 @@ def same_choice(choice: Any, value: Any) -> bool:
     return bool(choice == value) and isinstance(choice, bool) == isinstance(value, bool)
 
 
-def slots(space: SearchSpace, family: str, optimizer: str) -> list[Slot]:
-    """The parameters a trial using `optimizer` samples for `family`, fixed ones included, in suggestion order."""
-    unused = unused_fields(family)
+def slots(space: SearchSpace, model: ModelConfig, optimizer: str) -> list[Slot]:
+    """The parameters a trial using `optimizer` samples for `model`, fixed ones included, in suggestion order.
+
+    The model's own hyperparameters come last, in name order.
+    """
+    unused = unused_fields(model)
     rates: dict[str, FloatParam] = {str(name): rate for name, rate in space.learning_rate.items()}
     if optimizer not in rates:
         raise ValueError(f"optimizer {optimizer!r} has no learning_rate range in the search space")
@@ -90,6 +102,8 @@ def slots(space: SearchSpace, family: str, optimizer: str) -> list[Slot]:
         if field in unused or (field == "momentum" and optimizer != "sgd"):
             continue
         result.append(Slot(field, field, getattr(space, field)))
+    for name in sorted(space.params):
+        result.append(Slot(user_param_name(name), user_param_name(name), space.params[name]))
     return result
 
 
@@ -104,19 +118,22 @@ def _suggest(trial: BaseTrial, slot: Slot) -> Any:
     return trial.suggest_int(slot.name, param.low, param.high, log=param.scale == "log")
 
 
-def suggest_hyperparams(
-    trial: BaseTrial, space: SearchSpace, base: HyperParams, *, family: str = "custom"
-) -> HyperParams:
-    """Sample every parameter of `space` that a `family` model uses; the rest come from `base`.
+def suggest_hyperparams(trial: BaseTrial, space: SearchSpace, model: ModelConfig) -> HyperParams:
+    """Sample every parameter of `space` that `model`'s family reads; the rest come from its baseline.
 
     The optimizer is drawn first; its learning rate is `learning_rate_<optimizer>`, and momentum is
-    drawn only for SGD. Fixed parameters are set without being suggested.
+    drawn only for SGD. Fixed parameters are set without being suggested. The model's own
+    hyperparameters (`space.params`) land in `hp.params`.
     """
-    unused_fields(family)  # an unknown family is an error before anything is suggested
+    unused_fields(model)  # an unknown family is an error before anything is suggested
     optimizer = _suggest(trial, Slot("optimizer", "optimizer", space.optimizer))
-    values = {slot.field: _suggest(trial, slot) for slot in slots(space, family, str(optimizer))}
+    values = {slot.field: _suggest(trial, slot) for slot in slots(space, model, str(optimizer))}
+    base = model.baseline_hyperparams
+    own = {field.removeprefix(USER_PREFIX): v for field, v in values.items() if field.startswith(USER_PREFIX)}
+    builtin = {field: v for field, v in values.items() if not field.startswith(USER_PREFIX)}
+    params = ParamValues({**base.params, **own})
     # model_validate (not model_copy) so that a value the space allows but HyperParams rejects is an error.
-    return HyperParams.model_validate({**base.model_dump(), **values})
+    return HyperParams.model_validate({**base.model_dump(), **builtin, "params": params})
 
 
 def _contains(param: AnyParam, value: Any) -> bool:
@@ -125,14 +142,14 @@ def _contains(param: AnyParam, value: Any) -> bool:
     return param.low <= value <= param.high
 
 
-def space_violations(hp: HyperParams, space: SearchSpace, family: str) -> list[str]:
-    """The fields of `hp` that `space` cannot produce for `family`, one sentence each (empty: inside)."""
+def space_violations(hp: HyperParams, space: SearchSpace, model: ModelConfig) -> list[str]:
+    """The fields of `hp` that `space` cannot produce for `model`, one sentence each (empty: inside)."""
     if hp.optimizer not in space.learning_rate:
         return [f"optimizer={hp.optimizer!r} has no learning_rate range"]
     problems = []
-    for slot in slots(space, family, hp.optimizer):
-        value = getattr(hp, slot.field)
-        if not _contains(slot.param, value):
+    for slot in slots(space, model, hp.optimizer):
+        value = slot_value(hp, slot.field)
+        if value is None or not _contains(slot.param, value):
             allowed = (
                 slot.param.choices if isinstance(slot.param, CategoricalParam) else [slot.param.low, slot.param.high]
             )
@@ -146,33 +163,31 @@ def _param_value(param: AnyParam, value: Any) -> Choice:
     return float(value) if isinstance(param, FloatParam) else int(value)
 
 
-def optuna_params(hp: HyperParams, space: SearchSpace, family: str) -> dict[str, Any]:
+def optuna_params(hp: HyperParams, space: SearchSpace, model: ModelConfig) -> dict[str, Any]:
     """The Optuna params `suggest_hyperparams` would produce for `hp` (e.g. for `study.enqueue_trial`).
 
     Raises ValueError if `hp` lies outside `space` (see `space_violations`): no params reproduce it.
     """
-    problems = space_violations(hp, space, family)
+    problems = space_violations(hp, space, model)
     if problems:
         raise ValueError(f"hyperparameters outside the search space: {'; '.join(problems)}")
     return {
-        slot.name: _param_value(slot.param, getattr(hp, slot.field))
-        for slot in slots(space, family, hp.optimizer)
+        slot.name: _param_value(slot.param, slot_value(hp, slot.field))
+        for slot in slots(space, model, hp.optimizer)
         if not is_fixed(slot.param)
     }
 
 
-def hyperparams_from_params(
-    params: Mapping[str, Any], space: SearchSpace, base: HyperParams, family: str
-) -> HyperParams:
+def hyperparams_from_params(params: Mapping[str, Any], space: SearchSpace, model: ModelConfig) -> HyperParams:
     """Rebuild a trial's hyperparameters from its Optuna params alone (values as Optuna holds them).
 
     Raises ValueError if a param the space needs is missing, or if `params` holds names it never samples.
     """
     trial = FixedTrial(dict(params))
-    hp = suggest_hyperparams(trial, space, base, family=family)
+    hp = suggest_hyperparams(trial, space, model)
     extra = sorted(set(params) - set(trial.params))
     if extra:
-        raise ValueError(f"params {extra} are not sampled by this search space for family {family!r}")
+        raise ValueError(f"params {extra} are not sampled by this search space for family {model.family!r}")
     return hp
 
 
@@ -184,8 +199,13 @@ def _distribution(param: AnyParam) -> BaseDistribution:
     return IntDistribution(param.low, param.high, log=param.scale == "log")
 
 
-def distributions(space: SearchSpace, family: str, optimizer: str) -> dict[str, BaseDistribution]:
+def distributions(space: SearchSpace, model: ModelConfig, optimizer: str) -> dict[str, BaseDistribution]:
     """Optuna distributions of the params a trial using `optimizer` samples (for `optuna.trial.create_trial`)."""
-    return {
-        slot.name: _distribution(slot.param) for slot in slots(space, family, optimizer) if not is_fixed(slot.param)
-    }
+    return {slot.name: _distribution(slot.param) for slot in slots(space, model, optimizer) if not is_fixed(slot.param)}
+
+
+def logged_hyperparams(hp: HyperParams, model: ModelConfig) -> dict[str, Any]:
+    """`hp` as flat MLflow params: the built-in fields `model`'s family reads, and `params.<name>` for its own."""
+    read = tuned_fields(model)
+    values: dict[str, Any] = {k: v for k, v in hp.model_dump(mode="json").items() if k in read}
+    return values | {user_param_name(name): value for name, value in sorted(hp.params.items())}

@@ -17,8 +17,10 @@ from stagetune.data.fingerprint import arrays_fingerprint
 from stagetune.data.stage import load_stage_arrays
 from stagetune.diagnosis import diagnose_curves
 from stagetune.evaluation import confusion_matrix_figure, evaluate_on_test
+from stagetune.models import build_model
 from stagetune.registry import register_and_promote, save_checkpoint
 from stagetune.report.regression_plots import predicted_vs_actual_svg, residual_histogram_svg
+from stagetune.search.space import logged_hyperparams
 from stagetune.stages.sanity_stage import epoch_line
 from stagetune.task import full_task_for
 from stagetune.tracking.plots import learning_curve_figure
@@ -35,7 +37,6 @@ from stagetune.tracking.system_metrics import monitored_run
 from stagetune.training.device import resolve_device
 from stagetune.training.loaders import make_eval_loader, make_train_loader
 from stagetune.training.loop import fit
-from stagetune.training.models import build_model
 
 CHECKPOINT_ARTIFACT = "model/checkpoint.pt"
 
@@ -56,7 +57,7 @@ def final_stage(
         log_params(
             tree.client,
             run_id,
-            {**hp.model_dump(mode="json"), **{f"final.{k}": v for k, v in final.model_dump().items()}},
+            {**logged_hyperparams(hp, config.model), **{f"final.{k}": v for k, v in final.model_dump().items()}},
         )
         task = full_task_for(sample, config.training.loss)
         model = build_model(

@@ -10,7 +10,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from schemas.config import PipelineConfig
 from schemas.pipeline import PipelineResult
 from stagetune.errors import InputError
-from stagetune.flat_keys import flatten
+from stagetune.flat_keys import flat_hyperparams, flatten
 from stagetune.run_store import PipelineRun
 from stagetune.settings import export_client_settings, load_settings
 from stagetune.tracking.io_retry import RetryingClient
@@ -129,7 +129,8 @@ def close_pipeline_run(tree: RunTree, result: PipelineResult, status: RunEnd) ->
     log_model_json(client, tree.parent_run_id, result, "results/pipeline.json")
     log_tags(client, tree.parent_run_id, {"stagetune.status": result.status})
     if result.best_hyperparams is not None:
-        best = {f"best.{k}": v for k, v in result.best_hyperparams.model_dump(mode="json").items()}
+        # The model's own hyperparameters as best.params.<name>, as the trial runs log them.
+        best = {f"best.{k}": v for k, v in flat_hyperparams(result.best_hyperparams).items()}
         log_params(client, tree.parent_run_id, best)
     log_metrics(client, tree.parent_run_id, [(f"test/{k}", v, 0) for k, v in result.test_metrics.items()])
     if result.registered_model is not None:

@@ -18,7 +18,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from pydantic import ValidationError
 
-from schemas.config import PipelineConfig
+from schemas.config import ModelConfig, PipelineConfig
 from schemas.hyperparams import HyperParams
 from schemas.pipeline import PipelineResult
 from schemas.search import ReusedTrial, TrialRecord
@@ -127,7 +127,7 @@ def previous_run_points(
 
 
 def enqueue_reused(
-    study: optuna.Study, space: SearchSpace, family: str, n_trials: int, candidates: list[ReusedTrial]
+    study: optuna.Study, space: SearchSpace, model: ModelConfig, n_trials: int, candidates: list[ReusedTrial]
 ) -> list[ReusedTrial]:
     """Enqueue the candidates the space contains (at most `n_trials`, no point twice) and store the plan
     on the study; a study that already has a plan (a resumed run) keeps it and enqueues nothing."""
@@ -137,8 +137,8 @@ def enqueue_reused(
     plan: list[ReusedTrial] = []
     seen: list[dict[str, Any]] = []
     for candidate in candidates:
-        problems = space_violations(candidate.hyperparams, space, family)
-        params = None if problems else optuna_params(candidate.hyperparams, space, family)
+        problems = space_violations(candidate.hyperparams, space, model)
+        params = None if problems else optuna_params(candidate.hyperparams, space, model)
         if problems:
             skipped = "outside the search space: " + "; ".join(problems)
         elif params in seen:

@@ -10,7 +10,9 @@ from schemas.results import BaselineFit, EpochRecord, SampleResult, SanityResult
 from stagetune import progress
 from stagetune.data.augment import build_augmenter, pixels_of
 from stagetune.data.stage import StageArrays, load_stage_arrays
+from stagetune.models import build_model
 from stagetune.sanity import run_sanity_gate
+from stagetune.search.space import logged_hyperparams
 from stagetune.task import Task, task_for
 from stagetune.tracking.plots import learning_curve_figure, lr_range_figure, step_curve_figure
 from stagetune.tracking.run_tree import (
@@ -25,7 +27,6 @@ from stagetune.tracking.run_tree import (
 from stagetune.training.device import resolve_device
 from stagetune.training.loaders import make_eval_loader, make_train_loader
 from stagetune.training.loop import fit
-from stagetune.training.models import build_model
 
 
 def sanity_stage(config: PipelineConfig, sample: SampleResult, tree: RunTree) -> SanityResult:
@@ -40,7 +41,7 @@ def sanity_stage(config: PipelineConfig, sample: SampleResult, tree: RunTree) ->
             arrays.X_train_sampled,
             arrays.y_train_sampled,
             family=config.model.family,
-            hp=config.model.baseline,
+            hp=config.model.baseline_hyperparams,
             input_shape=sample.input_shape,
             num_classes=task,
             cfg=config.sanity,
@@ -68,7 +69,7 @@ def sanity_stage(config: PipelineConfig, sample: SampleResult, tree: RunTree) ->
 
 def fit_baseline(config: PipelineConfig, arrays: StageArrays, sample: SampleResult, task: Task) -> BaselineFit:
     """Train the baseline hyperparameters for `sanity.baseline_epochs` epochs on the sampled data."""
-    hp = config.model.baseline
+    hp = config.model.baseline_hyperparams
     device = resolve_device(config.execution.device)
     model = build_model(
         config.model.family, hp, sample.input_shape, task.output_size, config.model.import_path, seed=config.seed
@@ -101,7 +102,8 @@ def fit_baseline(config: PipelineConfig, arrays: StageArrays, sample: SampleResu
 def record_sanity(client: MlflowClient, run_id: str, config: PipelineConfig, result: SanityResult) -> None:
     """Params, figures, curves and the result JSON of the sanity stage."""
     log_params(client, run_id, {f"sanity.{k}": v for k, v in config.sanity.model_dump(mode="json").items()})
-    log_params(client, run_id, {f"baseline.{k}": v for k, v in config.model.baseline.model_dump(mode="json").items()})
+    baseline = logged_hyperparams(config.model.baseline_hyperparams, config.model)
+    log_params(client, run_id, {f"baseline.{k}": v for k, v in baseline.items()})
     tags = {"stagetune.sanity.passed": str(result.passed).lower()}
     if result.diagnoses:
         tags["stagetune.diagnosis"] = ",".join(d.code for d in result.diagnoses)

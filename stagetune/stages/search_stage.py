@@ -32,7 +32,7 @@ from stagetune.interruption import INTERRUPTED_REASON, clear_stop, request_stop
 from stagetune.search.budget import budget_lock, claim_trial, release_trial
 from stagetune.search.dead_trials import enqueue_retry, fail_dead_trials
 from stagetune.search.liveness import Liveness
-from stagetune.search.space import optuna_params, space_violations, suggest_hyperparams
+from stagetune.search.space import logged_hyperparams, optuna_params, space_violations, suggest_hyperparams
 from stagetune.search.study import liveness_of, make_pruner, make_sampler, open_study, rdb_storage, storage_url
 from stagetune.stages.lost_records import rewrite_lost_trial_records
 from stagetune.stages.reuse import REUSE_ATTR, enqueue_reused, reuse_candidates, score_reused
@@ -100,7 +100,7 @@ def reuse_last_run(plan: SearchPlan, tree: RunTree) -> None:
     config = plan.context.config
     stored = REUSE_ATTR in plan.study.user_attrs
     candidates = [] if stored else reuse_candidates(config, tree)
-    plan.reused = enqueue_reused(plan.study, plan.space, config.model.family, plan.n_trials, candidates)
+    plan.reused = enqueue_reused(plan.study, plan.space, config.model, plan.n_trials, candidates)
     plan.enqueued = [item.number for item in plan.reused if item.number is not None]
     if plan.reused and not stored:
         lines = [
@@ -132,9 +132,9 @@ def start_refine(
         config, tree, "refine", study, space, config.refine.n_trials, config.refine.epochs, data, config.refine.pruner
     )
     # A seed outside the narrowed space (e.g. a range clipped at a hard limit) is not enqueued.
-    seeds = [r for r in seeds if not space_violations(r.hyperparams, space, config.model.family)]
+    seeds = [r for r in seeds if not space_violations(r.hyperparams, space, config.model)]
     for record in seeds:
-        plan.study.enqueue_trial(optuna_params(record.hyperparams, space, config.model.family), skip_if_exists=True)
+        plan.study.enqueue_trial(optuna_params(record.hyperparams, space, config.model), skip_if_exists=True)
         plan.enqueued.append(len(plan.enqueued))  # enqueued trials are asked first: numbers 0..k-1
     if seeds:
         log_tags(
@@ -156,7 +156,7 @@ def ask(plan: SearchPlan) -> tuple[optuna.Trial, HyperParams, dict[str, object]]
     if trial is None:
         return None
     plan.asked[trial.number] = trial
-    hp = suggest_hyperparams(trial, plan.space, config.model.baseline, family=config.model.family)
+    hp = suggest_hyperparams(trial, plan.space, config.model)
     return trial, hp, dict(trial.params)
 
 
@@ -321,7 +321,8 @@ def finish(plan: SearchPlan) -> SearchStageResult:
     rows = [(f"trials/{state.lower()}", float(n), 0) for state, n in counts.items()]
     if result.best is not None and result.best.value is not None:
         rows.append(("best/objective", result.best.value, 0))
-        log_params(client, run_id, {f"best.{k}": v for k, v in result.best.hyperparams.model_dump().items()})
+        best_params = logged_hyperparams(result.best.hyperparams, plan.context.config.model)
+        log_params(client, run_id, {f"best.{k}": v for k, v in best_params.items()})
         log_tags(client, run_id, {"stagetune.best_trial": str(result.best.number)})
     log_metrics(client, run_id, rows)
     log_tags(client, run_id, {"stagetune.diagnosis_summary": result.diagnosis.message[:5000]})

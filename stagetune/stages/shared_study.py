@@ -121,7 +121,7 @@ def study_records(plan: "SearchPlan") -> list[TrialRecord]:
             continue
         # No record: the process running it stopped before recording (killed); a retry, if any, follows.
         try:
-            hp = hyperparams_from_params(trial.params, plan.space, config.model.baseline, config.model.family)
+            hp = hyperparams_from_params(trial.params, plan.space, config.model)
         except ValueError:
             continue  # killed while its parameters were being chosen: it never trained (still FAIL in Optuna)
         records.append(

@@ -38,6 +38,8 @@ from stagetune.data.augment import PixelScaling, build_augmenter
 from stagetune.diagnosis import diagnose_curves
 from stagetune.errors import InputError
 from stagetune.interruption import INTERRUPTED_REASON, TrialInterrupted, stop_requested
+from stagetune.models import build_model
+from stagetune.search.space import logged_hyperparams
 from stagetune.task.base import Task
 from stagetune.tracking.background import TrackingQueue
 from stagetune.tracking.run_tree import (
@@ -56,7 +58,6 @@ from stagetune.tracking.system_metrics import trial_sampler
 from stagetune.training.device import resolve_device
 from stagetune.training.loaders import make_eval_loader, make_train_loader
 from stagetune.training.loop import FitResult, StopTraining, fit
-from stagetune.training.models import build_model
 
 LOGGER = logging.getLogger(__name__)
 
@@ -184,7 +185,7 @@ def trial_run_params(
 ) -> dict[str, object]:
     """The params of a trial's MLflow run: its hyperparameters, epochs, seed and the Optuna params."""
     run_params: dict[str, object] = {
-        **hp.model_dump(mode="json"),
+        **logged_hyperparams(hp, context.config.model),
         "epochs": context.epochs,
         "seed": context.config.seed + number,
     }

@@ -1,0 +1,1 @@
+"""A user's own model with its own hyperparameters, tuned by stagetune (see README.md here)."""
