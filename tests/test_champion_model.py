@@ -146,10 +146,12 @@ def test_the_version_links_the_logged_model_and_carries_its_tags(runs: dict[str,
     assert result.final.registry is not None
     client = MlflowClient(result.tracking_uri)
     version = client.get_model_version("m-classification", str(result.final.registry.version))
-    assert version.model_id is not None
-    assert version.source == f"models:/{version.model_id}"
-    logged = client.get_logged_model(version.model_id)
+    model_id = version.source.removeprefix("models:/")  # MLflow 3: the logged model's URI
+    logged = client.get_logged_model(model_id)
     assert logged.source_run_id == result.final.mlflow_run_id
+    assert {"name": "m-classification", "version": int(version.version)} in json.loads(
+        logged.tags["mlflow.modelVersions"]
+    )
     tags = version.tags
     assert tags["stagetune.parent_run"] == result.mlflow_parent_run_id
     assert float(tags["stagetune.test.accuracy"]) == pytest.approx(result.final.test.summary_metrics()["accuracy"])

@@ -24,6 +24,7 @@ Consequence: the champion is always the best version on the champion's test data
 set by hand stays champion only until the next registration on that data.
 """
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
 from schemas.final import ChampionDecision
 
@@ -102,7 +104,19 @@ def register_and_promote(
     if pipeline_run_id is not None:
         tags[TAG_PIPELINE_RUN] = pipeline_run_id
     created = client.create_model_version(model_name, model_source, run_id=run_id, tags=tags, model_id=model_id)
+    if model_id is not None:
+        _link_logged_model(client, model_id, model_name, int(created.version))
     return settle_alias(client, model_name, int(created.version), higher_is_better)
+
+
+def _link_logged_model(client: MlflowClient, model_id: str, model_name: str, version: int) -> None:
+    """List the version on its logged model (tag `mlflow.modelVersions`, as `mlflow.register_model` does):
+    MLflow's UI shows it on the model's page."""
+    logged = client.get_logged_model(model_id)
+    linked = json.loads(logged.tags.get(MLFLOW_MODEL_VERSIONS) or "[]")
+    entry = {"name": model_name, "version": version}
+    if entry not in linked:
+        client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps([*linked, entry])})
 
 
 def version_of_pipeline_run(client: MlflowClient, model_name: str, pipeline_run_id: str) -> ModelVersion | None:
