@@ -12,7 +12,6 @@ import pytest
 
 from tests.conftest import subprocess_env
 from tests.integration.conftest import PipelineRun
-from tests.integration.helpers import stack_client
 from tests.test_champion_model import assert_same_predictions, free_port, served, stage_predictions
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -24,10 +23,13 @@ def test_the_stack_champion_loads_and_serves_with_the_final_stage_predictions(
     result, stack = pipeline_run.result, pipeline_run.stack
     assert result.final is not None
     assert result.final.registry is not None
-    stack_client(stack)  # sets the login in this process's environment, which the children inherit
     rows, expected = stage_predictions(result)
     name = f"models:/{result.final.registry.model_name}@champion"
-    env = subprocess_env(tmp_path, MLFLOW_TRACKING_URI=result.tracking_uri)
+    login = {
+        "MLFLOW_TRACKING_USERNAME": stack.auth.mlflow_username,
+        "MLFLOW_TRACKING_PASSWORD": stack.auth.mlflow_password,
+    }
+    env = subprocess_env(tmp_path, MLFLOW_TRACKING_URI=result.tracking_uri, **login)
     rows.to_parquet(tmp_path / "in.parquet")
     code = "import sys, mlflow, pandas as pd\nmodel = mlflow.pyfunc.load_model(sys.argv[1])\n"
     code += "model.predict(pd.read_parquet(sys.argv[2])).to_json(sys.argv[3], orient='split')"
