@@ -12,6 +12,7 @@ import pytest
 
 from tests.conftest import subprocess_env
 from tests.integration.conftest import PipelineRun
+from tests.integration.helpers import stack_client
 from tests.test_champion_model import assert_same_predictions, free_port, served, stage_predictions
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -23,6 +24,7 @@ def test_the_stack_champion_loads_and_serves_with_the_final_stage_predictions(
     result, stack = pipeline_run.result, pipeline_run.stack
     assert result.final is not None
     assert result.final.registry is not None
+    stack_client(stack)  # logs this process's MLflow client in (through the environment)
     rows, expected = stage_predictions(result)
     name = f"models:/{result.final.registry.model_name}@champion"
     login = {
