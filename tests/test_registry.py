@@ -15,7 +15,6 @@ from schemas.final import ChampionDecision, ClassReport, TestMetrics
 from schemas.hyperparams import HyperParams
 from stagetune.models import build_model
 from stagetune.registry import (
-    MODEL_ARGS_FILE,
     TAG_DATA_FINGERPRINT,
     TAG_METRIC_VALUE,
     TAG_ROLE,
@@ -114,6 +113,12 @@ def make_store(root: Path) -> tuple[str, str, Path]:
     return uri, experiment_id, checkpoint
 
 
+def logged_source(client: MlflowClient, run_id: str, checkpoint: Path) -> str:
+    """The checkpoint logged under `model/` of `run_id`: a version source without a pyfunc around it."""
+    client.log_artifact(run_id, str(checkpoint), artifact_path="model")
+    return f"{client.get_run(run_id).info.artifact_uri}/model"
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, Path]:
     """One store per module (see `make_store`)."""
@@ -124,11 +129,24 @@ def _register(
     store: tuple[str, str, Path], name: str, value: float, fingerprint: str = "fp-1", higher: bool = True
 ) -> ChampionDecision:
     uri, experiment_id, checkpoint = store
+    return register_at(uri, experiment_id, checkpoint, name, value, fingerprint, higher)
+
+
+def register_at(
+    uri: str,
+    experiment_id: str,
+    checkpoint: Path,
+    name: str,
+    value: float,
+    fingerprint: str = "fp-1",
+    higher: bool = True,
+) -> ChampionDecision:
+    """One final stage's registration: a new run, the checkpoint logged as its model, then the decision."""
     client = MlflowClient(uri)
     run_id = client.create_run(experiment_id).info.run_id
     return register_and_promote(
-        client, run_id=run_id, model_name=name, checkpoint_path=checkpoint, metric_name="test/acc",
-        metric_value=value, data_fingerprint=fingerprint, higher_is_better=higher,
+        client, run_id=run_id, model_name=name, model_source=logged_source(client, run_id, checkpoint),
+        metric_name="test/acc", metric_value=value, data_fingerprint=fingerprint, higher_is_better=higher,
     )  # fmt: skip
 
 
@@ -155,7 +173,7 @@ def test_first_version_becomes_champion_and_its_artifacts_load(store: tuple[str,
     source = client.get_model_version_download_uri(name, "1")
     assert source == f"{client.get_run(str(version.run_id)).info.artifact_uri}/model"  # the run's artifact folder
     folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp_path)))
-    assert sorted(p.name for p in folder.iterdir()) == sorted(["final.pt", MODEL_ARGS_FILE])
+    assert sorted(p.name for p in folder.iterdir()) == ["final.pt"]
     inputs = torch.randn(5, 6)
     assert torch.equal(load_checkpoint(folder / "final.pt").model(inputs), load_checkpoint(store[2]).model(inputs))
 

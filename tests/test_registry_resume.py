@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 from schemas.final import ChampionDecision
 from stagetune.registry import TAG_ROLE, register_and_promote
 from stagetune.registry.champion import TAG_PIPELINE_RUN, TAG_VERSION_RUN, version_of_pipeline_run
-from tests.test_registry import make_store
+from tests.test_registry import logged_source, make_store
 
 _names = itertools.count()
 
@@ -30,8 +30,8 @@ def _attempt(
     _, experiment_id, checkpoint = store
     run_id = client.create_run(experiment_id).info.run_id
     return register_and_promote(
-        client, run_id=run_id, model_name=name, checkpoint_path=checkpoint, metric_name="test/acc",
-        metric_value=value, data_fingerprint="fp-1", pipeline_run_id=pipeline,
+        client, run_id=run_id, model_name=name, model_source=logged_source(client, run_id, checkpoint),
+        metric_name="test/acc", metric_value=value, data_fingerprint="fp-1", pipeline_run_id=pipeline,
     )  # fmt: skip
 
 

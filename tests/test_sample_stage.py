@@ -16,6 +16,7 @@ from stagetune.data import stage
 from stagetune.data.fingerprint import arrays_fingerprint
 from stagetune.data.stage import StageArrays, load_stage_arrays, run_sample_stage
 from stagetune.errors import InputError
+from stagetune.serving.preprocessing import serving_paths
 
 ARRAY_KEYS = {f"{xy}_{split}" for xy in "Xy" for split in ("train", "val", "test")} | {
     f"{xy}_{split}_sampled" for xy in "Xy" for split in ("train", "val")
@@ -41,7 +42,9 @@ def write_csv(path: Path, n: int = 90) -> Path:
 def test_stage_writes_one_npz_and_describes_it(tmp_path: Path) -> None:
     cfg = config(data={"source": "builtin:digits"}, sample={"fraction": 0.5, "max_rows": 300})
     result = run_sample_stage(cfg, tmp_path / "out")
-    assert [p.name for p in (tmp_path / "out").iterdir()] == [Path(result.data_path).name]
+    # The npz, and beside it the fitted preprocessing and the raw test rows for the served model.
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == sorted([Path(result.data_path).name, *(p.name for p in serving_paths(result.data_path))])
     with np.load(result.data_path) as stored:
         assert set(stored.files) == ARRAY_KEYS
         x_train, y_train = stored["X_train"], stored["y_train"]

@@ -47,6 +47,8 @@ class RawTable:
     task: str = "classification"
     task_reason: str = ""
     target_names: tuple[str, ...] = ()
+    raw_features: pd.DataFrame | None = None
+    """The kept feature columns as read (before typing), rows as in `features`: what a served model is given."""
 
 
 def load_table(cfg: DataConfig, seed: int) -> RawTable:
@@ -107,6 +109,7 @@ def load_table(cfg: DataConfig, seed: int) -> RawTable:
         task=task,
         task_reason=task_reason,
         target_names=tuple(targets),
+        raw_features=frame.loc[keep, [*numeric, *categorical]].reset_index(drop=True),
     )
 
 

@@ -19,6 +19,7 @@ from stagetune.data.preprocess import PreparedData, prepare
 from stagetune.data.rebalance import class_counts
 from stagetune.data.sampling import rebalance_summary, sample_regression_splits, sample_splits
 from stagetune.errors import InputError
+from stagetune.serving.preprocessing import raw_kinds, table_preprocessor, write_serving_files
 from stagetune.task.regression import RegressionTask, standardise_targets
 
 SAMPLED_KEYS = ("X_train_sampled", "y_train_sampled", "X_val_sampled", "y_val_sampled")
@@ -93,6 +94,7 @@ def run_sample_stage(config: PipelineConfig, out_dir: Path) -> SampleResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir.resolve() / f"sample-{fingerprint[:16]}.npz"
     write_npz_atomic(path, asdict(arrays))
+    _write_serving_state(path, table, prepared)
 
     def per_class(labels: np.ndarray, names: tuple[str, ...]) -> dict[str, int]:
         return dict(zip(names, class_counts(labels, len(names)).tolist(), strict=True))
@@ -157,6 +159,7 @@ def _regression_result(config: PipelineConfig, table: RawTable, prepared: Prepar
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir.resolve() / f"sample-{fingerprint[:16]}.npz"
     write_npz_atomic(path, asdict(arrays))
+    _write_serving_state(path, table, prepared)
     return SampleResult(
         source=config.data.source,
         task="regression",
@@ -185,6 +188,14 @@ def _regression_result(config: PipelineConfig, table: RawTable, prepared: Prepar
         dropped_label_rows=table.dropped_label_rows,
         warnings=list(table.warnings),
     )
+
+
+def _write_serving_state(path: Path, table: RawTable, prepared: PreparedData) -> None:
+    """Beside the npz: the fitted preprocessing as plain data and the test split's raw rows (for the
+    final stage's MLflow model, and to re-score a champion on this test split)."""
+    raw = table.raw_features if table.raw_features is not None else table.features
+    preprocessor = table_preprocessor(prepared.transformer, raw_kinds(raw))
+    write_serving_files(path, preprocessor, raw.iloc[prepared.test_index])
 
 
 def check_regression_settings(config: PipelineConfig) -> None:

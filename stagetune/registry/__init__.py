@@ -3,8 +3,6 @@
 from stagetune.registry.champion import (
     CHALLENGER,
     CHAMPION,
-    MODEL_ARGS_FILE,
-    MODEL_ARTIFACT_DIR,
     TAG_DATA_FINGERPRINT,
     TAG_METRIC,
     TAG_METRIC_VALUE,
@@ -23,8 +21,6 @@ from stagetune.registry.checkpoint import (
 __all__ = [
     "CHALLENGER",
     "CHAMPION",
-    "MODEL_ARGS_FILE",
-    "MODEL_ARTIFACT_DIR",
     "TAG_DATA_FINGERPRINT",
     "TAG_METRIC",
     "TAG_METRIC_VALUE",

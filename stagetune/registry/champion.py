@@ -1,33 +1,45 @@
-"""Register a checkpoint as a model version and decide whether it replaces the registered model's champion.
+"""Register the final model as a model version and decide whether it replaces the registered model's champion.
 
 One pipeline run registers one version, whatever attempt gets there: the version is tagged with the
 pipeline's MLflow parent run id, and a resumed run (killed after the version was created) finds it,
 finishes its alias decision if that was interrupted, and registers nothing new.
 
 The rule: a new version becomes `champion` only if there is none yet, or if it beats the champion
-strictly on the same metric measured on the same test data (same data fingerprint). Otherwise it is
-registered as `challenger` with the reason, and the champion stays: numbers from different test
-sets are not comparable, and a person decides. The read-decide-write sequence is not atomic: two
-pipelines registering the same model at the same moment may both compare against the old champion.
+strictly on the same metric measured on the same test data (same data fingerprint, or the champion's
+re-score on that data, see `rescore`). Otherwise it is registered as `challenger` with the reason, and
+the champion stays: numbers from different test sets are not comparable, and a person decides.
+
+Two pipelines may register versions of one model at the same moment. MLflow's registry offers no
+lock or compare-and-set, and a lock outside it (a file, a database row) is only shared by processes
+that share that file or database. Instead the decision is a fixed point that every registering process
+drives the registry to: `rightful_champion` is a deterministic function of the versions' tags and the
+current alias (the best version that beats the champion on comparable data, ties keep the champion,
+then the lower version). Each process creates its version (tags included) first, then repeats "read
+all versions and the alias; if the alias is not the rightful champion, move it" until a read finds it
+in place, and only then tags its own role; if the alias moved while it tagged, it goes round again.
+Versions only ever get added, so whichever process writes last has read every version created before
+its read; a stale write by a slower process is undone by that process's own next read. Two retunes
+finishing together end with exactly one champion (the better) and the other a challenger.
+Consequence: the champion is always the best version on the champion's test data; a worse version
+set by hand stays champion only until the next registration on that data.
 """
 
+import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from mlflow.entities.model_registry import ModelVersion, RegisteredModel
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
 from schemas.final import ChampionDecision
-from stagetune.registry.checkpoint import read_model_args
 
 CHAMPION: Literal["champion"] = "champion"
 CHALLENGER: Literal["challenger"] = "challenger"
-MODEL_ARTIFACT_DIR = "model"
-MODEL_ARGS_FILE = "model_args.json"
 TAG_METRIC = "stagetune.metric"
 TAG_METRIC_VALUE = "stagetune.metric_value"
 TAG_DATA_FINGERPRINT = "stagetune.data_fingerprint"
@@ -35,7 +47,9 @@ TAG_ROLE = "stagetune.role"
 TAG_PIPELINE_RUN = "stagetune.pipeline_run"
 TAG_PREVIOUS_CHAMPION = "stagetune.previous_champion"
 TAG_VERSION_RUN = "stagetune.model_version_run"  # on a resumed final run: the run its reused version came from
+TAG_RESCORE_PREFIX = "stagetune.rescore."  # + test fingerprint[:16]: "metric=value" of a champion re-scored there
 PREVIOUS_CHAMPION_ROLE = "previous_champion"
+_SETTLE_ROUNDS = 20
 
 
 @dataclass(frozen=True)
@@ -54,50 +68,55 @@ def register_and_promote(
     *,
     run_id: str,
     model_name: str,
-    checkpoint_path: Path,
+    model_source: str,
     metric_name: str,
     metric_value: float,
     data_fingerprint: str,
     higher_is_better: bool = True,
     pipeline_run_id: str | None = None,
+    model_id: str | None = None,
+    extra_tags: dict[str, str] | None = None,
 ) -> ChampionDecision:
-    """Log the checkpoint under `model/` of `run_id`, register it as a new version and set its alias.
+    """Register `model_source` (a `models:/<model_id>` URI or an artifact folder) as a new version and set its alias.
 
     The version gets tags `stagetune.metric`, `stagetune.metric_value`, `stagetune.data_fingerprint`,
-    `stagetune.role` and `stagetune.pipeline_run`, the reason as its description, and alias `champion`
-    or `challenger` (see the module docstring for the rule). A replaced champion is tagged
-    `stagetune.role=previous_champion`. If `pipeline_run_id` already registered a version (an earlier
-    attempt killed after registering), that version is the answer: no second one is created.
+    `stagetune.role`, `stagetune.pipeline_run` and `extra_tags`, the reason as its description, and
+    alias `champion` or `challenger` (see the module docstring for the rule and for concurrent
+    registrations). A replaced champion is tagged `stagetune.role=previous_champion`. If
+    `pipeline_run_id` already registered a version (an earlier attempt killed after registering), that
+    version is the answer: no second one is created.
     """
     if not math.isfinite(metric_value):
         raise ValueError(f"{metric_name} is {metric_value}: a model without a finite test metric is not registered")
-    # This run's own copy, whatever happens below: its FinalResult names `model/checkpoint.pt` of this run.
-    client.log_artifact(run_id, str(checkpoint_path), artifact_path=MODEL_ARTIFACT_DIR)
-    client.log_dict(run_id, read_model_args(checkpoint_path), f"{MODEL_ARTIFACT_DIR}/{MODEL_ARGS_FILE}")
-    registered = _ensure_registered_model(client, model_name)
+    _ensure_registered_model(client, model_name)
     earlier = None if pipeline_run_id is None else version_of_pipeline_run(client, model_name, pipeline_run_id)
     if earlier is not None:
-        # This run's checkpoint comes from the same seeded training; the version keeps the one it was made from.
+        # This run's model comes from the same seeded training; the version keeps the one it was made from.
         client.set_tag(run_id, TAG_VERSION_RUN, str(earlier.run_id))
-        return _finish_earlier_registration(client, registered, earlier, higher_is_better)
-    champion = _champion(client, registered)
-    verdict = compare_with_champion(champion, metric_name, metric_value, data_fingerprint, higher_is_better)
-    # The run's artifact folder itself (not a runs:/ URI): the version stays downloadable from it directly.
-    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{MODEL_ARTIFACT_DIR}"
+        return settle_alias(client, model_name, int(earlier.version), higher_is_better)
     tags = {
+        **(extra_tags or {}),
         TAG_METRIC: metric_name,
         TAG_METRIC_VALUE: repr(float(metric_value)),
         TAG_DATA_FINGERPRINT: data_fingerprint,
-        TAG_ROLE: verdict.alias,
+        TAG_ROLE: "pending",
     }
     if pipeline_run_id is not None:
         tags[TAG_PIPELINE_RUN] = pipeline_run_id
-    if verdict.previous_version is not None:
-        tags[TAG_PREVIOUS_CHAMPION] = str(verdict.previous_version)
-    created = client.create_model_version(model_name, source, run_id=run_id, tags=tags, description=verdict.reason)
-    new_version = int(created.version)
-    _apply_verdict(client, model_name, new_version, verdict)
-    return _decision(model_name, new_version, verdict, metric_name, metric_value)
+    created = client.create_model_version(model_name, model_source, run_id=run_id, tags=tags, model_id=model_id)
+    if model_id is not None:
+        _link_logged_model(client, model_id, model_name, int(created.version))
+    return settle_alias(client, model_name, int(created.version), higher_is_better)
+
+
+def _link_logged_model(client: MlflowClient, model_id: str, model_name: str, version: int) -> None:
+    """List the version on its logged model (tag `mlflow.modelVersions`, as `mlflow.register_model` does):
+    MLflow's UI shows it on the model's page."""
+    logged = client.get_logged_model(model_id)
+    linked = json.loads(logged.tags.get(MLFLOW_MODEL_VERSIONS) or "[]")
+    entry = {"name": model_name, "version": version}
+    if entry not in linked:
+        client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps([*linked, entry])})
 
 
 def version_of_pipeline_run(client: MlflowClient, model_name: str, pipeline_run_id: str) -> ModelVersion | None:
@@ -107,47 +126,133 @@ def version_of_pipeline_run(client: MlflowClient, model_name: str, pipeline_run_
     return min(found, key=lambda version: int(version.version)) if found else None
 
 
-def _finish_earlier_registration(
-    client: MlflowClient, registered: RegisteredModel, version: ModelVersion, higher_is_better: bool
-) -> ChampionDecision:
-    """The decision about a version an earlier attempt created; its alias is set now if that attempt
-    was killed before setting it (decided, as then, from the version's own metric tags)."""
-    number, tags = int(version.version), dict(version.tags or {})
-    metric_name, metric_value = tags.get(TAG_METRIC, ""), _float_or_none(tags.get(TAG_METRIC_VALUE))
-    if metric_value is None:
-        raise ValueError(f"{registered.name} v{number} carries no {TAG_METRIC_VALUE} tag: it cannot be reused")
-    aliases = {alias for alias, target in registered.aliases.items() if int(target) == number}
-    previous = _int_or_none(tags.get(TAG_PREVIOUS_CHAMPION))
-    if aliases & {CHAMPION, CHALLENGER}:
-        alias = CHAMPION if CHAMPION in aliases else CHALLENGER
-        decision: Literal["promoted", "kept_challenger"] = "promoted" if alias == CHAMPION else "kept_challenger"
-        before = None if previous is None else client.get_model_version(registered.name, str(previous))
-        previous_metric = None if before is None else _float_or_none(dict(before.tags or {}).get(TAG_METRIC_VALUE))
-        verdict = Verdict(decision, alias, version.description or "", previous, previous_metric)
-    else:
-        champion = _champion(client, registered)
-        fingerprint = tags.get(TAG_DATA_FINGERPRINT, "")
-        verdict = compare_with_champion(champion, metric_name, metric_value, fingerprint, higher_is_better)
-        client.update_model_version(registered.name, str(number), description=verdict.reason)
-        client.set_model_version_tag(registered.name, str(number), TAG_ROLE, verdict.alias)
-        if verdict.previous_version is not None:
-            client.set_model_version_tag(
-                registered.name, str(number), TAG_PREVIOUS_CHAMPION, str(verdict.previous_version)
-            )
-    _apply_verdict(client, registered.name, number, verdict)
-    return _decision(registered.name, number, verdict, metric_name, metric_value)
+def settle_alias(client: MlflowClient, model_name: str, number: int, higher_is_better: bool) -> ChampionDecision:
+    """Drive the champion alias to its rightful version, then record version `number`'s role and reason.
+
+    Idempotent: a resumed attempt calls it again for the version it created before a kill.
+    """
+    first_champion: ModelVersion | None = None
+    for round_ in range(_SETTLE_ROUNDS):
+        versions, registered = _read_state(client, model_name)
+        by_number = {int(v.version): v for v in versions}
+        current = _alias_target(registered, CHAMPION)
+        if round_ == 0:  # the champion this version is compared with (on a rerun: the one it replaced)
+            replaced = _previous(by_number[number])
+            first_champion = by_number.get(replaced if current == number else current)  # type: ignore[arg-type]
+        rightful = rightful_champion(versions, current, higher_is_better)
+        if rightful is not None and rightful != current:
+            if rightful == number and current is not None and _previous(by_number[number]) != current:
+                # Before the alias moves, so that a rerun after a kill still knows what this version replaced.
+                client.set_model_version_tag(model_name, str(number), TAG_PREVIOUS_CHAMPION, str(current))
+            client.set_registered_model_alias(model_name, CHAMPION, str(rightful))
+            continue
+        mine = by_number[number]
+        verdict = _verdict(mine, first_champion, by_number.get(rightful) if rightful else None, higher_is_better)
+        _record_role(client, model_name, mine, verdict)
+        if _alias_target(client.get_registered_model(model_name), CHAMPION) == rightful:
+            metric_name, value = dict(mine.tags or {}).get(TAG_METRIC, ""), _metric_of(mine)
+            return _decision(model_name, number, verdict, metric_name, value if value is not None else math.nan)
+    raise RuntimeError(f"{model_name}: the champion alias kept moving for {_SETTLE_ROUNDS} rounds; rerun to settle it")
 
 
-def _champion(client: MlflowClient, registered: RegisteredModel) -> ModelVersion | None:
-    champion_version = registered.aliases.get(CHAMPION)
-    return None if champion_version is None else client.get_model_version(registered.name, str(champion_version))
+def rightful_champion(
+    versions: Sequence[ModelVersion], current: int | None, higher_is_better: bool = True
+) -> int | None:
+    """The version the champion alias should point at, from the versions' tags and the alias alone.
+
+    With no champion, the lowest-numbered version with a metric stands in for one. A version replaces
+    the champion if it beats the champion's value on the version's own test data (the champion's own
+    value, or its re-score there); of several, the best value wins, ties to the lower version.
+    """
+    scored = {int(v.version): v for v in versions if _metric_of(v) is not None}
+    if current is None or current not in {int(v.version) for v in versions}:
+        if not scored:
+            return None
+        current = min(scored)
+    champion = next(v for v in versions if int(v.version) == current)
+    champion_metric = dict(champion.tags or {}).get(TAG_METRIC)
+    beaters: list[tuple[float, int]] = []
+    for number, version in scored.items():
+        tags = dict(version.tags or {})
+        if number == current or tags.get(TAG_METRIC) != champion_metric:
+            continue
+        reference = champion_value_on(champion, tags.get(TAG_DATA_FINGERPRINT, ""))
+        value = _metric_of(version)
+        assert value is not None
+        if reference is not None and (value > reference if higher_is_better else value < reference):
+            beaters.append((value if higher_is_better else -value, -number))
+    return -max(beaters)[1] if beaters else current
 
 
-def _apply_verdict(client: MlflowClient, model_name: str, version: int, verdict: Verdict) -> None:
-    """Set the version's alias; a replaced champion is tagged as such (both idempotent)."""
-    client.set_registered_model_alias(model_name, verdict.alias, str(version))
-    if verdict.decision == "promoted" and verdict.previous_version is not None:
+def champion_value_on(champion: ModelVersion, fingerprint: str) -> float | None:
+    """The champion's metric on the test data `fingerprint`: its own, or a re-score recorded there."""
+    tags = dict(champion.tags or {})
+    if tags.get(TAG_DATA_FINGERPRINT) == fingerprint:
+        return _metric_of(champion)
+    recorded = tags.get(rescore_tag(fingerprint), "")
+    name, _, value = recorded.rpartition("=")
+    return _float_or_none(value) if recorded and name == tags.get(TAG_METRIC) else None
+
+
+def rescore_tag(fingerprint: str) -> str:
+    """The version tag holding a champion's metric re-scored on the test data `fingerprint`."""
+    return f"{TAG_RESCORE_PREFIX}{fingerprint[:16]}"
+
+
+def _verdict(
+    mine: ModelVersion, before: ModelVersion | None, rightful: ModelVersion | None, higher_is_better: bool
+) -> Verdict:
+    """Why `mine` ended up where it did, told against the champion it was first compared with."""
+    tags = dict(mine.tags or {})
+    metric_name, value = tags.get(TAG_METRIC, ""), _metric_of(mine) or math.nan
+    compared = compare_with_champion(before, metric_name, value, tags.get(TAG_DATA_FINGERPRINT, ""), higher_is_better)
+    mine_wins = rightful is not None and int(rightful.version) == int(mine.version)
+    if mine_wins == (compared.alias == CHAMPION):
+        return compared
+    assert rightful is not None
+    other = _metric_of(rightful)
+    if mine_wins:  # a concurrent version had taken the alias; this one beats it
+        reason = f"{compared.reason}; it also beats v{rightful.version}, registered at the same time"
+        return Verdict("promoted", CHAMPION, reason, compared.previous_version, compared.previous_metric)
+    reason = (
+        f"v{rightful.version}, registered at the same time, is champion with {metric_name} {other:.4g}, "
+        f"which this version's {value:.4g} does not beat"
+    )
+    return Verdict("kept_challenger", CHALLENGER, reason, int(rightful.version), other)
+
+
+def _record_role(client: MlflowClient, model_name: str, mine: ModelVersion, verdict: Verdict) -> None:
+    """Tag and describe version `mine` by `verdict`; on promotion tag the replaced champion (all idempotent)."""
+    number = str(mine.version)
+    tags = dict(mine.tags or {})
+    if tags.get(TAG_ROLE) != verdict.alias and tags.get(TAG_ROLE) != PREVIOUS_CHAMPION_ROLE:
+        client.set_model_version_tag(model_name, number, TAG_ROLE, verdict.alias)
+    if (mine.description or "") != verdict.reason:
+        client.update_model_version(model_name, number, description=verdict.reason)
+    if verdict.previous_version is not None and tags.get(TAG_PREVIOUS_CHAMPION) != str(verdict.previous_version):
+        client.set_model_version_tag(model_name, number, TAG_PREVIOUS_CHAMPION, str(verdict.previous_version))
+    if verdict.alias == CHALLENGER:
+        client.set_registered_model_alias(model_name, CHALLENGER, number)
+    elif verdict.previous_version is not None:
         client.set_model_version_tag(model_name, str(verdict.previous_version), TAG_ROLE, PREVIOUS_CHAMPION_ROLE)
+
+
+def _read_state(client: MlflowClient, model_name: str) -> tuple[list[ModelVersion], RegisteredModel]:
+    versions = list(client.search_model_versions(f"name = '{_quoted(model_name)}'", max_results=10_000))
+    return versions, client.get_registered_model(model_name)
+
+
+def _alias_target(registered: RegisteredModel, alias: str) -> int | None:
+    target = (registered.aliases or {}).get(alias)
+    return None if target is None else int(target)
+
+
+def _previous(version: ModelVersion) -> int | None:
+    return _int_or_none(dict(version.tags or {}).get(TAG_PREVIOUS_CHAMPION))
+
+
+def _metric_of(version: ModelVersion) -> float | None:
+    return _float_or_none(dict(version.tags or {}).get(TAG_METRIC_VALUE))
 
 
 def _decision(
@@ -185,20 +290,27 @@ def compare_with_champion(
         )
         return Verdict("kept_challenger", CHALLENGER, reason, version, previous)
     theirs = tags.get(TAG_DATA_FINGERPRINT)
+    rescored = "" if theirs == data_fingerprint else " (re-scored on this test data)"
     if theirs != data_fingerprint:
-        reason = (
-            f"champion v{version} was evaluated on different test data (fingerprint {_short(theirs)} vs "
-            f"{_short(data_fingerprint)}): {metric_name} {previous:.4g} and {metric_value:.4g} are not comparable; "
-            "promote manually or re-evaluate the champion on this data"
-        )
-        return Verdict("kept_challenger", CHALLENGER, reason, version, previous)
+        previous_here = champion_value_on(champion, data_fingerprint)
+        if previous_here is None:
+            reason = (
+                f"champion v{version} was evaluated on different test data (fingerprint {_short(theirs)} vs "
+                f"{_short(data_fingerprint)}): {metric_name} {previous:.4g} and {metric_value:.4g} are not "
+                "comparable; promote manually or re-evaluate the champion on this data"
+            )
+            return Verdict("kept_challenger", CHALLENGER, reason, version, previous)
+        previous = previous_here
     better = metric_value > previous if higher_is_better else metric_value < previous
     direction = "higher" if higher_is_better else "lower"
     if better:
-        reason = f"{metric_name} {metric_value:.4g} beats champion v{version}'s {previous:.4g} ({direction} is better)"
+        reason = (
+            f"{metric_name} {metric_value:.4g} beats champion v{version}'s {previous:.4g}{rescored} "
+            f"({direction} is better)"
+        )
         return Verdict("promoted", CHAMPION, reason, version, previous)
     reason = (
-        f"{metric_name} {metric_value:.4g} does not beat champion v{version}'s {previous:.4g} "
+        f"{metric_name} {metric_value:.4g} does not beat champion v{version}'s {previous:.4g}{rescored} "
         f"({direction} is better, ties keep the champion)"
     )
     return Verdict("kept_challenger", CHALLENGER, reason, version, previous)

@@ -5,10 +5,11 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from schemas.config import PipelineConfig
-from schemas.final import FinalResult, RegressionTestMetrics, TestMetrics
+from schemas.final import ChampionDecision, FinalResult, RegressionTestMetrics, TestMetrics
 from schemas.hyperparams import HyperParams
 from schemas.results import SampleResult
 from stagetune import progress
@@ -21,6 +22,8 @@ from stagetune.models import build_model
 from stagetune.registry import register_and_promote, save_checkpoint
 from stagetune.report.regression_plots import predicted_vs_actual_svg, residual_histogram_svg
 from stagetune.search.space import logged_hyperparams
+from stagetune.serving.final_model import log_final_model, rescore_champion, version_tags
+from stagetune.serving.log_model import tracking_uri_set
 from stagetune.stages.sanity_stage import epoch_line
 from stagetune.task import full_task_for
 from stagetune.tracking.plots import learning_curve_figure
@@ -38,7 +41,7 @@ from stagetune.training.device import resolve_device
 from stagetune.training.loaders import make_eval_loader, make_train_loader
 from stagetune.training.loop import fit
 
-CHECKPOINT_ARTIFACT = "model/checkpoint.pt"
+CHECKPOINT_ARTIFACT = "checkpoint/checkpoint.pt"
 
 
 class FinalTrainingError(RuntimeError):
@@ -90,7 +93,6 @@ def final_stage(
             raise FinalTrainingError(f"final training produced no finite epoch: {outcome.reason}")
         # The model now holds the best validation epoch's weights; the test split is used once, here.
         test = evaluate_on_test(model, arrays.X_test, arrays.y_test, task, device)
-        champion_metric, direction = task.champion_metric(final.champion_metric)
         test_fingerprint = arrays_fingerprint({"X_test": arrays.X_test, "y_test": arrays.y_test})
         checkpoint = run_dir / "final" / "checkpoint.pt"
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
@@ -109,17 +111,7 @@ def final_stage(
             if sample.task == "classification"
             else {"task": sample.task, "target_mean": sample.target_mean, "target_std": sample.target_std},
         )
-        decision = register_and_promote(
-            tree.client,
-            run_id=run_id,
-            model_name=config.tracking.registered_model or config.name,
-            checkpoint_path=checkpoint,
-            metric_name=champion_metric,
-            metric_value=float(getattr(test, champion_metric)),
-            data_fingerprint=test_fingerprint,
-            pipeline_run_id=tree.parent_run_id,  # a resumed run reuses the version it registered before a kill
-            higher_is_better=direction == "maximize",
-        )
+        decision = _register_model(tree, run_id, config, sample, checkpoint, arrays.X_test, arrays.y_test, test)
         result = FinalResult(
             hyperparams=hp,
             epochs_run=len(outcome.history),
@@ -142,6 +134,46 @@ def final_stage(
         f"v{decision.version} -> {decision.alias}",
     )
     return result
+
+
+def _register_model(
+    tree: RunTree,
+    run_id: str,
+    config: PipelineConfig,
+    sample: SampleResult,
+    checkpoint: Path,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    test: TestMetrics | RegressionTestMetrics,
+) -> ChampionDecision:
+    """Log the pyfunc model of the final run, re-score the champion if the test data changed, register."""
+    task = full_task_for(sample, config.training.loss)
+    metric_name, direction = task.champion_metric(config.final.champion_metric)
+    test_fingerprint = arrays_fingerprint({"X_test": x_test, "y_test": y_test})
+    model_name = config.tracking.registered_model or config.name
+    tree.client.log_artifact(run_id, str(checkpoint), artifact_path=Path(CHECKPOINT_ARTIFACT).parent.name)
+    info = log_final_model(tree.client, tree.tracking_uri, run_id, checkpoint, sample, x_test)
+    rescored = rescore_champion(
+        tree.client, tree.tracking_uri, model_name, fingerprint=test_fingerprint, metric_name=metric_name,
+        sample=sample, y_test=y_test, task=task,
+    )  # fmt: skip
+    with tracking_uri_set(tree.tracking_uri):  # a database store looks `models:/<model_id>` up by it
+        decision = register_and_promote(
+            tree.client,
+            run_id=run_id,
+            model_name=model_name,
+            model_source=info.model_uri,
+            model_id=info.model_id,
+            metric_name=metric_name,
+            metric_value=float(getattr(test, metric_name)),
+            data_fingerprint=test_fingerprint,
+            pipeline_run_id=tree.parent_run_id,  # a resumed run reuses the version it registered before a kill
+            higher_is_better=direction == "maximize",
+            extra_tags=version_tags(config, tree.parent_run_id, test.summary_metrics()),
+        )
+    if rescored is None:
+        return decision
+    return decision.model_copy(update={"reason": f"{rescored}; {decision.reason}"})
 
 
 def _record(tree: RunTree, run_id: str, result: FinalResult) -> None:

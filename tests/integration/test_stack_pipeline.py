@@ -49,13 +49,15 @@ def test_the_registered_model_version_is_stored_in_the_bucket(pipeline_run: Pipe
     assert registered is not None
     client = stack_client(pipeline_run.stack)
     version = client.get_model_version(registered.name, str(registered.version))
-    assert version.source is not None
     assert version.run_id is not None
-    prefix = artifact_key(version.source) + "/"
+    assert version.source.startswith("models:/m-")  # MLflow 3's logged model, a pyfunc
+    logged = client.get_logged_model(version.source.removeprefix("models:/"))
+    prefix = artifact_key(logged.artifact_location) + "/"
     stored = {key.removeprefix(prefix) for key in bucket_objects(pipeline_run.stack) if key.startswith(prefix)}
-    assert {"checkpoint.pt", "model_args.json"} <= stored
-    run_model_files = {path.removeprefix("model/") for path, _ in walk_artifacts(client, version.run_id, "model")}
-    assert run_model_files == stored
+    assert {"MLmodel", "model_code.py", "artifacts/checkpoint.pt"} <= stored
+    assert any(key.startswith("artifacts/") and key.endswith(".preprocess.json") for key in stored)
+    run_files = {path for path, _ in walk_artifacts(client, version.run_id, "checkpoint")}
+    assert run_files == {"checkpoint/checkpoint.pt"}  # the final run's own copy of the weights
 
 
 def test_no_secret_reaches_mlflow_logs_or_command_lines(pipeline_run: PipelineRun, tmp_path: Path) -> None:

@@ -1,0 +1,1 @@
+"""The champion as an MLflow pyfunc model: fitted preprocessing that rebuilds model inputs from raw rows."""
