@@ -88,9 +88,9 @@ def test_hyperparams_round_trip_through_logged_params(tmp_path: Path) -> None:
     hp = HyperParams(optimizer="sgd", learning_rate=0.0123, momentum=0.8, batch_norm=True, activation="gelu")
     log_params(client, run_id, {**hp.model_dump(mode="json"), **{f"best.{k}": v for k, v in hp.model_dump().items()}})
     params = client.get_run(run_id).data.params
-    assert hyperparams_from_logged(params) == hp
-    assert hyperparams_from_logged(params, "best.") == hp
-    assert hyperparams_from_logged({k: v for k, v in params.items() if k != "width"}) is None
+    assert hyperparams_from_logged(params, ModelConfig()) == hp
+    assert hyperparams_from_logged(params, ModelConfig(), "best.") == hp
+    assert hyperparams_from_logged({k: v for k, v in params.items() if k != "width"}, ModelConfig()) is None
 
 
 @pytest.mark.slow

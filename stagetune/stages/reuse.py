@@ -23,7 +23,8 @@ from schemas.hyperparams import HyperParams
 from schemas.pipeline import PipelineResult
 from schemas.search import ReusedTrial, TrialRecord
 from schemas.search_space import SearchSpace
-from stagetune.search.space import optuna_params, space_violations
+from stagetune.models.registry import tuned_fields
+from stagetune.search.space import optuna_params, space_violations, user_param_name
 from stagetune.tracking.run_tree import PIPELINE_TAG, RunTree
 
 LOGGER = logging.getLogger(__name__)
@@ -39,14 +40,14 @@ def reuse_candidates(config: PipelineConfig, tree: RunTree) -> list[ReusedTrial]
     client = tree.client
     found: list[ReusedTrial] = []
     if config.coarse.reuse_champion:
-        champion = champion_point(client, config.tracking.registered_model or config.name)
+        champion = champion_point(client, config.tracking.registered_model or config.name, config.model)
         found += [] if champion is None else [champion]
     if config.coarse.reuse_previous:
         found += previous_run_points(client, tree, config.name, config.search.direction, config.coarse.reuse_previous)
     return found
 
 
-def champion_point(client: MlflowClient, model_name: str) -> ReusedTrial | None:
+def champion_point(client: MlflowClient, model_name: str, model: ModelConfig) -> ReusedTrial | None:
     """The champion version's hyperparameters, read from the params of the run it was registered from."""
     try:
         version = client.get_model_version_by_alias(model_name, CHAMPION_ALIAS)
@@ -62,7 +63,7 @@ def champion_point(client: MlflowClient, model_name: str) -> ReusedTrial | None:
         except MlflowException as error:
             LOGGER.warning("%s: run %s cannot be read (%s)", label, run_id, error.error_code)
             continue
-        hp = hyperparams_from_logged(params, prefix)
+        hp = hyperparams_from_logged(params, model, prefix)
         if hp is not None:
             metric = _float((version.tags or {}).get("stagetune.metric_value"))
             return ReusedTrial(
@@ -77,22 +78,35 @@ def champion_point(client: MlflowClient, model_name: str) -> ReusedTrial | None:
     return None
 
 
-def hyperparams_from_logged(params: dict[str, str], prefix: str = "") -> HyperParams | None:
+def hyperparams_from_logged(params: dict[str, str], model: ModelConfig, prefix: str = "") -> HyperParams | None:
     """HyperParams rebuilt from MLflow params (`run_tree.log_params` writes strings as they are, the rest
-    as JSON); None when a field is missing or a value is invalid."""
-    values: dict[str, Any] = {}
+    as JSON): every field `model`'s family reads and each of its own `params.<name>` must be there; fields
+    it does not read keep their baseline. None when one is missing or a value is invalid."""
+    values: dict[str, Any] = model.baseline_hyperparams.model_dump(mode="json")
+    own = {name: user_param_name(name) for name in model.params}
     for name in HyperParams.model_fields:
         text = params.get(prefix + name)
         if text is None:
+            if name in tuned_fields(model):
+                return None
+            continue
+        values[name] = _decoded(text)
+    for name, key in own.items():
+        text = params.get(prefix + key)
+        if text is None:
             return None
-        try:
-            values[name] = json.loads(text)
-        except ValueError:
-            values[name] = text
+        values["params"][name] = _decoded(text)
     try:
         return HyperParams.model_validate(values)
     except ValidationError:
         return None
+
+
+def _decoded(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def previous_run_points(
