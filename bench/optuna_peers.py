@@ -123,5 +123,5 @@ def _outcome(
         test_metric=final.metric(data.spec.metric),
         total_seconds=time.perf_counter() - started,
         best_hyperparams=hp,
-        extra={"best_value": best.value},
+        extra={"best_value": best.value, "predicted_shares": final.predicted_shares},
     )
