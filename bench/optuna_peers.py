@@ -44,7 +44,9 @@ def make_study(
     pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
     if method == "optuna-tpe-hyperband":
         pruner = optuna.pruners.HyperbandPruner(max_resource=max_epochs)
-    return optuna.create_study(direction=direction, sampler=sampler, pruner=pruner)
+    # A fixed study name: Hyperband assigns trials to brackets by a hash of it (a random name made the
+    # same seed prune differently from run to run).
+    return optuna.create_study(study_name=f"{method}-{seed}", direction=direction, sampler=sampler, pruner=pruner)
 
 
 def run_optuna(

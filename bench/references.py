@@ -9,6 +9,7 @@ columns of their rows are 0.
 import time
 import warnings
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -48,21 +49,19 @@ def _score(data: BenchData, y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 
 def _candidates(data: BenchData, method: str, seed: int) -> list[tuple[dict[str, Any], Callable[[], Any]]]:
+    """The grid of `method`: (its parameters, a factory of the unfitted model) per point."""
     from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
     from sklearn.linear_model import LogisticRegression, Ridge
 
     regression = _regression(data)
     if method == LINEAR:
         if regression:
-            return [({"alpha": a}, lambda a=a: Ridge(alpha=a)) for a in ALPHA_GRID]
-        return [({"C": c}, lambda c=c: LogisticRegression(C=c, class_weight="balanced", max_iter=2000)) for c in C_GRID]
+            return [({"alpha": a}, partial(Ridge, alpha=a)) for a in ALPHA_GRID]
+        return [({"C": c}, partial(LogisticRegression, C=c, class_weight="balanced", max_iter=2000)) for c in C_GRID]
     if regression:
-        return [(dict(p), lambda p=p: HistGradientBoostingRegressor(**p, random_state=seed)) for p in HGB_GRID]
+        return [(dict(p), partial(HistGradientBoostingRegressor, **p, random_state=seed)) for p in HGB_GRID]
     return [
-        (
-            p | {"class_weight": w},
-            lambda p=p, w=w: HistGradientBoostingClassifier(**p, class_weight=w, random_state=seed),
-        )
+        (p | {"class_weight": w}, partial(HistGradientBoostingClassifier, **p, class_weight=w, random_state=seed))
         for p in HGB_GRID
         for w in (None, "balanced")
     ]

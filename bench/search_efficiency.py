@@ -92,7 +92,7 @@ def run_search_efficiency(
     overrides: Sequence[str] = (),
     with_ray: bool | None = None,
     progress: Callable[[MethodOutcome], None] | None = None,
-    checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    checkpoint: Callable[[dict[str, Any]], object] | None = None,
 ) -> dict[str, Any]:
     """Run every method on every dataset and seed (seed by seed, so a cut-short run holds whole seeds); return
     the raw outcomes, the summaries, the targets' verdicts and the tables. `checkpoint` gets the results so far

@@ -77,7 +77,8 @@ def _dataset(name: str, origin: str, target: str, metric: Metric, load: Loader, 
     return SuiteDataset(name, origin, target, metric, load, note)
 
 
-BAL, R2 = "balanced_accuracy", "r2"
+BAL: Metric = "balanced_accuracy"
+R2: Metric = "r2"
 # Rows of each set, for the order of the suite.
 _ROWS = {
     "wine": 178,

@@ -43,9 +43,11 @@ def test_bootstrap_interval_of_a_constant_is_the_constant_and_widens_with_noise(
     assert bootstrap_mean([0.25, 0.25, 0.25]).as_dict() == {"mean": 0.25, "low": 0.25, "high": 0.25, "n": 3}
     wide = bootstrap_mean([-1.0, 1.0] * 10)
     assert wide.mean == 0.0
-    assert -0.5 < wide.low < -0.2 and 0.2 < wide.high < 0.5  # +-1.96 x 1/sqrt(20) ~ +-0.44
+    assert -0.5 < wide.low < -0.2
+    assert 0.2 < wide.high < 0.5
     assert bootstrap_mean([0.1, 0.2, 0.3, 0.4], seed=3) == bootstrap_mean([0.1, 0.2, 0.3, 0.4], seed=3)
-    assert math.isnan(bootstrap_mean([math.nan]).mean) and bootstrap_mean([]).n == 0
+    assert math.isnan(bootstrap_mean([math.nan]).mean)
+    assert bootstrap_mean([]).n == 0
 
 
 def test_pairs_match_seed_and_dataset_and_skip_failed_runs() -> None:
@@ -80,7 +82,8 @@ def test_ranks_average_ties_and_mean_ranks_use_complete_cells_only() -> None:
 def test_collapse_means_one_class_takes_nearly_every_prediction() -> None:
     assert collapsed([0.995, 0.005])
     assert not collapsed([0.9, 0.1])
-    assert not collapsed(None) and not collapsed([])
+    assert not collapsed(None)
+    assert not collapsed([])
 
 
 def _suite(ours: float, tpe: float, random2b: float, linear: float, shares: list[float]) -> list[dict[str, Any]]:
@@ -128,7 +131,8 @@ def test_summary_and_table_show_every_method_run() -> None:
     tpe = next(r for r in rows if r["dataset"] == "cls" and r["method"] == "optuna-tpe")
     assert tpe["versus_stagetune"]["wins_ties_losses"] == [4, 0, 0]
     assert tpe["test"]["mean"] == pytest.approx(0.7015)
-    assert suite["ranked_cells"] == 8 and suite["mean_rank"]["stagetune"] == pytest.approx(2.0)
+    assert suite["ranked_cells"] == 8
+    assert suite["mean_rank"]["stagetune"] == pytest.approx(2.0)
     text = table(rows, suite, verdicts(outcomes, DATASETS))
     assert "| cls (bal. acc) | stagetune" in text
     assert "ray-tune-asha" not in text  # not run: no row
@@ -169,14 +173,16 @@ def test_each_dataset_loads_as_described(name: str) -> None:
     rows, classes, smallest, missing, text = EXPECTED[name]
     frame = dataset.load()
     labels = frame[dataset.target]
-    assert len(frame) == rows and labels.notna().all()
+    assert len(frame) == rows
+    assert labels.notna().all()
     assert "rownames" not in frame.columns
     features = frame.drop(columns=[dataset.target])
     assert bool(features.isna().any().any()) == missing
     assert any(not pd.api.types.is_numeric_dtype(t) for t in features.dtypes) == text
     if classes is None:
         assert dataset.metric == "r2"
-        assert pd.api.types.is_numeric_dtype(labels) and labels.nunique() > 100
+        assert pd.api.types.is_numeric_dtype(labels)
+        assert labels.nunique() > 100
     else:
         assert dataset.metric == "balanced_accuracy"
         assert labels.nunique() == classes
@@ -187,7 +193,8 @@ def test_a_dataset_is_written_once_as_csv_and_run_on_source_and_target_only(tmp_
     dataset = SUITE["penguins"]
     path = write_csv(dataset, tmp_path)
     written = pd.read_csv(path)
-    assert written.shape == (344, 8) and written["sex"].isna().sum() == 11
+    assert written.shape == (344, 8)
+    assert written["sex"].isna().sum() == 11
     path.write_text("kept\n")  # a second call reuses the file
     assert write_csv(dataset, tmp_path).read_text() == "kept\n"
     assert [p.name for p in tmp_path.iterdir()] == ["penguins.csv"]
