@@ -142,6 +142,34 @@ def resummarise(path: Path) -> dict[str, Any]:
     return document
 
 
+def merge(paths: Sequence[Path], out: Path) -> dict[str, Any]:
+    """One result file `out` from several runs' files (e.g. parts of the suite run side by side): their outcomes
+    and data sets together, summarised again; each part's command, date, machine and seeds are kept."""
+    documents = [json.loads(path.read_text(encoding="utf-8")) for path in paths]
+    datasets = list(dict.fromkeys((d["name"], d["metric"]) for doc in documents for d in doc["datasets"]))
+    outcomes = [o for doc in documents for o in doc["outcomes"]]
+    keys = [(o["dataset"], o["seed"], o["method"]) for o in outcomes]
+    if len(set(keys)) != len(keys):
+        twice = sorted({k for k in keys if keys.count(k) > 1})[:3]
+        raise SystemExit(f"--merge: the files share runs (data set, seed, method), e.g. {twice}: merge disjoint parts")
+    parts = [
+        {
+            k: doc.get(k)
+            for k in ("command", "date", "machine", "seeds", "overrides", "ray_tune", "complete", "wall_seconds")
+        }
+        for doc in documents
+    ]
+    merged = {
+        "benchmark": documents[0]["benchmark"],
+        "merged_from": [str(p) for p in paths],
+        "parts": parts,
+        "datasets": [{"name": n, "metric": m} for n, m in datasets],
+        **summarise_outcomes(outcomes, datasets),
+    }
+    out.write_text(json.dumps(merged, indent=2) + "\n", encoding="utf-8")
+    return merged
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -168,6 +196,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="folder for the suite's CSV files (default: $STAGETUNE_BENCH_DATA or ~/.cache/stagetune-bench)",
     )
     parser.add_argument("--resummarise", type=Path, help="only recompute the summary and tables of this result file")
+    parser.add_argument("--merge", type=Path, nargs="+", help="only combine these result files into --out/--name")
     parser.add_argument(
         "--threads",
         type=int,
@@ -186,6 +215,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     if args.resummarise is not None:
         print(resummarise(args.resummarise)["table"])
+        return
+    if args.merge:
+        target = args.out / f"{args.name or 'search_efficiency'}.json"
+        print(merge(args.merge, target)["table"])
+        print(f"\nresults: {target}")
         return
     prepare_process()
     import torch

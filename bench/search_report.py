@@ -7,7 +7,16 @@ from typing import Any
 
 from bench.common import format_table, spread
 from bench.references import LINEAR, REFERENCES
-from bench.suite_stats import STAGETUNE, Outcome, bootstrap_mean, collapsed, comparison, mean_ranks, paired
+from bench.suite_stats import (
+    STAGETUNE,
+    Outcome,
+    bootstrap_mean,
+    collapsed,
+    comparison,
+    mean_ranks,
+    paired,
+    scores_by_cell,
+)
 
 PEERS = ("optuna-random", "optuna-tpe", "optuna-tpe-hyperband", "ray-tune-asha", "optuna-random-2B")
 METHODS = (STAGETUNE, *PEERS, *REFERENCES)
@@ -59,13 +68,17 @@ def summarise(outcomes: Sequence[Outcome], datasets: Sequence[tuple[str, str]]) 
 
 
 def suite_summary(outcomes: Sequence[Outcome]) -> dict[str, Any]:
-    """Over every data set and seed: stagetune against each method, and every method's mean rank."""
+    """Over every data set and seed: stagetune against each method, and the mean rank of the methods that
+    finished in every cell (a method run on part of the suite only, e.g. Ray Tune skipped, is left out of it)."""
     present = [m for m in METHODS if any(o["method"] == m and o["status"] == "ok" for o in outcomes)]
-    rank, cells = mean_ranks(outcomes, present)
+    cells = scores_by_cell(outcomes).values()
+    everywhere = [m for m in present if all(m in scores for scores in cells)]
+    rank, ranked = mean_ranks(outcomes, everywhere)
     return {
         "versus": {m: comparison(outcomes, m) for m in present if m != STAGETUNE},
         "mean_rank": rank,
-        "ranked_cells": cells,
+        "ranked_cells": ranked,
+        "not_ranked": [m for m in present if m not in everywhere],
     }
 
 
@@ -86,7 +99,7 @@ def verdicts(outcomes: Sequence[Outcome], datasets: Sequence[tuple[str, str]]) -
     checks = []
     for peer, label in TARGET_PEERS:
         interval = comparison(outcomes, peer)["difference"]
-        met = None if not interval["n"] else bool(interval["low"] >= 0)
+        met = None if interval["n"] < 2 else bool(interval["low"] >= 0)  # one pair has no interval
         checks.append(
             {
                 "target": f"stagetune - {label}: 95% CI lower end >= 0 (mean paired difference over the suite)",
@@ -94,6 +107,7 @@ def verdicts(outcomes: Sequence[Outcome], datasets: Sequence[tuple[str, str]]) -
                 "value": interval["mean"],
                 "bound": interval["low"],
                 "reference": interval["high"],
+                "pairs": interval["n"],
                 "met": met,
             }
         )
@@ -171,6 +185,15 @@ def table(rows: Sequence[Mapping[str, Any]], suite: Mapping[str, Any], checks: S
         ]
         for method, rank in sorted(suite["mean_rank"].items(), key=lambda item: item[1])
     ]
+    body += [
+        [
+            method,
+            "not in every cell",
+            _interval(suite["versus"][method]["difference"]),
+            "-".join(map(str, suite["versus"][method]["wins_ties_losses"])),
+        ]
+        for method in suite.get("not_ranked", [])
+    ]
     headers = ("method", f"mean rank ({suite['ranked_cells']} cells)", "stagetune - method [95% CI]", "W-T-L")
     lines += [format_table(headers, body), ""]
     for check in checks:
@@ -181,7 +204,10 @@ def table(rows: Sequence[Mapping[str, Any]], suite: Mapping[str, Any], checks: S
 
 def _check_figures(check: Mapping[str, Any]) -> str:
     if check["scope"] == "suite" and "CI" in check["target"]:
-        return f"mean {check['value']:+.4f}, 95% CI [{check['bound']:+.4f}, {check['reference']:+.4f}]"
+        return (
+            f"mean {check['value']:+.4f}, 95% CI [{check['bound']:+.4f}, {check['reference']:+.4f}], "
+            f"{check['pairs']} pairs"
+        )
     if "collapses" in check["target"]:
         return f"{check['value']} collapsed" + (f": {check['reference']}" if check["reference"] else "")
     return f"stagetune {check['value']:.4f}, {LINEAR} {check['reference']:.4f}, bound {check['bound']:.4f}"

@@ -90,7 +90,8 @@ def test_search_efficiency_has_every_method_with_finite_numbers() -> None:
         assert budget <= rows["ray-tune-asha"]["epochs_used"] <= budget + 4
     stagetune = next(o for o in results["outcomes"] if o["method"] == "stagetune")
     assert len(stagetune["extra"]["predicted_shares"]) == 10  # digits: the final model's test predictions
-    assert [t["met"] is not None for t in results["targets"]] == [True] * 4
+    # One seed: no interval over the suite (not measured); the reference and collapse checks are measured.
+    assert [t["met"] is not None for t in results["targets"]] == [False, False, True, True]
     assert "| digits (acc) | stagetune" in results["table"]
 
 

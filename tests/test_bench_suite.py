@@ -122,6 +122,7 @@ def test_verdicts_missed_for_a_behind_stagetune_a_weak_score_and_a_collapse() ->
     assert [c["met"] for c in checks] == [False, False, False, False, False]
     assert "cls seed 0" in checks[-1]["reference"]
     assert verdicts([], DATASETS)[0]["met"] is None
+    assert verdicts(outcomes[:4], DATASETS)[0]["met"] is None  # one data set, one seed: no interval
 
 
 def test_summary_and_table_show_every_method_run() -> None:
