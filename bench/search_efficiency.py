@@ -16,6 +16,7 @@ rows of one seed share one split, so differences are paired.
 import argparse
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -151,7 +152,11 @@ def merge(paths: Sequence[Path], out: Path) -> dict[str, Any]:
     keys = [(o["dataset"], o["seed"], o["method"]) for o in outcomes]
     if len(set(keys)) != len(keys):
         twice = sorted({k for k in keys if keys.count(k) > 1})[:3]
-        raise SystemExit(f"--merge: the files share runs (data set, seed, method), e.g. {twice}: merge disjoint parts")
+        print(
+            f"--merge: the files share runs (data set, seed, method), e.g. {twice}: merge disjoint parts",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
     parts = [
         {
             k: doc.get(k)
@@ -234,6 +239,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     overrides = [*(QUICK_OVERRIDES if args.quick else ()), *args.overrides]
     name = args.name or ("search_efficiency_quick" if args.quick else "search_efficiency")
     started = time.perf_counter()
+    load_at_start = os.getloadavg()  # the machine may be shared: timings mean little under a high load
 
     def show(outcome: MethodOutcome) -> None:
         print(
@@ -244,7 +250,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         )
 
     def save(results: dict[str, Any]) -> Path:
-        return write_results(args.out, name, results | {"wall_seconds": time.perf_counter() - started})
+        load = {"load_average_at_start": load_at_start, "load_average_now": os.getloadavg()}
+        return write_results(args.out, name, results | {"wall_seconds": time.perf_counter() - started} | load)
 
     with_ray = None if not args.no_ray else False
     results = run_search_efficiency(specs, seeds, overrides, with_ray=with_ray, progress=show, checkpoint=save)
