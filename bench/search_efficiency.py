@@ -193,7 +193,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra stagetune override")
     parser.add_argument("--no-ray", action="store_true", help="skip Ray Tune even if it is installed")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the JSON results")
-    parser.add_argument("--name", help="results file name (default search_efficiency[_quick])")
+    parser.add_argument("--name", help="results file name (default search_efficiency_suite[_quick])")
     parser.add_argument(
         "--cache",
         type=Path,
@@ -216,13 +216,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Run the benchmark, print the tables, write `<out>/search_efficiency[_quick].json` (after every data set)."""
+    """Run the benchmark, print the tables, write `<out>/search_efficiency_suite[_quick].json` after each data set."""
     args = parse_args(argv)
     if args.resummarise is not None:
         print(resummarise(args.resummarise)["table"])
         return
     if args.merge:
-        target = args.out / f"{args.name or 'search_efficiency'}.json"
+        target = args.out / f"{args.name or 'search_efficiency_suite'}.json"
         print(merge(args.merge, target)["table"])
         print(f"\nresults: {target}")
         return
@@ -237,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         specs.append(csv_spec(args.csv, args.target, args.metric))
     seeds = list(range(args.seeds or (1 if args.quick else FULL_SEEDS)))
     overrides = [*(QUICK_OVERRIDES if args.quick else ()), *args.overrides]
-    name = args.name or ("search_efficiency_quick" if args.quick else "search_efficiency")
+    name = args.name or ("search_efficiency_suite_quick" if args.quick else "search_efficiency_suite")
     started = time.perf_counter()
     load_at_start = os.getloadavg()  # the machine may be shared: timings mean little under a high load
 
