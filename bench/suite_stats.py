@@ -133,6 +133,14 @@ def comparison(outcomes: Sequence[Outcome], peer: str, dataset: str | None = Non
     return {"peer": peer, "difference": interval.as_dict(), "wins_ties_losses": list(wins_ties_losses(pairs))}
 
 
-def collapsed(shares: Sequence[float] | None, threshold: float = 0.99) -> bool:
-    """A classifier collapsed: one class takes at least `threshold` of its test predictions."""
-    return bool(shares) and max(shares or [0.0]) >= threshold
+COLLAPSE_SHARE = 0.98  # "(nearly) all": one class takes at least this share of the test predictions
+CHANCE_MARGIN = 0.05  # ... and balanced accuracy, when known, is within this of chance (1 / classes)
+
+
+def collapsed(shares: Sequence[float] | None, balanced_accuracy: float | None = None) -> bool:
+    """A classifier collapsed to one class: that class takes >= 98% of its test predictions and, when its
+    balanced accuracy is known, that is within 0.05 of chance (so a model on a 97%-majority set that still
+    finds some minority rows is not counted)."""
+    if not shares or max(shares) < COLLAPSE_SHARE:
+        return False
+    return balanced_accuracy is None or balanced_accuracy <= 1 / len(shares) + CHANCE_MARGIN

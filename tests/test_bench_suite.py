@@ -81,6 +81,8 @@ def test_ranks_average_ties_and_mean_ranks_use_complete_cells_only() -> None:
 
 def test_collapse_means_one_class_takes_nearly_every_prediction() -> None:
     assert collapsed([0.995, 0.005])
+    assert collapsed([0.9897, 0.0103], balanced_accuracy=0.5047)  # caravan, seed 0, on main
+    assert not collapsed([0.985, 0.015], balanced_accuracy=0.64)  # a 3%-positive set: some positives found
     assert not collapsed([0.9, 0.1])
     assert not collapsed(None)
     assert not collapsed([])
