@@ -31,7 +31,7 @@ from bench.common import DEFAULT_OUT, installed_version, prepare_process, ray_av
 from bench.datasets import DatasetSpec, bench_config, csv_spec, prepare_data
 from bench.outcome import MethodOutcome
 from bench.references import REFERENCES, reference_outcomes
-from bench.search_report import METHODS, suite_summary, summarise, table, verdicts
+from bench.search_report import METHODS, PEERS, suite_summary, summarise, table, verdicts
 from bench.suite_data import QUICK_SUITE, SUITE, default_cache, suite_spec
 
 # Quick mode: fewer stagetune trials (so a smaller budget B for everyone), one seed, four small data sets.
@@ -58,6 +58,11 @@ def run_seed(
     ours = _guarded(METHOD, spec.name, seed, lambda: run_stagetune(data, seed))
     yield ours
     budget = math.ceil(ours.epochs_used - 1e-9)
+    if budget <= 0:  # stagetune did not search (e.g. its sanity gate stopped it): no budget B, nothing to pair
+        no_budget = f"skipped: no budget (stagetune {ours.status})"
+        yield from (MethodOutcome(m, spec.name, seed, no_budget) for m in PEERS)
+        yield from reference_outcomes(data, seed, REFERENCES)
+        return
     peers: list[tuple[str, Callable[[], MethodOutcome]]] = [
         ("optuna-random", lambda: run_optuna("optuna-random", data, budget, seed)),
         ("optuna-tpe", lambda: run_optuna("optuna-tpe", data, budget, seed)),

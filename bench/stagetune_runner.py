@@ -80,7 +80,7 @@ def run_stagetune(data: BenchData, seed: int) -> MethodOutcome:
         total_seconds=pipeline_seconds,
     )
     if result.best_hyperparams is None or result.final is None:
-        return outcome
+        return replace(outcome, extra={"message": result.message})
     # The row is what a newcomer gets: the pipeline's own final model and its test score (its final stage
     # may train differently from the peers' shared retrain rule, e.g. on small data).
     return replace(
