@@ -136,6 +136,14 @@ def test_summary_and_table_show_every_method_run() -> None:
     assert tpe["test"]["mean"] == pytest.approx(0.7015)
     assert suite["ranked_cells"] == 8
     assert suite["mean_rank"]["stagetune"] == pytest.approx(2.0)
+    # A cell where stagetune failed is not ranked; a method missing from a ranked cell is listed apart.
+    extra = [_row("stagetune", "x", 0, None, status="failed: sanity_failed"), _row(LINEAR, "x", 0, 0.7)]
+    partial = suite_summary([*outcomes, *extra, _row("ray-tune-asha", "cls", 0, 0.1)])
+    assert partial["ranked_cells"] == 8
+    assert partial["not_ranked"] == ["ray-tune-asha"]
+    failed = verdicts([*outcomes, *extra], [*DATASETS, ("x", "balanced_accuracy")])
+    assert failed[4]["met"] is False  # no model for the newcomer on x: the reference target is missed
+    assert failed[4]["stagetune_failed"] == "failed: sanity_failed"
     text = table(rows, suite, verdicts(outcomes, DATASETS))
     assert "| cls (bal. acc) | stagetune" in text
     assert "ray-tune-asha" not in text  # not run: no row
