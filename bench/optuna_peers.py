@@ -44,7 +44,9 @@ def make_study(
     pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
     if method == "optuna-tpe-hyperband":
         pruner = optuna.pruners.HyperbandPruner(max_resource=max_epochs)
-    return optuna.create_study(direction=direction, sampler=sampler, pruner=pruner)
+    # A fixed study name: Hyperband assigns trials to brackets by a hash of it (a random name made the
+    # same seed prune differently from run to run).
+    return optuna.create_study(study_name=f"{method}-{seed}", direction=direction, sampler=sampler, pruner=pruner)
 
 
 def run_optuna(
@@ -123,5 +125,5 @@ def _outcome(
         test_metric=final.metric(data.spec.metric),
         total_seconds=time.perf_counter() - started,
         best_hyperparams=hp,
-        extra={"best_value": best.value},
+        extra={"best_value": best.value, "predicted_shares": final.predicted_shares},
     )

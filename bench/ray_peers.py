@@ -118,5 +118,5 @@ def run_ray_asha(data: BenchData, budget_epochs: int, seed: int) -> MethodOutcom
         test_metric=final.metric(data.spec.metric),
         total_seconds=time.perf_counter() - started,
         best_hyperparams=hp,
-        extra={"best_value": best_value},
+        extra={"best_value": best_value, "predicted_shares": final.predicted_shares},
     )

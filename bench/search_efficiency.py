@@ -1,19 +1,25 @@
-"""Search efficiency: stagetune against plain Optuna, Optuna TPE + Hyperband, Ray Tune ASHA and random search
-with twice the budget, at the same compute counted in training epochs over the same data.
+"""Search efficiency over a suite of real data sets: stagetune against plain Optuna (random, TPE, TPE +
+Hyperband), Ray Tune ASHA and random search with twice the budget, at the same compute counted in training
+epochs over the same data; and against two references a practitioner checks first (a class-weighted logistic
+regression, or ridge for regression, and HistGradientBoosting, each with a small grid chosen on validation).
 
-    python bench/search_efficiency.py [--quick] [--seeds 5] [--csv data.csv --target label] [--out bench/results]
+    python bench/search_efficiency.py [--quick] [--seeds 10] [--datasets glass churn ...] [--out bench/results]
 
-For each dataset and seed, stagetune runs first; the epochs its coarse and refinement stages actually
-ran (pruned ones included, a coarse epoch on half the rows counted as half) are the budget B every
-peer gets ("random 2B" gets twice that). Every method then retrains its best point with stagetune's
-final-stage rule and is scored once on the held-out test split.
+Each data set of `bench.suite_data.SUITE` is written once as a CSV file and run as a newcomer would: the
+embedded defaults with only `data.source` and `data.target` set. For each data set and seed, stagetune runs
+first; the epochs its coarse and refinement stages actually ran (pruned ones included, a coarse epoch on half
+the rows counted as half) are the budget B every peer gets ("random 2B" gets twice that). stagetune's row is
+its own final model's test score; every peer retrains its best point with stagetune's final-stage rule. All
+rows of one seed share one split, so differences are paired.
 """
 
 import argparse
 import json
 import math
+import os
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,12 +28,15 @@ if __package__ in (None, ""):  # run as `python bench/search_efficiency.py`: mak
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import DEFAULT_OUT, installed_version, prepare_process, ray_available, write_results
-from bench.datasets import BUILTIN_SPECS, DatasetSpec, bench_config, csv_spec, prepare_data
+from bench.datasets import DatasetSpec, bench_config, csv_spec, prepare_data
 from bench.outcome import MethodOutcome
-from bench.search_report import summarise, table, targets
+from bench.references import REFERENCES, reference_outcomes
+from bench.search_report import METHODS, PEERS, suite_summary, summarise, table, verdicts
+from bench.suite_data import QUICK_SUITE, SUITE, default_cache, suite_spec
 
-# Quick mode: fewer stagetune trials (so a smaller budget B for everyone), one seed, two datasets.
+# Quick mode: fewer stagetune trials (so a smaller budget B for everyone), one seed, four small data sets.
 QUICK_OVERRIDES = ("coarse.n_trials=8", "refine.n_trials=6")
+FULL_SEEDS = 10
 # Trial plots do not change what is found; they only cost time.
 BENCH_OVERRIDES = ("tracking.trial_plots=false",)
 
@@ -35,26 +44,52 @@ BENCH_OVERRIDES = ("tracking.trial_plots=false",)
 def run_seed(
     spec: DatasetSpec, seed: int, workdir: Path, overrides: Sequence[str], with_ray: bool
 ) -> Iterator[MethodOutcome]:
-    """Every method on one dataset at one seed: stagetune first (it sets the budget B), then the peers."""
+    """Every method on one dataset at one seed: stagetune first (it sets the budget B), then the peers and the
+    references. A method that raises becomes a failed row; the suite goes on."""
     from bench.optuna_peers import run_optuna
-    from bench.stagetune_runner import run_stagetune
+    from bench.stagetune_runner import METHOD, run_stagetune
 
-    config = bench_config(spec, seed, workdir / f"{spec.name}-{seed}", (*BENCH_OVERRIDES, *overrides))
-    data = prepare_data(spec, config)
-    ours = run_stagetune(data, seed)
+    try:
+        config = bench_config(spec, seed, workdir / f"{spec.name}-{seed}", (*BENCH_OVERRIDES, *overrides))
+        data = prepare_data(spec, config)
+    except Exception as error:  # bad data or config: every row of this cell says why
+        yield from (MethodOutcome(m, spec.name, seed, _failure(error)) for m in METHODS)
+        return
+    ours = _guarded(METHOD, spec.name, seed, lambda: run_stagetune(data, seed))
     yield ours
     budget = math.ceil(ours.epochs_used - 1e-9)
-    yield run_optuna("optuna-random", data, budget, seed)
-    yield run_optuna("optuna-tpe", data, budget, seed)
-    yield run_optuna("optuna-tpe-hyperband", data, budget, seed)
+    if budget <= 0:  # stagetune did not search (e.g. its sanity gate stopped it): no budget B, nothing to pair
+        no_budget = f"skipped: no budget (stagetune {ours.status})"
+        yield from (MethodOutcome(m, spec.name, seed, no_budget) for m in PEERS)
+        yield from reference_outcomes(data, seed, REFERENCES)
+        return
+    peers: list[tuple[str, Callable[[], MethodOutcome]]] = [
+        ("optuna-random", lambda: run_optuna("optuna-random", data, budget, seed)),
+        ("optuna-tpe", lambda: run_optuna("optuna-tpe", data, budget, seed)),
+        ("optuna-tpe-hyperband", lambda: run_optuna("optuna-tpe-hyperband", data, budget, seed)),
+    ]
     if with_ray:
         from bench.ray_peers import run_ray_asha
 
-        yield run_ray_asha(data, budget, seed)
-    else:
+        peers.append(("ray-tune-asha", lambda: run_ray_asha(data, budget, seed)))
+    peers.append(("optuna-random-2B", lambda: run_optuna("optuna-random", data, 2 * budget, seed, "optuna-random-2B")))
+    for method, run in peers:
+        yield _guarded(method, spec.name, seed, run)
+    if not with_ray:
         reason = "skipped" if ray_available() else "not installed"
         yield MethodOutcome("ray-tune-asha", spec.name, seed, reason, budget_epochs=budget)
-    yield run_optuna("optuna-random", data, 2 * budget, seed, name="optuna-random-2B")
+    yield from reference_outcomes(data, seed, REFERENCES)
+
+
+def _failure(error: BaseException) -> str:
+    return f"failed: {type(error).__name__}: {str(error)[:300]}"
+
+
+def _guarded(method: str, dataset: str, seed: int, run: Callable[[], MethodOutcome]) -> MethodOutcome:
+    try:
+        return run()
+    except Exception as error:  # one method failing on one data set is a result, not the end of the suite
+        return MethodOutcome(method, dataset, seed, _failure(error))
 
 
 def run_search_efficiency(
@@ -63,61 +98,115 @@ def run_search_efficiency(
     overrides: Sequence[str] = (),
     with_ray: bool | None = None,
     progress: Callable[[MethodOutcome], None] | None = None,
+    checkpoint: Callable[[dict[str, Any]], object] | None = None,
 ) -> dict[str, Any]:
-    """Run every method on every dataset and seed; return the raw outcomes, the summary rows and the table."""
+    """Run every method on every dataset and seed (seed by seed, so a cut-short run holds whole seeds); return
+    the raw outcomes, the summaries, the targets' verdicts and the tables. `checkpoint` gets the results so far
+    after each data set."""
     with_ray = ray_available() if with_ray is None else with_ray
-    outcomes: list[MethodOutcome] = []
-    with tempfile.TemporaryDirectory(prefix="bench-search-") as folder:
-        for spec in specs:
-            for seed in seeds:
-                for outcome in run_seed(spec, seed, Path(folder), overrides, with_ray):
-                    outcomes.append(outcome)
-                    if progress is not None:
-                        progress(outcome)
-    plain = [o.as_dict() for o in outcomes]
+    outcomes: list[dict[str, Any]] = []
     datasets = [(spec.name, spec.metric) for spec in specs]
-    rows = summarise(plain, datasets)
-    return {
+    header = {
         "seeds": list(seeds),
         "overrides": list(overrides),
         "ray_tune": with_ray,
         "ray_version": installed_version("ray") if with_ray else None,
         "datasets": [{"name": n, "metric": m} for n, m in datasets],
-        "outcomes": plain,
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-search-") as folder:
+        for seed in seeds:
+            for spec in specs:
+                for outcome in run_seed(spec, seed, Path(folder), overrides, with_ray):
+                    outcomes.append(outcome.as_dict())
+                    if progress is not None:
+                        progress(outcome)
+                if checkpoint is not None:
+                    checkpoint(header | summarise_outcomes(outcomes, datasets) | {"complete": False})
+    return header | summarise_outcomes(outcomes, datasets) | {"complete": True}
+
+
+def summarise_outcomes(outcomes: Sequence[dict[str, Any]], datasets: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    """Summary rows, the suite's comparisons and ranks, the verdicts and the tables of raw `outcomes`."""
+    rows = summarise(outcomes, datasets)
+    suite = suite_summary(outcomes)
+    checks = verdicts(outcomes, datasets)
+    return {
+        "outcomes": list(outcomes),
         "summary": rows,
-        "targets": targets(rows),
-        "table": table(rows),
+        "suite": suite,
+        "targets": checks,
+        "table": table(rows, suite, checks),
     }
 
 
 def resummarise(path: Path) -> dict[str, Any]:
-    """Recompute summary, targets and table of a saved result file in place (its outcomes are kept)."""
+    """Recompute summary, suite, targets and tables of a saved result file in place (its outcomes are kept)."""
     document = json.loads(path.read_text(encoding="utf-8"))
-    datasets = [(d["name"], d["metric"]) for d in document.get("datasets", [])]
-    if not datasets:  # files written before "datasets" was recorded
-        datasets = list(dict.fromkeys((r["dataset"], r["metric"]) for r in document["summary"]))
-    rows = summarise(document["outcomes"], datasets)
-    document |= {"datasets": [{"name": n, "metric": m} for n, m in datasets], "summary": rows}
-    document |= {"targets": targets(rows), "table": table(rows)}
+    datasets = [(d["name"], d["metric"]) for d in document["datasets"]]
+    document |= summarise_outcomes(document["outcomes"], datasets)
     path.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     return document
+
+
+def merge(paths: Sequence[Path], out: Path) -> dict[str, Any]:
+    """One result file `out` from several runs' files (e.g. parts of the suite run side by side): their outcomes
+    and data sets together, summarised again; each part's command, date, machine and seeds are kept."""
+    documents = [json.loads(path.read_text(encoding="utf-8")) for path in paths]
+    datasets = list(dict.fromkeys((d["name"], d["metric"]) for doc in documents for d in doc["datasets"]))
+    outcomes = [o for doc in documents for o in doc["outcomes"]]
+    keys = [(o["dataset"], o["seed"], o["method"]) for o in outcomes]
+    if len(set(keys)) != len(keys):
+        twice = sorted({k for k in keys if keys.count(k) > 1})[:3]
+        print(
+            f"--merge: the files share runs (data set, seed, method), e.g. {twice}: merge disjoint parts",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    parts = [
+        {
+            k: doc.get(k)
+            for k in ("command", "date", "machine", "seeds", "overrides", "ray_tune", "complete", "wall_seconds")
+        }
+        for doc in documents
+    ]
+    merged = {
+        "benchmark": documents[0]["benchmark"],
+        "merged_from": [str(p) for p in paths],
+        "parts": parts,
+        "datasets": [{"name": n, "metric": m} for n, m in datasets],
+        **summarise_outcomes(outcomes, datasets),
+    }
+    out.write_text(json.dumps(merged, indent=2) + "\n", encoding="utf-8")
+    return merged
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--quick", action="store_true", help="1 seed, digits + breast cancer (unless --datasets), fewer trials"
+        "--quick",
+        action="store_true",
+        help=f"1 seed, {', '.join(QUICK_SUITE)} (unless --datasets), {' '.join(QUICK_OVERRIDES)}",
     )
-    parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default 5; 1 with --quick)")
-    parser.add_argument("--datasets", nargs="+", choices=sorted(BUILTIN_SPECS), default=None)
+    parser.add_argument(
+        "--seeds", type=int, default=None, help=f"number of seeds (default {FULL_SEEDS}; 1 with --quick)"
+    )
+    parser.add_argument("--datasets", nargs="+", choices=list(SUITE), default=None, help="default: the whole suite")
     parser.add_argument("--csv", type=Path, help="also benchmark this CSV file")
     parser.add_argument("--target", help="label column of --csv")
-    parser.add_argument("--metric", choices=["accuracy", "balanced_accuracy", "r2"], default="accuracy")
+    parser.add_argument("--metric", choices=["accuracy", "balanced_accuracy", "r2"], default="balanced_accuracy")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra stagetune override")
     parser.add_argument("--no-ray", action="store_true", help="skip Ray Tune even if it is installed")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the JSON results")
-    parser.add_argument("--resummarise", type=Path, help="only recompute the summary and table of this result file")
+    parser.add_argument("--name", help="results file name (default search_efficiency_suite[_quick])")
+    parser.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="folder for the suite's CSV files (default: $STAGETUNE_BENCH_DATA or ~/.cache/stagetune-bench)",
+    )
+    parser.add_argument("--resummarise", type=Path, help="only recompute the summary and tables of this result file")
+    parser.add_argument("--merge", type=Path, nargs="+", help="only combine these result files into --out/--name")
     parser.add_argument(
         "--threads",
         type=int,
@@ -132,22 +221,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Run the benchmark, print the table, write `<out>/search_efficiency[_quick].json`."""
+    """Run the benchmark, print the tables, write `<out>/search_efficiency_suite[_quick].json` after each data set."""
     args = parse_args(argv)
     if args.resummarise is not None:
         print(resummarise(args.resummarise)["table"])
+        return
+    if args.merge:
+        target = args.out / f"{args.name or 'search_efficiency_suite'}.json"
+        print(merge(args.merge, target)["table"])
+        print(f"\nresults: {target}")
         return
     prepare_process()
     import torch
 
     torch.set_num_threads(args.threads)
-    classification = ["digits", "breast_cancer", "imbalanced"]
-    names = args.datasets or (["digits", "breast_cancer"] if args.quick else classification)
-    specs = [BUILTIN_SPECS[n] for n in names]
+    names = args.datasets or (list(QUICK_SUITE) if args.quick else list(SUITE))
+    cache = args.cache or default_cache()
+    specs = [suite_spec(SUITE[n], cache) for n in names]
     if args.csv is not None:
         specs.append(csv_spec(args.csv, args.target, args.metric))
-    seeds = list(range(args.seeds or (1 if args.quick else 5)))
+    seeds = list(range(args.seeds or (1 if args.quick else FULL_SEEDS)))
     overrides = [*(QUICK_OVERRIDES if args.quick else ()), *args.overrides]
+    name = args.name or ("search_efficiency_suite_quick" if args.quick else "search_efficiency_suite")
+    started = time.perf_counter()
+    load_at_start = os.getloadavg()  # the machine may be shared: timings mean little under a high load
 
     def show(outcome: MethodOutcome) -> None:
         print(
@@ -157,12 +254,16 @@ def main(argv: Sequence[str] | None = None) -> None:
             flush=True,
         )
 
-    results = run_search_efficiency(specs, seeds, overrides, with_ray=None if not args.no_ray else False, progress=show)
-    name = "search_efficiency_quick" if args.quick else "search_efficiency"
-    path = write_results(args.out, name, results)
+    def save(results: dict[str, Any]) -> Path:
+        load = {"load_average_at_start": load_at_start, "load_average_now": os.getloadavg()}
+        return write_results(args.out, name, results | {"wall_seconds": time.perf_counter() - started} | load)
+
+    with_ray = None if not args.no_ray else False
+    results = run_search_efficiency(specs, seeds, overrides, with_ray=with_ray, progress=show, checkpoint=save)
+    path = save(results)
     print()
     print(results["table"])
-    print(f"\nresults: {path}")
+    print(f"\nresults: {path} ({time.perf_counter() - started:.0f} s)")
 
 
 if __name__ == "__main__":

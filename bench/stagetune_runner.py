@@ -8,7 +8,7 @@ import torch
 
 from bench.datasets import BenchData
 from bench.outcome import MethodOutcome
-from bench.training import final_retrain
+from bench.training import test_predicted_shares
 from schemas.config import PipelineConfig
 from schemas.pipeline import PipelineResult
 
@@ -54,7 +54,7 @@ def pipeline_compute(result: PipelineResult, config: PipelineConfig, search_rows
 
 
 def run_stagetune(data: BenchData, seed: int) -> MethodOutcome:
-    """Run the whole flow on `data.config`, count its search epochs, retrain its best point by the shared rule."""
+    """Run the whole flow on `data.config`, count its search epochs; its final model's test score is the row's."""
     from flows.tune_pipeline import tune_pipeline
 
     threads = torch.get_num_threads()
@@ -79,18 +79,19 @@ def run_stagetune(data: BenchData, seed: int) -> MethodOutcome:
         search_seconds=searched,
         total_seconds=pipeline_seconds,
     )
-    if result.best_hyperparams is None:
-        return outcome
-    final = final_retrain(data, result.best_hyperparams)
-    own = result.test_metrics.get(data.spec.metric, math.nan)
+    if result.best_hyperparams is None or result.final is None:
+        return replace(outcome, extra={"message": result.message})
+    # The row is what a newcomer gets: the pipeline's own final model and its test score (its final stage
+    # may train differently from the peers' shared retrain rule, e.g. on small data).
     return replace(
         outcome,
-        final_epochs=final.epochs,
-        test_metric=final.metric(data.spec.metric),
+        final_epochs=result.final.epochs_run,
+        test_metric=result.test_metrics.get(data.spec.metric, math.nan),
         best_hyperparams=result.best_hyperparams,
         extra={
-            "pipeline_test_metric": own,
-            "pipeline_final_epochs": result.final.epochs_run if result.final else None,
+            "predicted_shares": test_predicted_shares(result.final.test),
+            "final_stopped": result.final.stopped,
+            "objective": data.config.search.objective,
             "coarse_epochs": compute.coarse,
             "refine_epochs": compute.refine,
             "sanity_epochs_equivalent": compute.sanity,

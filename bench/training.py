@@ -12,10 +12,12 @@ import torch
 
 from bench.datasets import BenchData
 from schemas.config import TASK_OBJECTIVES
+from schemas.final import TestMetrics
 from schemas.hyperparams import HyperParams
 from schemas.results import EpochRecord
 from stagetune.evaluation import evaluate_on_test
 from stagetune.models import build_model
+from stagetune.task.base import AnyTestMetrics
 from stagetune.training.device import resolve_device
 from stagetune.training.loaders import make_eval_loader, make_train_loader
 from stagetune.training.loop import FitResult, fit
@@ -73,6 +75,7 @@ class FinalOutcome:
 
     epochs: int
     test_metrics: dict[str, float]
+    predicted_shares: list[float] | None = None  # classification: share of test rows predicted as each class
 
     def metric(self, name: str) -> float:
         """The test metric called `name` (accuracy, balanced_accuracy, r2, rmse, ...); NaN when missing."""
@@ -108,4 +111,12 @@ def final_retrain(data: BenchData, hp: HyperParams) -> FinalOutcome:
     if outcome.best_epoch is None:
         return FinalOutcome(len(outcome.history), {})
     test = evaluate_on_test(model, arrays.X_test, arrays.y_test, data.task, device)
-    return FinalOutcome(len(outcome.history), test.summary_metrics())
+    return FinalOutcome(len(outcome.history), test.summary_metrics(), test_predicted_shares(test))
+
+
+def test_predicted_shares(test: AnyTestMetrics) -> list[float] | None:
+    """Share of the test rows predicted as each class (the confusion matrix's column sums); None for regression."""
+    if not isinstance(test, TestMetrics):
+        return None
+    columns = [sum(column) for column in zip(*test.confusion_matrix, strict=True)]
+    return [round(count / max(1, test.n_samples), 4) for count in columns]

@@ -80,14 +80,18 @@ def test_search_efficiency_has_every_method_with_finite_numbers() -> None:
             assert row["status"] == "not installed"
             continue
         assert row["status"] == "ok", method
-        assert 0 < row["test"]["median"] <= 1, method
-        assert math.isfinite(row["ratio_to_stagetune"]), method
+        assert 0 < row["test"]["mean"] <= 1, method
+        if method != "stagetune":
+            assert row["versus_stagetune"]["difference"]["n"] == 1, method
     assert rows["optuna-random"]["epochs_used"] == budget
     assert rows["optuna-tpe-hyperband"]["epochs_used"] == budget
     assert rows["optuna-random-2B"]["epochs_used"] == 2 * budget
     if RAY:  # Ray's budget stopper may let each running trial finish its epoch
         assert budget <= rows["ray-tune-asha"]["epochs_used"] <= budget + 4
-    assert {t["target"] for t in results["targets"]} == {"stagetune >= TPE at B", "stagetune >= random search at 2B"}
+    stagetune = next(o for o in results["outcomes"] if o["method"] == "stagetune")
+    assert len(stagetune["extra"]["predicted_shares"]) == 10  # digits: the final model's test predictions
+    # One seed: no interval over the suite (not measured); the reference and collapse checks are measured.
+    assert [t["met"] is not None for t in results["targets"]] == [False, False, True, True]
     assert "| digits (acc) | stagetune" in results["table"]
 
 
