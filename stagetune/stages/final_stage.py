@@ -11,6 +11,7 @@ from schemas.hyperparams import HyperParams
 from schemas.results import SampleResult
 from stagetune import progress
 from stagetune.data.fingerprint import arrays_fingerprint
+from stagetune.data.source import features_fingerprint_parts
 from stagetune.data.stage import load_stage_arrays
 from stagetune.diagnosis import diagnose_curves
 from stagetune.evaluation import confusion_matrix_figure, evaluate_on_test
@@ -29,7 +30,7 @@ from stagetune.tracking.run_tree import (
     stage_run,
 )
 from stagetune.training.device import resolve_device
-from stagetune.training.loaders import make_eval_loader, make_train_loader
+from stagetune.training.loaders import load_options, make_eval_loader, make_train_loader
 from stagetune.training.loop import fit
 from stagetune.training.models import build_model
 
@@ -44,7 +45,7 @@ def final_stage(
     config: PipelineConfig, sample: SampleResult, hp: HyperParams, tree: RunTree, run_dir: Path
 ) -> FinalResult:
     """Train `hp` on the full training split with early stopping and LR decay; evaluate once on test; register."""
-    arrays = load_stage_arrays(sample)
+    arrays = load_stage_arrays(sample, load_options(config.execution))
     device = resolve_device(config.execution.device)
     final = config.final
     reporter = progress.current()
@@ -84,7 +85,9 @@ def final_stage(
         # The model now holds the best validation epoch's weights; the test split is used once, here.
         test = evaluate_on_test(model, arrays.X_test, arrays.y_test, task, device)
         champion_metric, direction = task.champion_metric(final.champion_metric)
-        test_fingerprint = arrays_fingerprint({"X_test": arrays.X_test, "y_test": arrays.y_test})
+        test_fingerprint = arrays_fingerprint(
+            {**features_fingerprint_parts("X_test", arrays.X_test), "y_test": arrays.y_test}
+        )
         checkpoint = run_dir / "final" / "checkpoint.pt"
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         save_checkpoint(
