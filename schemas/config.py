@@ -109,6 +109,8 @@ class DataConfig(StrictModel):
                 "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for s3://)"
             )
         if is_folder_source(value):
+            if "://" in value:
+                raise ValueError(f"{value!r}: an image folder must be a local path (copy it here first)")
             return value
         if not re.search(r"\.(csv|parquet|pq)(\.gz)?$", value, flags=re.IGNORECASE):
             raise ValueError(

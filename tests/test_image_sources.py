@@ -248,13 +248,16 @@ def test_a_dataset_factory_source_end_to_end(tmp_path: Path) -> None:
         tmp_path,
         "data.source=py:tests.image_factory:make_datasets",
         "model.family=cnn",
-        "execution.num_workers=0",
+        "execution.num_workers=1",  # the user's Dataset is read in a DataLoader worker
         "coarse.n_trials=2",
         "refine.n_trials=2",
         "refine.warm_start=1",
         "sanity.lr_range_test=false",
         "space.channels.choices=[4, 8]",
+        "space.optimizer.choices=[adam]",
+        "space.batch_size.choices=[16]",
         "model.baseline.channels=8",
+        "final.max_epochs=8",
     )
     result = tune_pipeline(config)
     assert result.status == "completed", result.message

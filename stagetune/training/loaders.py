@@ -9,6 +9,7 @@ Lazily read rows (`LazyRows`: image folders, image CSVs, py: factories): a torch
 flight are in memory. Both yield the same (inputs, targets) batches and take the same strategies.
 """
 
+import signal
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -120,6 +121,7 @@ class LazyBatches:
             pin_memory=rows.options.pin_memory,
             persistent_workers=workers > 0,
             prefetch_factor=2 if workers > 0 else None,
+            worker_init_fn=_worker_signals if workers > 0 else None,
         )
 
     def __len__(self) -> int:
@@ -127,6 +129,14 @@ class LazyBatches:
 
     def __iter__(self) -> Iterator[Batch]:
         yield from self.loader
+
+
+def _worker_signals(worker_id: int) -> None:
+    # A forked worker inherits the CLI's SIGTERM handler (stop_on_sigterm), which turns the SIGTERM the
+    # DataLoader sends a slow worker at shutdown into an exception (exit 1, "worker exited unexpectedly").
+    # Workers end as the DataLoader tells them; Ctrl-C is the main process's to handle.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def to_dataset(x: np.ndarray, y: np.ndarray, task: Task | None = None) -> TensorDataset:
