@@ -68,6 +68,7 @@ def measure_run(kind: str, config: Path | None, overrides: Sequence[str], workdi
     sets = [a for o in (*overrides, f"execution.workdir={workdir}") for a in ("--set", o)]
     command = [str(executable), "run", *([str(config)] if config else []), *sets]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_TRACKING"))}
+    (workdir / "prefect-home").mkdir(parents=True)
     env["PREFECT_HOME"] = str(workdir / "prefect-home")
     started = time.perf_counter()
     pipe = subprocess.PIPE
@@ -133,6 +134,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="image-memory-") as scratch:
         work = Path(scratch)
         throughput = loader_throughput(folder, work, (0, 2), 10 if args.quick else 40)
+        print(f"Stage 1 and loaders: {throughput}", flush=True)
         runs = [
             measure_run("digits (builtin, in memory)", REPO / "configs" / "digits.yaml", BUDGET, work / "digits"),
             measure_run(

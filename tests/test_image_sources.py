@@ -91,6 +91,27 @@ def test_workers_yield_the_same_batches_as_the_main_process(shapes: Path, tmp_pa
         assert len(torch.unique(y0)) == len(SHAPES)  # balanced batches: every class in each
 
 
+def test_lazy_rows_take_every_rebalancing_strategy_as_arrays_do(shapes: Path, tmp_path: Path) -> None:
+    sample = run_sample_stage(folder_config(shapes), tmp_path)
+    arrays = load_stage_arrays(sample)
+    keep = np.flatnonzero(arrays.y_train != 0)[::2].tolist() + np.flatnonzero(arrays.y_train == 0).tolist()
+    lazy, y = arrays.X_train[np.asarray(keep)], arrays.y_train[keep]  # class 0 now the majority
+    dense = lazy.materialise()
+    for strategy in ("oversample", "class_weights"):
+        hp = HyperParams(batch_size=4, rebalance=strategy)
+        lazy_feed = make_train_loader(lazy, y, hp, len(SHAPES), seed=1, oversample_ratio=1.0)
+        dense_feed = make_train_loader(dense, y, hp, len(SHAPES), seed=1, oversample_ratio=1.0)
+        lazy_labels = torch.cat([targets for _, targets in lazy_feed.loader])
+        dense_labels = torch.cat([targets for _, targets in dense_feed.loader])
+        assert sorted(lazy_labels.tolist()) == sorted(dense_labels.tolist())
+        if strategy == "oversample":  # minority rows duplicated by index up to the majority's count
+            assert torch.bincount(lazy_labels).tolist() == [int((y == 0).sum())] * len(SHAPES)
+        else:
+            assert lazy_feed.class_weights is not None
+            assert dense_feed.class_weights is not None
+            assert torch.equal(lazy_feed.class_weights, dense_feed.class_weights)
+
+
 def test_stage_one_splits_and_stratifies_the_file_list_and_stores_no_pixels(shapes: Path, tmp_path: Path) -> None:
     config = folder_config(shapes).model_copy(
         update={"sample": PipelineConfig().sample.model_copy(update={"classes": ["circle", "cross"], "max_rows": 10})}
