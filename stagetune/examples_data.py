@@ -71,7 +71,7 @@ def _shape_image(name: str, size: int, rng: np.random.Generator) -> Image.Image:
     image = Image.new("RGB", (size, size), background)
     draw = ImageDraw.Draw(image)
     radius = rng.uniform(0.22, 0.4) * size
-    margin = radius + 1
+    margin = min(radius + 1, size / 2)  # tiny images: the shape may touch the border
     cx, cy = rng.uniform(margin, size - margin, size=2)
     angle = rng.uniform(0, 2 * math.pi)
     if name == "circle":
