@@ -59,6 +59,10 @@ def record_attempt(run: PipelineRun) -> None:
 def _same_source(config: PipelineConfig, sample: SampleResult) -> bool:
     if not Path(sample.data_path).is_file():
         return False
+    if config.data.source_kind != "table":  # image folder, image CSV, py: factory: their file list / labels
+        from stagetune.data.indexed_stage import indexed_content_fingerprint
+
+        return indexed_content_fingerprint(config) == sample.fingerprint
     table = load_table(config.data, config.seed)
     return dataset_fingerprint(table.content_hash, config.data, config.sample, config.seed) == sample.fingerprint
 

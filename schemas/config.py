@@ -1,5 +1,6 @@
 """The one config object: every setting of a pipeline run, validated once at the edge."""
 
+import os
 import re
 from collections.abc import Mapping
 from typing import Literal, Self
@@ -62,7 +63,23 @@ class DataConfig(StrictModel):
         default="builtin:digits",
         description="builtin:<name> (digits, breast_cancer, iris, wine, synthetic_imbalanced, diabetes, "
         "synthetic_regression), "
-        "or a path / s3:// URI to a .csv or .parquet file",
+        "a path / s3:// URI to a .csv or .parquet file, an image folder (DIR/ with one subfolder of PNG/JPEG "
+        "files per class), or py:package.module:factory (a function returning torch Datasets)",
+    )
+    image_column: str | None = Field(
+        default=None,
+        description="CSV source: the column of image paths (relative to the CSV's folder); the data.target columns "
+        "are then the targets of each image (e.g. keypoint coordinates).",
+    )
+    image_size: int | list[int] | None = Field(
+        default=None,
+        description="Image sources: resize every image to this size (N for N x N, or [H, W]); None: the size of "
+        "the first image.",
+    )
+    image_mode: Literal["auto", "grayscale", "rgb"] = Field(
+        default="auto",
+        description="Image sources: decode as 1-channel grayscale or 3-channel RGB; auto: grayscale when the "
+        "first images are stored as grayscale, else RGB.",
     )
     target: str | list[str] | None = Field(
         default=None,
@@ -90,15 +107,56 @@ class DataConfig(StrictModel):
             if name not in BUILTIN_DATASETS:
                 raise ValueError(f"unknown builtin dataset {name!r}: use one of {', '.join(BUILTIN_DATASETS)}")
             return value
+        if value.startswith("py:"):
+            if not re.fullmatch(r"py:[A-Za-z_][\w.]*:[A-Za-z_][\w.]*", value):
+                raise ValueError(f"{value!r} is not py:package.module:factory (a function returning torch Datasets)")
+            return value
         if re.search(r"://[^/@\s]*:[^/@\s]*@", value):
             # data.source is logged as an MLflow param; S3 keys come from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY.
             raise ValueError(
                 "holds a password: give the URI without credentials and put them in the environment "
                 "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for s3://)"
             )
+        if is_folder_source(value):
+            if "://" in value:
+                raise ValueError(f"{value!r}: an image folder must be a local path (copy it here first)")
+            return value
         if not re.search(r"\.(csv|parquet|pq)(\.gz)?$", value, flags=re.IGNORECASE):
-            raise ValueError(f"{value!r} is neither builtin:<name> nor a .csv/.parquet path or s3:// URI")
+            raise ValueError(
+                f"{value!r} is neither builtin:<name>, a .csv/.parquet path or s3:// URI, an image folder "
+                "(end it with /) nor py:package.module:factory"
+            )
         return value
+
+    @field_validator("image_size")
+    @classmethod
+    def _check_image_size(cls, value: int | list[int] | None) -> int | list[int] | None:
+        sizes = [value] if isinstance(value, int) else value or []
+        if isinstance(value, list) and len(value) != 2:
+            raise ValueError(f"image_size {value} must be one size N or [H, W]")
+        if any(not 1 <= size <= 4096 for size in sizes):
+            raise ValueError(f"image_size {value} must be between 1 and 4096 pixels")
+        return value
+
+    @property
+    def image_hw(self) -> tuple[int, int] | None:
+        """data.image_size as (height, width); None when unset."""
+        if self.image_size is None:
+            return None
+        if isinstance(self.image_size, int):
+            return self.image_size, self.image_size
+        return self.image_size[0], self.image_size[1]
+
+    @property
+    def source_kind(self) -> Literal["table", "image_folder", "image_csv", "factory"]:
+        """Which data source reads `source`: an in-memory table, an image folder or CSV, or a Dataset factory."""
+        if self.source.startswith("py:"):
+            return "factory"
+        if not self.source.startswith("builtin:") and is_folder_source(self.source):
+            return "image_folder"
+        if self.image_column is not None:
+            return "image_csv"
+        return "table"
 
     @property
     def target_columns(self) -> list[str] | None:
@@ -114,11 +172,29 @@ class DataConfig(StrictModel):
                 raise ValueError(f"data.target {self.target} must list distinct column names")
             if len(self.target) > 1 and self.task == "classification":
                 raise ValueError("several data.target columns make a multi-output regression: set data.task regression")
-        if not self.source.startswith("builtin:") and not self.target:
+        kind = self.source_kind
+        if kind in ("table", "image_csv") and not self.source.startswith("builtin:") and not self.target:
             raise ValueError("data.target is required for a file source: name the label column")
+        if kind in ("image_folder", "factory") and self.target is not None:
+            raise ValueError(
+                f"data.target is not used with {'an image folder' if kind == 'image_folder' else 'a py: factory'} "
+                "(the labels are the class subfolders / the datasets' targets): remove it"
+            )
+        if self.image_column is not None and (
+            self.source.startswith(("builtin:", "py:")) or not re.search(r"\.csv(\.gz)?$", self.source, re.IGNORECASE)
+        ):
+            raise ValueError(
+                "data.image_column needs a .csv source listing image paths: remove it or point "
+                "data.source at such a CSV"
+            )
         if self.val_fraction + self.test_fraction >= 0.8:
             raise ValueError("val_fraction + test_fraction must leave at least 20% of the rows for training")
         return self
+
+
+def is_folder_source(source: str) -> bool:
+    """A data.source naming a folder: ends with a slash, or is an existing local directory."""
+    return source.endswith(("/", os.sep)) or ("://" not in source and os.path.isdir(os.path.expanduser(source)))
 
 
 class SampleConfig(StrictModel):
@@ -455,6 +531,13 @@ class ExecutionConfig(StrictModel):
     )
     dask_workers: int = Field(default=2, ge=1, le=1024, description="Workers of the LocalCluster.")
     gpus_per_trial: int = Field(default=0, ge=0, le=16, description="Dask resource annotation per trial task.")
+    num_workers: int = Field(
+        default=2,
+        ge=0,
+        le=64,
+        description="DataLoader worker processes that decode samples of an image folder, image CSV or py: "
+        "factory source (0: in the training process). In-memory tables need none.",
+    )
 
     @field_validator("device")
     @classmethod

@@ -69,6 +69,21 @@ class SampleResult(StrictModel):
     """Stage 1 output: the prepared data on disk plus the figures that describe it."""
 
     source: str
+    source_kind: Literal["table", "image_folder", "image_csv", "factory"] = Field(
+        default="table",
+        description="table: features stored as arrays in data_path; the others: row indices in data_path and the "
+        "source described in manifest_path, samples read lazily by the loaders.",
+    )
+    manifest_path: str | None = Field(
+        default=None, description="Indexed sources: JSON describing the source (image files, factory) to reopen it."
+    )
+    image_mean: list[float] | None = Field(
+        default=None,
+        description="Image sources: per-channel mean of the [0, 1] training pixels (inputs = (x-mean)/std).",
+    )
+    image_std: list[float] | None = Field(
+        default=None, description="Image sources: per-channel std of the [0, 1] training pixels."
+    )
     task: Literal["classification", "regression"] = "classification"
     task_reason: str = Field(default="", description="Why data.task resolved to `task` (auto) or 'set in data.task'.")
     target_names: list[str] = Field(default_factory=list, description="Target column(s).")
@@ -77,7 +92,9 @@ class SampleResult(StrictModel):
         description="Regression: training-split mean per output (targets are stored standardised).",
     )
     target_std: list[float] = Field(default_factory=list, description="Regression: training-split std per output.")
-    data_path: str = Field(description="npz file with the preprocessed full and sampled splits.")
+    data_path: str = Field(
+        description="npz file with the preprocessed full and sampled splits (indexed sources: their row indices)."
+    )
     fingerprint: str = Field(description="sha256 of the raw table and the preprocessing settings.")
     sampled_fingerprint: str = Field(description="sha256 of the sampled training and validation arrays.")
     class_names: list[str]

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import tempfile
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -129,6 +130,37 @@ def validate(
     if show:
         typer.echo(yaml.safe_dump(settings.model_dump(mode="json"), sort_keys=False))
     console.print(f"[green]valid[/green]: {config or 'embedded defaults'}")
+
+
+class ExampleKind(StrEnum):
+    """The synthetic data sets `make-example` writes."""
+
+    shapes = "shapes"
+    keypoints = "keypoints"
+
+
+@app.command("make-example", cls=FlagCommand)
+def make_example(
+    kind: Annotated[ExampleKind, typer.Argument(help="shapes: image classification; keypoints: image regression.")],
+    out: Annotated[Path, typer.Argument(metavar="DIR", help="New (or empty) folder to write.")],
+    count: Annotated[
+        int | None, typer.Option(help="Images per class (shapes, default 300) or in all (keypoints, default 1000).")
+    ] = None,
+    size: Annotated[int, typer.Option(help="Image side in pixels.")] = 32,
+    seed: Annotated[int, typer.Option(help="Same seed, same images.")] = 0,
+) -> None:
+    """Write a synthetic image data set to DIR (offline), to try image folders and CNNs on."""
+    from stagetune import examples_data
+
+    console = Console(stderr=True, soft_wrap=True)
+    if kind is ExampleKind.shapes:
+        written = guarded(console, lambda: examples_data.make_shapes(out, count or 300, size, seed))
+        typer.echo(f"wrote {written} images of {len(examples_data.SHAPES)} classes to {out}/")
+        typer.echo(f"try: stagetune run --set data.source={out}/ --set model.family=cnn")
+    else:
+        table = guarded(console, lambda: examples_data.make_keypoints(out, count or 1000, size, seed))
+        typer.echo(f"wrote {count or 1000} images and {table}")
+        typer.echo(f"try: stagetune run configs/keypoints.yaml --set data.source={table}")
 
 
 @app.command(cls=FlagCommand)

@@ -49,6 +49,10 @@ def check_environment(config: PipelineConfig) -> None:
     check_model_config(config.model)
     if config.model.family == "custom" and config.model.import_path:
         resolve_factory(config.model.import_path)
+    if config.data.source_kind == "factory":  # imported and its signature checked, not called (trust boundary)
+        from stagetune.data.sources.factory import resolve_dataset_factory
+
+        resolve_dataset_factory(config.data.source)
 
 
 def resolve_factory(import_path: str) -> object:

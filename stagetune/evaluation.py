@@ -15,6 +15,7 @@ from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_
 from torch import nn
 
 from schemas.final import ClassReport, TestMetrics
+from stagetune.data.source import Features
 from stagetune.task.base import AnyTestMetrics, Task
 from stagetune.task.classification import ClassificationTask
 from stagetune.training.loaders import make_eval_loader
@@ -42,7 +43,7 @@ def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) 
 
 
 def evaluate_on_test(
-    model: nn.Module, x: np.ndarray, y: np.ndarray, task: Task, device: torch.device, batch_size: int = 1024
+    model: nn.Module, x: Features, y: np.ndarray, task: Task, device: torch.device, batch_size: int = 1024
 ) -> AnyTestMetrics:
     """Run `model` once in eval mode over (x, y) on `device` (the model is moved there) and score it with `task`."""
     if len(y) == 0:

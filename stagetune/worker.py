@@ -27,6 +27,7 @@ from stagetune.stages.search_stage import SearchPlan, trial_data
 from stagetune.stages.shared_study import read_plan
 from stagetune.stages.trial import TrialContext, run_trial
 from stagetune.tracking.run_tree import RunTree
+from stagetune.training.loaders import load_options
 
 STAGES = ("coarse", "refine")
 
@@ -79,7 +80,10 @@ def run_worker(
 def _worker_plan(
     config: PipelineConfig, study: optuna.Study, shared: SharedStudyPlan, storage: str, sample: SampleResult
 ) -> SearchPlan:
-    data = trial_data(sample, shared.train_fraction, config.seed, full=shared.full_data, loss=config.training.loss)
+    options = load_options(config.execution)
+    data = trial_data(
+        sample, shared.train_fraction, config.seed, full=shared.full_data, loss=config.training.loss, options=options
+    )
     tree = RunTree(shared.tracking_uri, shared.experiment_id, shared.parent_run_id, config.tracking.io_retry_seconds)
     context = TrialContext(config, tree, shared.stage, shared.stage_run_id, study.study_name, shared.epochs, data)
     return SearchPlan(

@@ -18,6 +18,7 @@ from stagetune.data.loading import RawTable, load_table
 from stagetune.data.preprocess import PreparedData, prepare
 from stagetune.data.rebalance import class_counts
 from stagetune.data.sampling import rebalance_summary, sample_regression_splits, sample_splits
+from stagetune.data.source import Features, LoadOptions
 from stagetune.errors import InputError
 from stagetune.serving.preprocessing import raw_kinds, table_preprocessor, write_serving_files
 from stagetune.task.regression import RegressionTask, standardise_targets
@@ -31,25 +32,32 @@ class StageArrays:
 
     Features are float32 and flat (n, d) even for images (the model reshapes to `input_shape`); labels are
     int64, 0..C-1 over `class_names` for the full splits and 0..K-1 over `sampled_class_names` for the rest.
+    For an indexed source (image folder, image CSV, py: factory) the features are `LazyRows`: row indices
+    whose samples the loaders read batch by batch.
     """
 
-    X_train: np.ndarray
+    X_train: Features
     y_train: np.ndarray
-    X_val: np.ndarray
+    X_val: Features
     y_val: np.ndarray
-    X_test: np.ndarray
+    X_test: Features
     y_test: np.ndarray
-    X_train_sampled: np.ndarray
+    X_train_sampled: Features
     y_train_sampled: np.ndarray
-    X_val_sampled: np.ndarray
+    X_val_sampled: Features
     y_val_sampled: np.ndarray
 
 
 def run_sample_stage(config: PipelineConfig, out_dir: Path) -> SampleResult:
     """Run Stage 1 and write `sample-<fingerprint>.npz` into `out_dir` (atomically); return its description.
 
-    Raises `InputError` (exit code 2) for bad data or settings before anything is written.
+    Raises `InputError` (exit code 2) for bad data or settings before anything is written. An indexed
+    source (image folder, image CSV, py: factory) stores row indices and a manifest instead of arrays.
     """
+    if config.data.source_kind != "table":
+        from stagetune.data.indexed_stage import run_indexed_sample_stage  # it imports this module's checks
+
+        return run_indexed_sample_stage(config, out_dir)
     table = load_table(config.data, config.seed)
     if table.task == "regression":
         check_regression_settings(config)
@@ -248,8 +256,15 @@ def check_classification_settings(config: PipelineConfig) -> None:
         raise InputError("space.loss", f"{sorted(losses)} are regression losses: use auto or cross_entropy")
 
 
-def load_stage_arrays(result: SampleResult) -> StageArrays:
-    """Read the arrays Stage 1 stored; fails if the file is missing or no longer matches `result`."""
+def load_stage_arrays(result: SampleResult, options: LoadOptions | None = None) -> StageArrays:
+    """Read the arrays Stage 1 stored; fails if the file is missing or no longer matches `result`.
+
+    `options` (DataLoader workers, pinned memory) apply to an indexed source's lazily read rows.
+    """
+    if result.source_kind != "table":
+        from stagetune.data.indexed_stage import load_indexed_arrays
+
+        return StageArrays(**load_indexed_arrays(result, options))
     path = Path(result.data_path)
     if not path.is_file():
         raise FileNotFoundError(f"Stage 1 data {path} is gone: rerun the sample stage")
@@ -276,7 +291,7 @@ def write_npz_atomic(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
 
 
 def _sampled_fingerprint(arrays: StageArrays) -> str:
-    return arrays_fingerprint({key: getattr(arrays, key) for key in SAMPLED_KEYS})
+    return arrays_fingerprint({key: np.asarray(getattr(arrays, key)) for key in SAMPLED_KEYS})
 
 
 def check_balanced_batches(config: PipelineConfig, n_classes: int) -> None:

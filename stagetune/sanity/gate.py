@@ -9,6 +9,7 @@ import torch
 from schemas.config import SanityConfig
 from schemas.hyperparams import HyperParams
 from schemas.results import LrRangePoint, SanityResult
+from stagetune.data.source import Features, take_rows
 from stagetune.errors import InputError
 from stagetune.models import build_model
 from stagetune.sanity.diagnosis import diagnose_initial_loss, diagnose_overfit
@@ -23,7 +24,7 @@ INITIAL_LOSS_ROWS = 512
 
 
 def run_sanity_gate(
-    x: np.ndarray,
+    x: Features,
     y: np.ndarray,
     *,
     family: str,
@@ -124,7 +125,7 @@ def run_sanity_gate(
 
 @torch.no_grad()
 def measure_initial_loss(
-    x: np.ndarray,
+    x: Features,
     y: np.ndarray,
     family: str,
     hp: HyperParams,
@@ -140,7 +141,7 @@ def measure_initial_loss(
     size = task.output_size
     model = build_model(family, hp, input_shape, size, import_path, seed=seed).to(device).eval()
     rows = np.random.default_rng(seed).permutation(len(y))[:INITIAL_LOSS_ROWS]
-    inputs = torch.as_tensor(x[rows], dtype=torch.float32, device=device)
+    inputs = torch.as_tensor(take_rows(x, rows), dtype=torch.float32, device=device)
     targets = task.targets_tensor(y[rows]).to(device)
     outputs = model(inputs)
     if outputs.shape != (len(rows), size) and not (

@@ -9,6 +9,7 @@ import torch
 from schemas.config import SanityConfig
 from schemas.hyperparams import HyperParams
 from stagetune.data.sampling import stratified_subsample
+from stagetune.data.source import Features, take_rows
 from stagetune.models import build_model, get_family
 from stagetune.sanity.lr_range import StepCallback
 from stagetune.task.base import Task
@@ -68,7 +69,7 @@ def label_prior_loss(y: np.ndarray) -> float:
 
 
 def overfit_tiny_subset(
-    x: np.ndarray,
+    x: Features,
     y: np.ndarray,
     *,
     family: str,
@@ -88,7 +89,7 @@ def overfit_tiny_subset(
     first step also counts as memorised).
     """
     rows = stratified_subsample(task.strata(y), cfg.overfit_samples, np.random.default_rng(seed))
-    x_small, y_small = x[rows], y[rows]
+    x_small, y_small = take_rows(x, rows), y[rows]  # a few hundred rows at most: read lazily stored ones now
     overfit_hp = overfit_hyperparams(family, hp, cfg)
     model = build_model(family, overfit_hp, input_shape, task.output_size, import_path, seed=seed).to(device)
     optimizer = build_optimizer(overfit_hp, model.parameters())

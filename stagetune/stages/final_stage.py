@@ -15,6 +15,7 @@ from schemas.results import SampleResult
 from stagetune import progress
 from stagetune.data.augment import build_augmenter, pixels_of
 from stagetune.data.fingerprint import arrays_fingerprint
+from stagetune.data.source import Features, features_fingerprint_parts
 from stagetune.data.stage import load_stage_arrays
 from stagetune.diagnosis import diagnose_curves
 from stagetune.evaluation import confusion_matrix_figure, evaluate_on_test
@@ -38,7 +39,7 @@ from stagetune.tracking.run_tree import (
 )
 from stagetune.tracking.system_metrics import monitored_run
 from stagetune.training.device import resolve_device
-from stagetune.training.loaders import make_eval_loader, make_train_loader
+from stagetune.training.loaders import load_options, make_eval_loader, make_train_loader
 from stagetune.training.loop import fit
 
 CHECKPOINT_ARTIFACT = "checkpoint/checkpoint.pt"
@@ -52,7 +53,7 @@ def final_stage(
     config: PipelineConfig, sample: SampleResult, hp: HyperParams, tree: RunTree, run_dir: Path
 ) -> FinalResult:
     """Train `hp` on the full training split with early stopping and LR decay; evaluate once on test; register."""
-    arrays = load_stage_arrays(sample)
+    arrays = load_stage_arrays(sample, load_options(config.execution))
     device = resolve_device(config.execution.device)
     final = config.final
     reporter = progress.current()
@@ -93,7 +94,9 @@ def final_stage(
             raise FinalTrainingError(f"final training produced no finite epoch: {outcome.reason}")
         # The model now holds the best validation epoch's weights; the test split is used once, here.
         test = evaluate_on_test(model, arrays.X_test, arrays.y_test, task, device)
-        test_fingerprint = arrays_fingerprint({"X_test": arrays.X_test, "y_test": arrays.y_test})
+        test_fingerprint = arrays_fingerprint(
+            {**features_fingerprint_parts("X_test", arrays.X_test), "y_test": arrays.y_test}
+        )
         checkpoint = run_dir / "final" / "checkpoint.pt"
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         save_checkpoint(
@@ -111,7 +114,9 @@ def final_stage(
             if sample.task == "classification"
             else {"task": sample.task, "target_mean": sample.target_mean, "target_std": sample.target_std},
         )
-        decision = _register_model(tree, run_id, config, sample, checkpoint, arrays.X_test, arrays.y_test, test)
+        decision = _register_model(
+            tree, run_id, config, sample, checkpoint, arrays.X_test, arrays.y_test, test, test_fingerprint
+        )
         result = FinalResult(
             hyperparams=hp,
             epochs_run=len(outcome.history),
@@ -142,16 +147,30 @@ def _register_model(
     config: PipelineConfig,
     sample: SampleResult,
     checkpoint: Path,
-    x_test: np.ndarray,
+    x_test: Features,
     y_test: np.ndarray,
     test: TestMetrics | RegressionTestMetrics,
+    test_fingerprint: str,
 ) -> ChampionDecision:
     """Log the pyfunc model of the final run, re-score the champion if the test data changed, register."""
     task = full_task_for(sample, config.training.loss)
     metric_name, direction = task.champion_metric(config.final.champion_metric)
-    test_fingerprint = arrays_fingerprint({"X_test": x_test, "y_test": y_test})
     model_name = config.tracking.registered_model or config.name
     tree.client.log_artifact(run_id, str(checkpoint), artifact_path=Path(CHECKPOINT_ARTIFACT).parent.name)
+    if not isinstance(x_test, np.ndarray):
+        # Image and py: sources have no pyfunc preprocessor yet: the version holds the weights checkpoint.
+        return register_and_promote(
+            tree.client,
+            run_id=run_id,
+            model_name=model_name,
+            model_source=f"runs:/{run_id}/{Path(CHECKPOINT_ARTIFACT).parent.name}",
+            metric_name=metric_name,
+            metric_value=float(getattr(test, metric_name)),
+            data_fingerprint=test_fingerprint,
+            pipeline_run_id=tree.parent_run_id,
+            higher_is_better=direction == "maximize",
+            extra_tags=version_tags(config, tree.parent_run_id, test.summary_metrics()),
+        )
     info = log_final_model(tree.client, tree.tracking_uri, run_id, checkpoint, sample, x_test)
     rescored = rescore_champion(
         tree.client, tree.tracking_uri, model_name, fingerprint=test_fingerprint, metric_name=metric_name,

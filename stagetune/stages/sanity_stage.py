@@ -25,13 +25,13 @@ from stagetune.tracking.run_tree import (
     stage_run,
 )
 from stagetune.training.device import resolve_device
-from stagetune.training.loaders import make_eval_loader, make_train_loader
+from stagetune.training.loaders import load_options, make_eval_loader, make_train_loader
 from stagetune.training.loop import fit
 
 
 def sanity_stage(config: PipelineConfig, sample: SampleResult, tree: RunTree) -> SanityResult:
     """Run the gate on the sampled training data; when it passes, fit the baseline briefly."""
-    arrays = load_stage_arrays(sample)
+    arrays = load_stage_arrays(sample, load_options(config.execution))
     task = task_for(sample, config.training.loss)
     device = resolve_device(config.execution.device)
     reporter = progress.current()

@@ -26,6 +26,7 @@ from schemas.search import NarrowingReport, ReusedTrial, TrialRecord
 from schemas.search_space import FloatParam, SearchSpace
 from stagetune.data.augment import pixels_of
 from stagetune.data.sampling import stratified_subsample
+from stagetune.data.source import LoadOptions
 from stagetune.data.stage import load_stage_arrays
 from stagetune.diagnosis import summarise_diagnoses
 from stagetune.interruption import INTERRUPTED_REASON, clear_stop, request_stop
@@ -49,6 +50,7 @@ from stagetune.task import full_task_for, task_for
 from stagetune.tracking.background import TrackingQueue
 from stagetune.tracking.run_tree import RunTree, end_run, log_metrics, log_model_json, log_params, log_tags
 from stagetune.tracking.study_plots import history_figure, importances_figure, parallel_coordinates_figure
+from stagetune.training.loaders import load_options
 
 LOGGER = logging.getLogger(__name__)
 SearchStage = Literal["coarse", "refine"]
@@ -82,7 +84,14 @@ def start_coarse(
     space = config.space
     if config.coarse.center_lr_on_range_test and sanity is not None and sanity.lr_suggestion:
         space = centre_learning_rates(space, config.model.baseline.optimizer, sanity.lr_suggestion)
-    data = trial_data(sample, config.coarse.train_fraction, config.seed, full=False, loss=config.training.loss)
+    data = trial_data(
+        sample,
+        config.coarse.train_fraction,
+        config.seed,
+        full=False,
+        loss=config.training.loss,
+        options=load_options(config.execution),
+    )
     sampler = make_sampler(config.coarse.sampler, config.seed)
     name = f"{config.search.study_name or run_name}-coarse"
     study = open_study(
@@ -121,7 +130,9 @@ def start_refine(
     coarse: SearchStageResult,
 ) -> SearchPlan:
     """Stage 4: TPE/GP over the narrowed space, warm-started with the best coarse trials, with pruning."""
-    data = trial_data(sample, 1.0, config.seed, full=config.refine.train_data == "full", loss=config.training.loss)
+    full = config.refine.train_data == "full"
+    options = load_options(config.execution)
+    data = trial_data(sample, 1.0, config.seed, full=full, loss=config.training.loss, options=options)
     seeds = top_trials(coarse.trials, config.search.direction, config.refine.warm_start)
     startup = max(len(seeds), min(10, max(1, config.refine.n_trials // 3)))
     sampler = make_sampler(config.refine.sampler, config.seed + 1, n_startup_trials=startup)
@@ -341,9 +352,19 @@ def top_trials(records: list[TrialRecord], direction: str, k: int) -> list[Trial
     return sorted(complete, key=lambda r: (sign * (r.value or 0.0), r.number))[:k]
 
 
-def trial_data(sample: SampleResult, fraction: float, seed: int, full: bool, loss: str = "auto") -> TrialData:
-    """The rows a stage's trials train on: all or a stratified share of the sampled rows, or the full split."""
-    arrays = load_stage_arrays(sample)
+def trial_data(
+    sample: SampleResult,
+    fraction: float,
+    seed: int,
+    full: bool,
+    loss: str = "auto",
+    options: LoadOptions | None = None,
+) -> TrialData:
+    """The rows a stage's trials train on: all or a stratified share of the sampled rows, or the full split.
+
+    `options` (DataLoader workers, pinned memory) apply to an indexed source's lazily read rows.
+    """
+    arrays = load_stage_arrays(sample, options)
     if full:
         task = full_task_for(sample, loss)
         return TrialData(

@@ -35,6 +35,7 @@ from schemas.hyperparams import HyperParams
 from schemas.results import EpochRecord
 from schemas.search import TrialRecord
 from stagetune.data.augment import PixelScaling, build_augmenter
+from stagetune.data.source import Features
 from stagetune.diagnosis import diagnose_curves
 from stagetune.errors import InputError
 from stagetune.interruption import INTERRUPTED_REASON, TrialInterrupted, stop_requested
@@ -69,9 +70,9 @@ Reporter = Callable[[int, float], bool]
 class TrialData:
     """The arrays every trial of a stage trains and validates on (loaded once per stage)."""
 
-    x_train: np.ndarray
+    x_train: Features
     y_train: np.ndarray
-    x_val: np.ndarray
+    x_val: Features
     y_val: np.ndarray
     input_shape: list[int]
     task: Task

@@ -1,20 +1,27 @@
-"""Seeded batches over in-memory arrays, with the class rebalancing strategy of HyperParams applied.
+"""Seeded batches, with the class rebalancing strategy of HyperParams applied, over one of two inputs.
 
-The data are tensors in memory, so a batch is one indexing operation (`x[rows]`), not a DataLoader
-fetching and collating row by row: that cost ~2 ms per batch of 128 here (about half of a small
-model's step) and ran in every trial's every epoch.
+In-memory arrays (tables, digits): the data are tensors in memory, so a batch is one indexing
+operation (`x[rows]`), not a DataLoader fetching and collating row by row: that cost ~2 ms per batch
+of 128 here (about half of a small model's step) and ran in every trial's every epoch.
+
+Lazily read rows (`LazyRows`: image folders, image CSVs, py: factories): a torch DataLoader with
+`num_workers` worker processes reads and collates each batch (`LazyBatches`), so only the batches in
+flight are in memory. Both yield the same (inputs, targets) batches and take the same strategies.
 """
 
+import signal
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler, SequentialSampler, TensorDataset
 
+from schemas.config import ExecutionConfig
 from schemas.hyperparams import HyperParams
 from stagetune.data.rebalance import BalancedBatchSampler, inverse_frequency_weights, oversample_indices
+from stagetune.data.source import Features, LazyRows, LoadOptions
 from stagetune.errors import InputError
 from stagetune.task.base import Task
 from stagetune.task.classification import ClassificationTask
@@ -28,7 +35,7 @@ class TrainFeed:
     """The training batches, the task they train, for the class_weights strategy the per-class loss weights,
     and the augmentation `fit` applies to each training batch once it is on the device (None: none)."""
 
-    loader: "TensorBatches"
+    loader: "TensorBatches | LazyBatches"
     class_weights: torch.Tensor | None = None
     task: Task = field(default_factory=lambda: ClassificationTask([]))
     augment: BatchTransform | None = None
@@ -84,6 +91,57 @@ class TensorBatches:
             yield tuple(t[index] for t in self.tensors)
 
 
+class LazyBatches:
+    """Batches of lazily read rows through a torch DataLoader; each iteration is one epoch.
+
+    Rows come in order, in a fresh order each epoch drawn from `generator`, or as the row lists of
+    `batch_sampler`. With `num_workers` > 0 the workers persist across epochs (no re-fork per epoch);
+    with `pin_memory` batches land in page-locked memory so the training step's non-blocking copies
+    to CUDA overlap compute.
+    """
+
+    def __init__(
+        self,
+        rows: LazyRows,
+        targets: torch.Tensor,
+        batch_size: int,
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        batch_sampler: Sampler[list[int]] | None = None,
+        positions: np.ndarray | None = None,
+    ) -> None:
+        self.dataset = rows.dataset(targets, positions)
+        if batch_sampler is None:
+            order: Sampler[int] = (
+                RandomSampler(self.dataset, generator=generator) if shuffle else SequentialSampler(self.dataset)
+            )
+            batch_sampler = BatchSampler(order, batch_size, drop_last=False)
+        workers = rows.options.num_workers
+        self.loader = DataLoader(
+            self.dataset,
+            batch_sampler=batch_sampler,
+            num_workers=workers,
+            pin_memory=rows.options.pin_memory,
+            persistent_workers=workers > 0,
+            prefetch_factor=2 if workers > 0 else None,
+            worker_init_fn=_worker_signals if workers > 0 else None,
+        )
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Batch]:
+        yield from self.loader
+
+
+def _worker_signals(worker_id: int) -> None:
+    # A forked worker inherits the CLI's SIGTERM handler (stop_on_sigterm), which turns the SIGTERM the
+    # DataLoader sends a slow worker at shutdown into an exception (exit 1, "worker exited unexpectedly").
+    # Workers end as the DataLoader tells them; Ctrl-C is the main process's to handle.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def to_dataset(x: np.ndarray, y: np.ndarray, task: Task | None = None) -> TensorDataset:
     """Float32 features and the task's targets (int64 labels without a task or for classification)."""
     if len(x) != len(y):
@@ -93,7 +151,7 @@ def to_dataset(x: np.ndarray, y: np.ndarray, task: Task | None = None) -> Tensor
 
 
 def make_train_loader(
-    x: np.ndarray,
+    x: Features,
     y: np.ndarray,
     hp: HyperParams,
     task: Task | int,
@@ -109,10 +167,14 @@ def make_train_loader(
     - oversample: minority rows duplicated (once, up front) to `oversample_ratio` x the largest class.
     - balanced_batches: every batch holds about the same number of rows of each class.
     - class_weights: plain shuffled batches; the loss weights classes by inverse frequency.
+
+    Lazily read rows (`LazyRows`) get the same strategies through a DataLoader (`LazyBatches`).
     """
     if isinstance(task, int):
         task = ClassificationTask([str(i) for i in range(task)])
     task = task.with_loss(hp.loss)  # a trial's own loss (space.loss); auto keeps the task's
+    if isinstance(x, LazyRows):
+        return _lazy_train_feed(x, y, hp, task, seed, oversample_ratio)
     num_classes = task.output_size
     tensors = to_dataset(x, y, task).tensors
     generator = torch.Generator().manual_seed(seed)
@@ -136,9 +198,47 @@ def make_train_loader(
     return TrainFeed(TensorBatches(tensors, hp.batch_size, shuffle=True, generator=generator), weights, task)
 
 
-def make_eval_loader(x: np.ndarray, y: np.ndarray, batch_size: int, task: Task | None = None) -> TensorBatches:
+def _lazy_train_feed(x: LazyRows, y: np.ndarray, hp: HyperParams, task: Task, seed: int, ratio: float) -> TrainFeed:
+    """`make_train_loader` for lazily read rows: the same strategies, by index and by batch sampler."""
+    targets = task.targets_tensor(y)
+    generator = torch.Generator().manual_seed(seed)
+    if not isinstance(task, ClassificationTask):
+        return TrainFeed(LazyBatches(x, targets, hp.batch_size, shuffle=True, generator=generator), task=task)
+    labels = np.asarray(y, dtype=np.int64)
+    if hp.rebalance == "balanced_batches":
+        classes = len(np.unique(labels))
+        if hp.batch_size < classes:
+            raise InputError(
+                "batch_size", f"balanced_batches needs batch_size >= {classes} classes, got {hp.batch_size}"
+            )
+        sampler = BalancedBatchSampler(labels, hp.batch_size, seed)
+        return TrainFeed(LazyBatches(x, targets, hp.batch_size, batch_sampler=sampler), task=task)
+    positions = None
+    if hp.rebalance == "oversample":  # duplicated row positions: nothing read until a batch needs it
+        positions = oversample_indices(labels, ratio, np.random.default_rng(seed))
+    weights = None
+    if hp.rebalance == "class_weights":
+        weights = torch.as_tensor(inverse_frequency_weights(labels, task.output_size), dtype=torch.float32)
+    loader = LazyBatches(x, targets, hp.batch_size, shuffle=True, generator=generator, positions=positions)
+    return TrainFeed(loader, weights, task)
+
+
+def make_eval_loader(
+    x: Features, y: np.ndarray, batch_size: int, task: Task | None = None
+) -> "TensorBatches | LazyBatches":
     """Batches in row order, for evaluation (targets typed by `task`; int64 labels without one)."""
+    if isinstance(x, LazyRows):
+        targets = torch.as_tensor(y, dtype=torch.int64) if task is None else task.targets_tensor(y)
+        return LazyBatches(x, targets, batch_size)
     return TensorBatches(to_dataset(x, y, task).tensors, batch_size)
+
+
+def load_options(execution: ExecutionConfig) -> LoadOptions:
+    """execution.num_workers DataLoader workers; pinned memory when training runs on CUDA."""
+    from stagetune.training.device import resolve_device  # resolves "auto" the way training will
+
+    cuda = resolve_device(execution.device).type == "cuda"
+    return LoadOptions(num_workers=execution.num_workers, pin_memory=cuda)
 
 
 def endless_batches(loader: Iterable[Batch]) -> Iterator[Batch]:
