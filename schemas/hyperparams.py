@@ -22,7 +22,9 @@ class HyperParams(StrictModel):
     dropout: float = Field(default=0.0, ge=0, lt=1)
     batch_size: int = Field(default=64, ge=1, le=65536)
     width: int = Field(default=128, ge=1, le=16384, description="Hidden units (MLP) per layer.")
-    depth: int = Field(default=2, ge=1, le=32, description="Hidden layers (MLP) or conv blocks (CNN).")
+    depth: int = Field(
+        default=2, ge=0, le=32, description="Hidden layers (MLP) or conv blocks (CNN); 0: a linear model."
+    )
     channels: int = Field(default=32, ge=1, le=4096, description="Filters of the first conv block (CNN).")
     activation: ActivationName = "relu"
     batch_norm: bool = False

@@ -152,7 +152,8 @@ def _narrow_range(
     low, high = _clip(name, low, high, limit, hits)
     notes.extend(hits[n_hits:])
     if isinstance(param, IntParam):
-        low = max(math.floor(low + _EPS), math.ceil(limit.low - _EPS), 1)
+        # Whole numbers within the hard limits; a log scale needs >= 1 (depth 0, a linear model, is linear-scale).
+        low = max(math.floor(low + _EPS), math.ceil(limit.low - _EPS), 1 if param.scale == "log" else 0)
         high = max(low, min(math.ceil(high - _EPS), math.floor(limit.high + _EPS)))
         new: FloatParam | IntParam = IntParam(low=int(low), high=int(high), scale=param.scale)
     else:

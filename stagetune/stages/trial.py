@@ -16,6 +16,7 @@ import json
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -54,6 +55,7 @@ from stagetune.training.device import resolve_device
 from stagetune.training.loaders import make_eval_loader, make_train_loader
 from stagetune.training.loop import FitResult, StopTraining, fit
 from stagetune.training.models import build_model
+from stagetune.training.small_data import FitOptions, cross_validate, joined
 
 Objective = Literal["val_loss", "val_acc", "val_balanced_acc", "val_rmse", "val_mae", "val_r2"]
 Reporter = Callable[[int, float], bool]
@@ -136,11 +138,11 @@ def run_trial(
             outcome.status, "FAIL"
         )
     ended = now_ms()
-    value = best_value(outcome.history, config.search.objective)
+    value = best_value(outcome.history, config.search.resolved_objective)
     if outcome_state == "COMPLETE" and value is None:
         outcome_state, outcome.reason = "FAIL", "no finite validation value"
     if outcome_state == "PRUNED":
-        value = objective_value(outcome.history[-1], config.search.objective) if outcome.history else None
+        value = objective_value(outcome.history[-1], config.search.resolved_objective) if outcome.history else None
     diagnosis = diagnose_curves(outcome.history, outcome.status, reference_loss=reference_loss(context.data, hp))
     record = TrialRecord(
         number=number,
@@ -198,9 +200,18 @@ def _train(
         history.append(record)
         if stop_requested(context.stage_run_id):
             raise TrialInterrupted(INTERRUPTED_REASON)
-        if report(record.epoch, objective_value(record, config.search.objective)):
+        if report(record.epoch, objective_value(record, config.search.resolved_objective)):
             raise StopTraining(f"pruned after epoch {record.epoch}")
 
+    folds = config.search.resolved_cv_folds
+    if folds > 1:  # small data: the trial's curve is the mean of k folds (stagetune.training.small_data)
+        x, y = joined(data.x_train, data.y_train, data.x_val, data.y_val)
+        build = partial(build_model, config.model.family, hp, data.input_shape, data.task.output_size,
+                        config.model.import_path, seed=seed)  # fmt: skip
+        return cross_validate(
+            build, x, y, hp, data.task, context.epochs, device,
+            folds=folds, seed=seed, options=FitOptions.of(config), on_epoch=on_epoch,
+        ).fit  # fmt: skip
     return fit(
         model,
         feed,

@@ -192,7 +192,8 @@ def evaluate(
     return_outputs: bool = False,
     prefix: str = "val",
 ) -> EvalStats:
-    """Mean plain loss over samples and the task's metrics ("<prefix>/...") in eval mode.
+    """The task's validation loss (the plain mean over samples; class-weighted for a classification task on
+    skewed classes) and the task's metrics ("<prefix>/...") in eval mode.
 
     Outputs stay on the device until the end: one transfer per evaluation, not one per batch.
     """
@@ -215,8 +216,8 @@ def evaluate(
         samples += len(targets)
     if not samples:
         raise ValueError("the evaluation loader yielded no batches")
-    loss = total_loss.item() / samples
     all_outputs, all_targets = torch.cat(outputs_seen), torch.cat(targets_seen)
+    loss = task.validation_loss(all_outputs, all_targets, total_loss.item() / samples)
     finite = math.isfinite(loss)
     metrics = task.eval_metrics(all_outputs, all_targets, prefix) if finite else {}
     if not return_outputs:
@@ -254,7 +255,8 @@ def fit(
     """Train `model` for up to `epochs` epochs with the optimizer of `hp`, validating after each epoch.
 
     - The task (`feed.task`) gives the losses and metrics; validation loss is its plain (unweighted)
-      loss, so runs with different rebalancing compare.
+      loss, so runs with different rebalancing compare (on skewed classes, every class weighing the
+      same: `Task.validation_loss`).
     - `lr_plateau_patience`: multiply the LR by `lr_plateau_factor` when validation loss has not
       improved for more than that many epochs (ReduceLROnPlateau).
     - `early_stopping_patience`: stop once validation loss has not improved for that many epochs.

@@ -94,7 +94,10 @@ def make_head(in_features: int, num_classes: int) -> nn.Linear:
 
 
 class MLP(nn.Module):
-    """hp.depth x [Linear(hp.width) -> BatchNorm1d? -> activation -> Dropout?] then a Linear head."""
+    """hp.depth x [Linear(hp.width) -> BatchNorm1d? -> activation -> Dropout?] then a Linear head.
+
+    Depth 0 is a linear model (multinomial logistic regression): the first baseline a practitioner checks.
+    """
 
     def __init__(self, hp: HyperParams, in_features: int, num_classes: int) -> None:
         super().__init__()
@@ -143,11 +146,12 @@ class CNN(nn.Module):
                 layers.append(nn.MaxPool2d(2))
                 height, width = height // 2, width // 2
             in_channels = out_channels
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        # Depth 0: a linear model on the pixels (averaging them away would leave one number per channel).
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()] if layers else [nn.Flatten()]
         if hp.dropout > 0:
             layers.append(nn.Dropout(hp.dropout))
         self.body = nn.Sequential(*layers)
-        self.head = make_head(in_channels, num_classes)
+        self.head = make_head(in_channels if hp.depth else in_channels * height * width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of shape (batch, num_classes) for x of shape (batch, C, H, W) or (batch, C*H*W)."""
