@@ -132,7 +132,7 @@ def _more_regularisation(stage: str, config: Mapping[str, Any]) -> list[str]:
     overrides = []
     if space["dropout"].get("kind") == "float":
         overrides.append(f"space.dropout.high={min(0.9, round(space['dropout']['high'] + 0.2, 3)):g}")
-    if space["weight_decay"].get("kind") == "float":
+    if space["weight_decay"].get("kind") == "float" and space["weight_decay"]["high"] < 0.1:
         overrides.append(f"space.weight_decay.high={min(0.1, space['weight_decay']['high'] * 10):.3g}")
     return overrides
 

@@ -92,8 +92,18 @@ def slots(space: SearchSpace, family: str, optimizer: str) -> list[Slot]:
     return result
 
 
+# space.rebalance auto is resolved at Stage 1 (stagetune.data.defaults); a space used before or outside
+# the pipeline reads it as the strategy auto becomes on balanced classes.
+UNRESOLVED_AUTO = CategoricalParam(choices=["none"])
+
+
+def _resolved(field: str, param: AnyParam) -> AnyParam:
+    auto = field == "rebalance" and isinstance(param, CategoricalParam) and param.choices == ["auto"]
+    return UNRESOLVED_AUTO if auto else param
+
+
 def _suggest(trial: BaseTrial, slot: Slot) -> Any:
-    param = slot.param
+    param = _resolved(slot.field, slot.param)
     if isinstance(param, CategoricalParam):
         return param.choices[0] if is_fixed(param) else trial.suggest_categorical(slot.name, param.choices)
     if is_fixed(param):
@@ -131,7 +141,7 @@ def space_violations(hp: HyperParams, space: SearchSpace, family: str) -> list[s
     problems = []
     for slot in slots(space, family, hp.optimizer):
         value = getattr(hp, slot.field)
-        if not _contains(slot.param, value):
+        if not _contains(_resolved(slot.field, slot.param), value):
             allowed = (
                 slot.param.choices if isinstance(slot.param, CategoricalParam) else [slot.param.low, slot.param.high]
             )
