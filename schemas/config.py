@@ -204,7 +204,7 @@ class SearchConfig(StrictModel):
         "classification, val_rmse/val_mae/val_r2 (original units) for regression.",
     )
     imbalance_ratio: float = Field(
-        default=2.0,
+        default=3.0,
         ge=1.0,
         le=1e6,
         description="The classes count as skewed when the largest class of the training split has at least this "
