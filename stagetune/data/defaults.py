@@ -7,8 +7,8 @@ class of the training split has at least `search.imbalance_ratio` (default 3) ti
 smallest. The default 3 leaves the built-in sets the defaults were tuned on as they were (digits
 1.1, wine 1.5, breast cancer 1.7) and takes in issue 17's 6-class table of 214 rows (8) and 6%-positive
 binary problem (16). A 27%-positive churn-like table (2.7) stays unweighted: there class weights did
-not help (bench/README.md, issue 17 part A; one seed, not a settled threshold). Skewed data then get, for every setting left at
-auto:
+not help (bench/README.md, issue 17 part A; one seed, not a settled threshold). Skewed data then
+get, for every setting left at auto:
 
 - search.objective auto: `val_loss`, with the validation loss class-weighted (each class counts
   equally: the mean over classes of each class's mean cross-entropy). A loss rather than balanced
