@@ -10,6 +10,7 @@ import numpy as np
 from bench.common import REPO
 from schemas.config import PipelineConfig
 from stagetune.config_loading import load_config
+from stagetune.data.defaults import with_data_defaults
 from stagetune.data.stage import StageArrays, load_stage_arrays, run_sample_stage
 from stagetune.task import Task, task_for
 
@@ -85,6 +86,7 @@ def prepare_data(spec: DatasetSpec, config: PipelineConfig) -> BenchData:
         arrays = load_stage_arrays(sample)
     if sample.sampled_class_names != sample.class_names:
         raise ValueError("the benchmarks do not support sample.classes (class subsets)")
+    config = with_data_defaults(config, sample)  # the peers read the objective stagetune's Stage 1 resolved
     task = task_for(sample, config.training.loss)
     shape = list(sample.input_shape)
     return BenchData(spec, config, arrays, shape, sample.num_classes, list(sample.class_names), task)

@@ -18,6 +18,7 @@ from schemas.final import FinalResult
 from schemas.pipeline import PipelineResult, RegisteredModel, SearchStageResult
 from schemas.results import SampleResult, SanityResult
 from stagetune import progress
+from stagetune.data.defaults import with_data_defaults
 from stagetune.errors import InputError
 from stagetune.interruption import is_interruption, set_resume_hint
 from stagetune.run_store import PipelineRun
@@ -80,6 +81,7 @@ def _attempt(config: PipelineConfig, run: PipelineRun, sample: SampleResult | No
     else:
         _restored("sample", run)
     sample_ended = now_ms()
+    config = with_data_defaults(config, sample)  # auto objective, champion metric, rebalancing: from the labels
     tree = open_tracking(config, run)
     try:
         if fresh_sample:

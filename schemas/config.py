@@ -3,7 +3,7 @@
 import os
 import re
 from collections.abc import Mapping
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import Field, field_validator, model_validator
 
@@ -366,14 +366,41 @@ class SanityConfig(StrictModel):
         return self
 
 
+ResolvedObjective = Literal["val_loss", "val_acc", "val_balanced_acc", "val_rmse", "val_mae", "val_r2"]
+
+
 class SearchConfig(StrictModel):
     """What the searches optimise and where Optuna keeps its studies."""
 
-    objective: Literal["val_loss", "val_acc", "val_balanced_acc", "val_rmse", "val_mae", "val_r2"] = Field(
-        default="val_loss",
-        description="Validation metric a trial is judged by (its best epoch). Loss is smoother than accuracy; "
-        "use val_balanced_acc for imbalanced classes. val_acc/val_balanced_acc are for classification, "
-        "val_rmse/val_mae/val_r2 (original units) for regression.",
+    objective: Literal["auto", "val_loss", "val_acc", "val_balanced_acc", "val_rmse", "val_mae", "val_r2"] = Field(
+        default="auto",
+        description="Validation metric a trial is judged by (its best epoch). auto, resolved at Stage 1 from the "
+        "training labels: val_loss (smoother than accuracy), class-weighted when the classes are skewed (see "
+        "imbalance_ratio); val_rmse for regression that tunes its loss. val_acc/val_balanced_acc are for "
+        "classification, val_rmse/val_mae/val_r2 (original units) for regression.",
+    )
+    imbalance_ratio: float = Field(
+        default=3.0,
+        ge=1.0,
+        le=1e6,
+        description="The classes count as skewed when the largest class of the training split has at least this "
+        "many times the rows of the smallest. Skewed data get a class-weighted validation loss and, where left "
+        "at auto, balanced_accuracy as the champion metric and class-weighted training (space.rebalance auto: "
+        "class_weights; model.baseline.rebalance none becomes class_weights too).",
+    )
+    cv_folds: Literal["auto"] | Annotated[int, Field(ge=0, le=20)] = Field(
+        default="auto",
+        description="k-fold cross-validation for small data: a trial's score is the mean over k folds of its "
+        "training and validation rows, and the final training takes its epoch count from the folds (then trains "
+        "on both splits without early stopping). 0 or 1: one validation split. auto: 5 folds when the training "
+        "split has fewer than small_data_rows rows, else one split.",
+    )
+    small_data_rows: int = Field(
+        default=200,
+        ge=0,
+        description="auto cv_folds: below this many training rows (the default 15% validation split then holds "
+        "fewer than ~45 rows, where one row moves accuracy by more than 2 points) one split is too noisy to rank "
+        "trials or stop training.",
     )
     storage: str | None = Field(default=None, description="Optuna storage URL; None: SQLite at <workdir>/optuna.db.")
     study_name: str | None = Field(
@@ -420,9 +447,27 @@ class SearchConfig(StrictModel):
         return value
 
     @property
+    def resolved_objective(self) -> ResolvedObjective:
+        """The objective once Stage 1 resolved `auto` (stagetune.data.defaults); ValueError before."""
+        if self.objective == "auto":
+            raise ValueError(
+                "search.objective 'auto' is resolved at Stage 1 from the labels: run the stages on "
+                "stagetune.data.defaults.with_data_defaults(config, sample)"
+            )
+        return self.objective
+
+    @property
+    def resolved_cv_folds(self) -> int:
+        """Folds once Stage 1 resolved `auto` (1: one validation split); ValueError before."""
+        if self.cv_folds == "auto":
+            raise ValueError("search.cv_folds 'auto' is resolved at Stage 1 from the training split's size")
+        return max(1, self.cv_folds)
+
+    @property
     def direction(self) -> Literal["minimize", "maximize"]:
-        """Optuna's direction for the objective."""
-        lower = any(table.get(self.objective, False) for table in TASK_OBJECTIVES.values())
+        """Optuna's direction for the (resolved) objective."""
+        objective = self.resolved_objective
+        lower = any(table.get(objective, False) for table in TASK_OBJECTIVES.values())
         return "minimize" if lower else "maximize"
 
 
@@ -477,7 +522,8 @@ class FinalConfig(StrictModel):
     champion_metric: Literal["auto", "accuracy", "balanced_accuracy", "macro_f1", "rmse", "mae", "r2"] = Field(
         default="auto",
         description="Test metric that decides whether the new model becomes the champion; auto: accuracy for "
-        "classification, rmse (lower wins) for regression.",
+        "classification (balanced_accuracy when the classes are skewed, see search.imbalance_ratio), rmse "
+        "(lower wins) for regression.",
     )
     early_stopping_patience: int = Field(default=5, ge=1)
     lr_plateau_factor: float = Field(default=0.5, gt=0, lt=1)
@@ -620,9 +666,10 @@ class PipelineConfig(StrictModel):
                 "judge trials by a metric instead (search.objective val_rmse, val_mae or val_r2)"
             )
         objectives = TASK_OBJECTIVES[task]
-        if self.search.objective not in objectives:
+        if self.search.objective not in ("auto", *objectives):
             raise ValueError(
-                f"search.objective {self.search.objective!r} does not fit a {task} task: use one of {list(objectives)}"
+                f"search.objective {self.search.objective!r} does not fit a {task} task: use auto or one of "
+                f"{list(objectives)}"
             )
         metrics = TASK_CHAMPION_METRICS[task]
         if self.final.champion_metric not in ("auto", *metrics):

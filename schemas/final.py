@@ -11,7 +11,7 @@ from schemas.results import EpochRecord
 # A diverged model's loss is NaN/inf: such floats are written as "NaN"/"Infinity" so the JSON reads back.
 _NAN_SAFE = ConfigDict(**StrictModel.model_config, ser_json_inf_nan="strings")
 
-CurveCode = Literal["diverged", "overfitting", "underfitting", "not_converged", "ok", "insufficient"]
+CurveCode = Literal["diverged", "collapsed", "overfitting", "underfitting", "not_converged", "ok", "insufficient"]
 
 
 class ClassReport(StrictModel):
@@ -119,6 +119,13 @@ class CurveDiagnosisSettings(StrictModel):
     )
     still_improving: float = Field(default=0.01, ge=0, description="Relative val-loss drop over the last epoch.")
     explode_ratio: float = Field(default=3.0, gt=1, description="Final train loss this many times the first.")
+    collapse_share: float = Field(
+        default=0.97,
+        gt=0.5,
+        le=1,
+        description="Collapsed: at the epoch kept, one class predicted for at least this share of the validation "
+        "rows while it holds less than this share of their labels.",
+    )
 
 
 class CurveDiagnosis(StrictModel):

@@ -65,6 +65,28 @@ class EpochRecord(StrictModel):
         return "accuracy", self.metrics.get("train/acc"), self.metrics.get("val/acc")
 
 
+class DataDefaults(StrictModel):
+    """The `auto` settings Stage 1 resolved from the training labels, and why (shown in the report)."""
+
+    skewed: bool = Field(description="Largest/smallest training class ratio at or above search.imbalance_ratio.")
+    imbalance_ratio: float | None = Field(
+        default=None, description="Rows of the largest training class over the smallest; None for regression."
+    )
+    objective: str = Field(description="search.objective after resolving auto.")
+    champion_metric: str = Field(description="final.champion_metric after resolving auto.")
+    balanced_val_loss: bool = Field(
+        default=False, description="Validation loss is class-weighted (each class counts equally): skewed classes."
+    )
+    rebalance: list[str] | None = Field(
+        default=None, description="space.rebalance choices auto resolved to (None: as configured)."
+    )
+    baseline_rebalance: str | None = Field(
+        default=None, description="model.baseline.rebalance set for skewed data (None: as configured)."
+    )
+    cv_folds: int = Field(default=1, ge=1, description="search.cv_folds after resolving auto (1: one split).")
+    reasons: list[str] = Field(default_factory=list, description="One line per resolved setting.")
+
+
 class SampleResult(StrictModel):
     """Stage 1 output: the prepared data on disk plus the figures that describe it."""
 
@@ -130,6 +152,9 @@ class SampleResult(StrictModel):
     )
     input_scale: list[float] | None = Field(
         default=None, description="Images: the scale Stage 1 divided by, per pixel (or per channel)."
+    )
+    defaults: DataDefaults | None = Field(
+        default=None, description="The auto settings resolved from the labels (None: stored by an older version)."
     )
 
     @model_validator(mode="before")

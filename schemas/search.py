@@ -89,7 +89,7 @@ class HardLimits(StrictModel):
     dropout: Limit = Limit(low=0.0, high=0.9)
     momentum: Limit = Limit(low=0.0, high=0.99)
     width: Limit = Limit(low=4, high=4096)
-    depth: Limit = Limit(low=1, high=8)
+    depth: Limit = Limit(low=0, high=8)
     channels: Limit = Limit(low=4, high=512)
     batch_size: Limit = Limit(low=8, high=4096)
     params: dict[str, Limit] = Field(

@@ -2,7 +2,16 @@
 
 Defaults follow ../shared/TUNING-RULES.md: learning rate and weight decay on a log scale with
 per-optimizer learning-rate ranges (widened for the coarse stage), dropout linear in [0, 0.5],
-batch sizes that are multiples of 32, widths 32..512, one to three hidden layers.
+batch sizes that are multiples of 32, widths 32..512, zero to three hidden layers.
+
+The space reaches the simple answer (issue 17): depth 0 is a linear model ("a linear model is the
+first baseline any practitioner checks", TUNING-RULES.md, what the sources leave implicit), and
+weight decay goes up to 1e-1. TUNING-RULES.md's per-optimizer table covers learning rates only; its
+weight-decay rule is "log scale; [0, 1e-4] typical, 5e-4 a common default" (000, 001), which is L2
+for SGD and Adam. AdamW's decay is decoupled from the gradient and is used at 1e-2 (PyTorch's
+default) to 1e-1 (general practice, not from the five texts); the shared range 1e-6..1e-1 holds both,
+and with lr <= 3e-1 an SGD/Adam step shrinks weights by at most 3% (strong regularisation, not
+divergence). The refinement narrows it around what worked.
 """
 
 from typing import Annotated, Literal, Self, get_args
@@ -86,16 +95,20 @@ class SearchSpace(StrictModel):
 
     optimizer: CategoricalParam = CategoricalParam(choices=["adamw", "adam", "sgd"])
     learning_rate: dict[OptimizerName, FloatParam] = Field(default_factory=_default_learning_rates)
-    weight_decay: RealParam = FloatParam(low=1e-6, high=1e-3, scale="log")
+    weight_decay: RealParam = FloatParam(low=1e-6, high=1e-1, scale="log")
     momentum: RealParam = FloatParam(low=0.9, high=0.9)
     dropout: RealParam = FloatParam(low=0.0, high=0.5)
     batch_size: WholeParam = CategoricalParam(choices=[32, 64, 128, 256])
     width: WholeParam = IntParam(low=32, high=512, scale="log")
-    depth: WholeParam = IntParam(low=1, high=3)
+    depth: WholeParam = IntParam(low=0, high=3)
     channels: WholeParam = CategoricalParam(choices=[16, 32, 64])
     activation: CategoricalParam = CategoricalParam(choices=["relu", "gelu"])
     batch_norm: CategoricalParam = CategoricalParam(choices=[False, True])
-    rebalance: CategoricalParam = CategoricalParam(choices=["none"])
+    rebalance: CategoricalParam = Field(
+        default=CategoricalParam(choices=["auto"]),
+        description="Class rebalancing strategies; auto (alone): class_weights when Stage 1 finds the classes "
+        "skewed (search.imbalance_ratio), else none.",
+    )
     loss: CategoricalParam = Field(
         default=CategoricalParam(choices=["auto"]),
         description="Training loss choices (regression: mse, huber, l1; tuned, judge by val_rmse/val_mae/val_r2); "
@@ -138,9 +151,9 @@ class SearchSpace(StrictModel):
         if any(c not in losses for c in self.loss.choices):
             raise ValueError(f"loss choices {self.loss.choices} must be among {sorted(losses)}")
         strategies = {"none", "oversample", "balanced_batches", "class_weights"}
-        bad = [c for c in self.rebalance.choices if c not in strategies]
+        bad = [c for c in self.rebalance.choices if c not in strategies and self.rebalance.choices != ["auto"]]
         if bad:
-            raise ValueError(f"rebalance choices {bad} are not strategies: use {sorted(strategies)}")
+            raise ValueError(f"rebalance choices {bad} are not strategies: use [auto] or {sorted(strategies)}")
         # Every model family builds exactly the activations HyperParams names; a trial sampling another
         # would fail at its first step, after the search stage's MLflow run was created.
         activations = set(get_args(ActivationName))

@@ -4,7 +4,7 @@ Rules from TUNING-RULES.md ("Reading the curves"), read on train vs validation L
 the worked keypoint regression judges each net. Checks run in order of precedence and the first that
 fires is the diagnosis:
 
-    diverged > overfitting > underfitting > not_converged > ok
+    diverged > collapsed > overfitting > underfitting > not_converged > ok
 
 A diverged run's other numbers mean nothing; an overfitting model is not short of capacity, even if
 its training loss is still high; an underfitting model needs capacity before it needs epochs.
@@ -66,10 +66,17 @@ SOURCE_NOT_CONVERGED = (
     "TUNING-RULES.md, coarse to fine: more epochs for the promising settings "
     "(000_721f12b7d3a5a9e6.txt, 004_e9930d7a8081840b.txt)"
 )
+SOURCE_COLLAPSED = (
+    "TUNING-RULES.md, what the sources leave implicit: with skewed classes accuracy and unweighted loss reward "
+    "predicting the majority class; class ratio is a parameter: reweight or oversample the minority "
+    "(000_721f12b7d3a5a9e6.txt)"
+)
 SOURCE_NONE = "TUNING-RULES.md, reading the curves"
 
 NEXT_ACTIONS: dict[str, str] = {
     "diverged": "lower the learning rate ~10x (and keep gradient clipping on)",
+    "collapsed": "rebalance the classes (space.rebalance: class_weights, oversample) and judge by a balanced "
+    "objective (search.objective auto or val_balanced_acc)",
     "overfitting": "regularise: more dropout/weight decay, more data, early stopping",
     "underfitting": "more capacity: wider/deeper model, less dropout, less weight decay",
     "not_converged": "more epochs: the loss had not stopped falling",
@@ -81,7 +88,7 @@ NEVER_FALLS_ACTION = (
     "more dropout/weight decay, more data"
 )
 # Problems in order of precedence; "ok" and "insufficient" are not problems.
-PROBLEMS: tuple[CurveCode, ...] = ("diverged", "overfitting", "underfitting", "not_converged")
+PROBLEMS: tuple[CurveCode, ...] = ("diverged", "collapsed", "overfitting", "underfitting", "not_converged")
 ALL_CODES: tuple[CurveCode, ...] = (*PROBLEMS, "ok", "insufficient")
 DEFAULT_SETTINGS = CurveDiagnosisSettings()
 
@@ -117,6 +124,7 @@ def diagnose_curves(
         return _make("insufficient", Symptom(f"only {len(history)} epoch(s) recorded (status {status})", SOURCE_NONE))
     scale = _scale(history, reference_loss)
     checks: tuple[tuple[Check, CurveCode], ...] = (
+        (_collapsed, "collapsed"),
         (_overfitting, "overfitting"),
         (_underfitting, "underfitting"),
         (_not_converged, "not_converged"),
@@ -196,6 +204,27 @@ def _diverged(history: Sequence[EpochRecord], status: str, settings: CurveDiagno
                 f"(more than {settings.explode_ratio:g}x its first epoch): it is exploding"
             )
     return None
+
+
+def _collapsed(
+    history: Sequence[EpochRecord], status: str, settings: CurveDiagnosisSettings, scale: float
+) -> Symptom | None:
+    # Read at the epoch a run keeps (its best validation loss), else its last.
+    validated = [r for r in history if r.val_loss is not None]
+    kept = min(validated, key=lambda r: r.val_loss if r.val_loss is not None else math.inf) if validated else None
+    record = kept or history[-1]
+    predicted, true = record.metric("val/top_class_pred_share"), record.metric("val/top_class_true_share")
+    if predicted is None or true is None:
+        return None
+    if predicted < settings.collapse_share or true >= settings.collapse_share:
+        return None
+    balanced = record.metric("val/balanced_acc")
+    detail = "" if balanced is None else f", validation balanced accuracy {balanced:.3f}"
+    return Symptom(
+        f"collapsed to the majority class: at epoch {record.epoch} one class was predicted for {predicted:.0%} of "
+        f"the validation rows, which hold {true:.0%} of that class{detail}",
+        SOURCE_COLLAPSED,
+    )
 
 
 def _overfitting(

@@ -18,6 +18,7 @@ from schemas.pipeline import SharedStudyPlan
 from schemas.results import SampleResult
 from schemas.search import TrialRecord
 from stagetune import progress
+from stagetune.data.defaults import with_data_defaults
 from stagetune.data.stage import run_sample_stage
 from stagetune.errors import InputError
 from stagetune.search.liveness import Liveness
@@ -50,6 +51,7 @@ def run_worker(
     storage = storage_url(config)
     workdir = Path(config.execution.workdir).resolve() / "workers" / f"{study}-{os.getpid()}"
     sample = run_sample_stage(config, workdir)
+    config = with_data_defaults(config, sample)
     summary = WorkerSummary()
     reporter = progress.current()
     for stage in STAGES:

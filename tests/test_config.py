@@ -134,7 +134,7 @@ def test_overrides_are_typed_and_merge_into_defaults() -> None:
         ],
     )
     assert config.coarse.n_trials == 7
-    assert config.space.weight_decay == FloatParam(low=1e-5, high=1e-3, scale="log")
+    assert config.space.weight_decay == FloatParam(low=1e-5, high=1e-1, scale="log")
     assert config.sample.classes == ["a", "b"]
     assert config.space.batch_norm.choices == [False]
     assert config.space.width == CategoricalParam(choices=[64, 128])

@@ -134,10 +134,10 @@ def test_lower_boundary_widening_stops_at_the_hard_limit() -> None:
     assert "clipped to the hard limit" in _change(report, "dropout").reason
 
 
-def test_integer_boundary_widening_is_clipped_and_kept_positive() -> None:
+def test_integer_boundary_widening_is_clipped_and_kept_non_negative() -> None:
     space, report = narrow(_space(depth=IntParam(low=1, high=9)), _ranked("depth", 1, 3, 4), "minimize", DEFAULTS)
-    assert _bounds(space, "depth") == (1, 5)  # 1 - 4 clipped to the hard limit 1; 4 + 0.75 rounded up
-    assert report.hard_limits_hit == ["depth.low: -3 clipped to the hard limit 1"]
+    assert _bounds(space, "depth") == (0, 5)  # 1 - 4 clipped to the hard limit 0 (a linear model); 4 + 0.75 up
+    assert report.hard_limits_hit == ["depth.low: -3 clipped to the hard limit 0"]
 
 
 def test_best_value_at_the_upper_boundary_widens_outward() -> None:

@@ -254,7 +254,9 @@ def test_the_loss_is_a_tunable_choice_judged_by_a_metric() -> None:
 
     space = {"loss": {"kind": "categorical", "choices": ["mse", "huber", "l1"]}}
     with pytest.raises(ValidationError, match="val_loss compares different losses"):
-        PipelineConfig.model_validate({"data": {"source": "builtin:diabetes"}, "space": space})
+        PipelineConfig.model_validate(
+            {"data": {"source": "builtin:diabetes"}, "space": space, "search": {"objective": "val_loss"}}
+        )
     config = PipelineConfig.model_validate(
         {"data": {"source": "builtin:diabetes"}, "space": space, "search": {"objective": "val_rmse"}}
     )

@@ -281,7 +281,10 @@ def test_concrete_next_changes_are_valid_overrides() -> None:
     config = PipelineConfig().model_dump(mode="json")
     assert concrete_overrides("final", "not_converged", config) == ["final.max_epochs=100"]
     assert concrete_overrides("coarse", "underfitting", config) == ["space.width.high=1024", "space.depth.high=4"]
-    assert concrete_overrides("refine", "overfitting", config) == [
+    # weight decay already reaches 0.1 (the hard limit) by default: only dropout is left to raise
+    assert concrete_overrides("refine", "overfitting", config) == ["space.dropout.high=0.7"]
+    narrow_decay = load_config(None, ["space.weight_decay.high=1e-3"]).model_dump(mode="json")
+    assert concrete_overrides("refine", "overfitting", narrow_decay) == [
         "space.dropout.high=0.7",
         "space.weight_decay.high=0.01",
     ]

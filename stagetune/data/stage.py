@@ -13,6 +13,7 @@ from schemas.config import TASK_CHAMPION_METRICS, TASK_OBJECTIVES, PipelineConfi
 from schemas.results import SampleResult
 from schemas.search_space import CategoricalParam
 from stagetune.data.augment import check_augment_settings, per_pixel_warning, pixel_scaling
+from stagetune.data.defaults import resolve_data_defaults
 from stagetune.data.fingerprint import arrays_fingerprint, dataset_fingerprint
 from stagetune.data.loading import RawTable, load_table
 from stagetune.data.preprocess import PreparedData, prepare
@@ -138,6 +139,9 @@ def run_sample_stage(config: PipelineConfig, out_dir: Path) -> SampleResult:
         target_names=list(table.target_names),
         input_mean=None if pixels is None else list(pixels.mean),
         input_scale=None if pixels is None else list(pixels.scale),
+        defaults=resolve_data_defaults(
+            config, "classification", per_class(prepared.y_train, table.class_names), len(prepared.y_train)
+        ),
     )
 
 
@@ -195,6 +199,7 @@ def _regression_result(config: PipelineConfig, table: RawTable, prepared: Prepar
         dropped_columns=list(table.dropped_columns),
         dropped_label_rows=table.dropped_label_rows,
         warnings=list(table.warnings),
+        defaults=resolve_data_defaults(config, "regression", {}, len(y_train)),
     )
 
 
@@ -211,7 +216,7 @@ def check_regression_settings(config: PipelineConfig) -> None:
     fields = {
         "sample.rebalance": config.sample.rebalance != "none",
         "model.baseline.rebalance": config.model.baseline.rebalance != "none",
-        "space.rebalance": any(str(c) != "none" for c in config.space.rebalance.choices),
+        "space.rebalance": any(str(c) not in ("none", "auto") for c in config.space.rebalance.choices),
     }
     for field, bad in fields.items():
         if bad:
@@ -225,9 +230,10 @@ def check_regression_settings(config: PipelineConfig) -> None:
     if "cross_entropy" in (config.model.baseline.loss, *map(str, config.space.loss.choices)):
         raise InputError("space.loss", "cross_entropy is a classification loss: use auto, mse, huber or l1")
     objectives, metrics = TASK_OBJECTIVES["regression"], TASK_CHAMPION_METRICS["regression"]
-    if config.search.objective not in objectives:
+    if config.search.objective not in ("auto", *objectives):
         raise InputError(
-            "search.objective", f"{config.search.objective!r} does not fit regression: use one of {list(objectives)}"
+            "search.objective",
+            f"{config.search.objective!r} does not fit regression: use auto or one of {list(objectives)}",
         )
     if config.final.champion_metric not in ("auto", *metrics):
         raise InputError(
@@ -239,10 +245,10 @@ def check_regression_settings(config: PipelineConfig) -> None:
 def check_classification_settings(config: PipelineConfig) -> None:
     """A regression objective, champion metric or loss for a classification target is refused, naming the field."""
     objectives, metrics = TASK_OBJECTIVES["classification"], TASK_CHAMPION_METRICS["classification"]
-    if config.search.objective not in objectives:
+    if config.search.objective not in ("auto", *objectives):
         raise InputError(
             "search.objective",
-            f"{config.search.objective!r} does not fit classification: use one of {list(objectives)}",
+            f"{config.search.objective!r} does not fit classification: use auto or one of {list(objectives)}",
         )
     if config.final.champion_metric not in ("auto", *metrics):
         raise InputError(

@@ -19,8 +19,9 @@ class CNN(nn.Module):
     """hp.depth blocks of [3x3 conv -> BatchNorm2d? -> activation -> 2x2 max-pool while H, W >= 2].
 
     Block i has hp.channels * 2**i filters (capped at MAX_CNN_CHANNELS); then global average
-    pooling, dropout and a Linear head. With hp.depth 0 the head reads the per-channel means of the
-    image (a linear model of them). Flat inputs of C*H*W features are reshaped to (C, H, W).
+    pooling, dropout and a Linear head. With hp.depth 0 the head reads every pixel (a linear model on
+    the pixels: averaging them away would leave one number per channel). Flat inputs of C*H*W features
+    are reshaped to (C, H, W).
     """
 
     def __init__(self, hp: HyperParams, input_shape: tuple[int, int, int], num_classes: int) -> None:
@@ -41,11 +42,11 @@ class CNN(nn.Module):
                 layers.append(nn.MaxPool2d(2))
                 height, width = height // 2, width // 2
             in_channels = out_channels
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()] if hp.depth else [nn.Flatten()]
         if hp.dropout > 0:
             layers.append(nn.Dropout(hp.dropout))
         self.body = nn.Sequential(*layers)
-        self.head = make_head(in_channels, num_classes)
+        self.head = make_head(in_channels if hp.depth else in_channels * height * width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of shape (batch, num_classes) for x of shape (batch, C, H, W) or (batch, C*H*W)."""

@@ -18,6 +18,7 @@ from stagetune.config_loading import parse_override, with_value
 from stagetune.diagnosis import (
     DEFAULT_SETTINGS,
     NEXT_ACTIONS,
+    SOURCE_COLLAPSED,
     SOURCE_DIVERGED,
     SOURCE_NONE,
     SOURCE_NOT_CONVERGED,
@@ -28,6 +29,7 @@ from stagetune.errors import InputError
 
 RULE_SOURCES = {
     "diverged": SOURCE_DIVERGED,
+    "collapsed": SOURCE_COLLAPSED,
     "overfitting": SOURCE_OVERFITTING,
     "underfitting": SOURCE_UNDERFITTING,
     "not_converged": SOURCE_NOT_CONVERGED,
@@ -130,7 +132,7 @@ def _more_regularisation(stage: str, config: Mapping[str, Any]) -> list[str]:
     overrides = []
     if space["dropout"].get("kind") == "float":
         overrides.append(f"space.dropout.high={min(0.9, round(space['dropout']['high'] + 0.2, 3)):g}")
-    if space["weight_decay"].get("kind") == "float":
+    if space["weight_decay"].get("kind") == "float" and space["weight_decay"]["high"] < 0.1:
         overrides.append(f"space.weight_decay.high={min(0.1, space['weight_decay']['high'] * 10):.3g}")
     return overrides
 
@@ -144,12 +146,19 @@ def _lower_learning_rates(stage: str, config: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _rebalance(stage: str, config: Mapping[str, Any]) -> list[str]:
+    choices = config["space"]["rebalance"]["choices"]
+    wanted = [c for c in ("class_weights", "oversample") if c not in choices]
+    return [f"space.rebalance.choices=[{', '.join(wanted)}]"] if wanted else []
+
+
 _BUILDERS: dict[str, Callable[[str, Mapping[str, Any]], list[str]]] = {
     "not_converged": _more_epochs,
     "insufficient": _more_epochs,
     "underfitting": _more_capacity,
     "overfitting": _more_regularisation,
     "diverged": _lower_learning_rates,
+    "collapsed": _rebalance,
 }
 
 

@@ -25,6 +25,7 @@ def data_section(sample: SampleResult, numbers: Numbers) -> Section:
         "n_val_sampled": ("validation rows the search tuned on", sample.n_val_sampled),
         "num_classes": ("classes", sample.num_classes),
         "rebalance": ("rebalancing strategy", sample.rebalance),
+        "objective": ("search objective", _objective(sample)),
         "fingerprint": ("data fingerprint (sha256)", sample.fingerprint),
         "sampled_fingerprint": ("sampled data fingerprint", sample.sampled_fingerprint),
     }
@@ -42,6 +43,8 @@ def data_section(sample: SampleResult, numbers: Numbers) -> Section:
     if sample.dropped_label_rows:
         notes.append(f"{sample.dropped_label_rows} rows dropped for a missing label (target), never imputed")
     notes += sample.warnings
+    if sample.defaults is not None:
+        notes += [f"resolved from the labels: {reason}" for reason in sample.defaults.reasons]
     if sample.task == "regression":
         sizes.pop("num_classes", None)
         target_rows = [
@@ -81,11 +84,20 @@ def data_section(sample: SampleResult, numbers: Numbers) -> Section:
             ]
         ],
     )
-    markdown += f"\n\nData fingerprint `{sample.fingerprint}`."
+    markdown += f"\n\nData fingerprint `{sample.fingerprint}`. Search objective: {_objective(sample)}."
     return Section("data", "1. Data", body, markdown)
 
 
 _KINDS = ("train", "sampled", "rebalanced")
+
+
+def _objective(sample: SampleResult) -> str:
+    defaults = sample.defaults
+    if defaults is None:
+        return "as configured"
+    weighted = " (class-weighted)" if defaults.balanced_val_loss and defaults.objective == "val_loss" else ""
+    ratio = "" if defaults.imbalance_ratio is None else f"; largest/smallest class {defaults.imbalance_ratio:.3g}x"
+    return f"{defaults.objective}{weighted}, champion metric {defaults.champion_metric}{ratio}"
 
 
 def sanity_section(sanity: SanityResult | None, numbers: Numbers) -> Section:

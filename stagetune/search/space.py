@@ -107,8 +107,18 @@ def slots(space: SearchSpace, model: ModelConfig, optimizer: str) -> list[Slot]:
     return result
 
 
+# space.rebalance auto is resolved at Stage 1 (stagetune.data.defaults); a space used before or outside
+# the pipeline reads it as the strategy auto becomes on balanced classes.
+UNRESOLVED_AUTO = CategoricalParam(choices=["none"])
+
+
+def _resolved(field: str, param: AnyParam) -> AnyParam:
+    auto = field == "rebalance" and isinstance(param, CategoricalParam) and param.choices == ["auto"]
+    return UNRESOLVED_AUTO if auto else param
+
+
 def _suggest(trial: BaseTrial, slot: Slot) -> Any:
-    param = slot.param
+    param = _resolved(slot.field, slot.param)
     if isinstance(param, CategoricalParam):
         return param.choices[0] if is_fixed(param) else trial.suggest_categorical(slot.name, param.choices)
     if is_fixed(param):
@@ -149,7 +159,7 @@ def space_violations(hp: HyperParams, space: SearchSpace, model: ModelConfig) ->
     problems = []
     for slot in slots(space, model, hp.optimizer):
         value = slot_value(hp, slot.field)
-        if value is None or not _contains(slot.param, value):
+        if value is None or not _contains(_resolved(slot.field, slot.param), value):
             allowed = (
                 slot.param.choices if isinstance(slot.param, CategoricalParam) else [slot.param.low, slot.param.high]
             )

@@ -1,8 +1,10 @@
 """Stage 5: the chosen hyperparameters on the full training data, then one test evaluation, then the registry."""
 
 import math
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -11,12 +13,12 @@ import torch
 from schemas.config import PipelineConfig
 from schemas.final import ChampionDecision, FinalResult, RegressionTestMetrics, TestMetrics
 from schemas.hyperparams import HyperParams
-from schemas.results import SampleResult
+from schemas.results import EpochRecord, SampleResult
 from stagetune import progress
 from stagetune.data.augment import build_augmenter, pixels_of
 from stagetune.data.fingerprint import arrays_fingerprint
 from stagetune.data.source import Features, features_fingerprint_parts
-from stagetune.data.stage import load_stage_arrays
+from stagetune.data.stage import StageArrays, load_stage_arrays
 from stagetune.diagnosis import diagnose_curves
 from stagetune.evaluation import confusion_matrix_figure, evaluate_on_test
 from stagetune.models import build_model
@@ -25,8 +27,8 @@ from stagetune.report.regression_plots import predicted_vs_actual_svg, residual_
 from stagetune.search.space import logged_hyperparams
 from stagetune.serving.final_model import log_final_model, rescore_champion, version_tags
 from stagetune.serving.log_model import tracking_uri_set
-from stagetune.stages.sanity_stage import epoch_line
-from stagetune.task import full_task_for
+from stagetune.stages.sanity_stage import epoch_line, skewed
+from stagetune.task import Task, full_task_for
 from stagetune.tracking.plots import learning_curve_figure
 from stagetune.tracking.run_tree import (
     RunTree,
@@ -39,8 +41,9 @@ from stagetune.tracking.run_tree import (
 )
 from stagetune.tracking.system_metrics import monitored_run
 from stagetune.training.device import resolve_device
-from stagetune.training.loaders import load_options, make_eval_loader, make_train_loader
-from stagetune.training.loop import fit
+from stagetune.training.loaders import TrainFeed, load_options, make_eval_loader, make_train_loader
+from stagetune.training.loop import FitResult, fit
+from stagetune.training.small_data import FitOptions, final_fit_from_folds, joined
 
 CHECKPOINT_ARTIFACT = "checkpoint/checkpoint.pt"
 
@@ -74,22 +77,19 @@ def final_stage(
         reporter.stage_started(
             "final", f"up to {final.max_epochs} epochs on {len(arrays.y_train)} rows", total=final.max_epochs
         )
-        outcome = fit(
-            model,
-            feed,
-            make_eval_loader(arrays.X_val, arrays.y_val, batch_size=1024, task=task),
-            hp,
-            final.max_epochs,
-            device,
-            on_epoch=lambda r: reporter.stage_advanced("final", epoch_line(r)),
-            grad_clip_norm=config.training.grad_clip_norm,
-            amp_bf16=config.execution.amp_bf16,
-            lr_plateau_patience=final.lr_plateau_patience,
-            lr_plateau_factor=final.lr_plateau_factor,
-            early_stopping_patience=final.early_stopping_patience,
-            max_batches_per_epoch=config.training.max_batches_per_epoch,
-            keep_best_state=True,
-        )
+        folds, rule = config.search.resolved_cv_folds, None
+        if folds > 1:  # small data: epochs from the folds, then train+val without early stopping
+            build = partial(build_model, config.model.family, hp, sample.input_shape, task.output_size,
+                            config.model.import_path, seed=config.seed)  # fmt: skip
+            x, y = joined(arrays.X_train, arrays.y_train, arrays.X_val, arrays.y_val)
+            model, outcome, rule = final_fit_from_folds(
+                build, x, y, hp, task,
+                final.max_epochs, device, folds=folds, seed=config.seed, patience=final.early_stopping_patience,
+                options=FitOptions.of(config), on_epoch=lambda r: reporter.stage_advanced("final", epoch_line(r)),
+            )  # fmt: skip
+        else:
+            progress_line = partial(epoch_line, balanced=skewed(sample))
+            outcome = _fit_on_validation(config, model, feed, arrays, hp, task, device, progress_line)
         if outcome.best_epoch is None:
             raise FinalTrainingError(f"final training produced no finite epoch: {outcome.reason}")
         # The model now holds the best validation epoch's weights; the test split is used once, here.
@@ -121,7 +121,7 @@ def final_stage(
             hyperparams=hp,
             epochs_run=len(outcome.history),
             stopped=outcome.status,
-            stop_reason=outcome.reason,
+            stop_reason=rule or outcome.reason,
             best_epoch=outcome.best_epoch,
             history=outcome.history,
             test=test,
@@ -193,6 +193,36 @@ def _register_model(
     if rescored is None:
         return decision
     return decision.model_copy(update={"reason": f"{rescored}; {decision.reason}"})
+
+
+def _fit_on_validation(
+    config: PipelineConfig,
+    model: torch.nn.Module,
+    feed: TrainFeed,
+    arrays: StageArrays,
+    hp: HyperParams,
+    task: Task,
+    device: torch.device,
+    line: Callable[[EpochRecord], str],
+) -> FitResult:
+    """The training split, early stopping and LR decay on the validation split, best epoch kept."""
+    final = config.final
+    return fit(
+        model,
+        feed,
+        make_eval_loader(arrays.X_val, arrays.y_val, batch_size=1024, task=task),
+        hp,
+        final.max_epochs,
+        device,
+        on_epoch=lambda r: progress.current().stage_advanced("final", line(r)),
+        grad_clip_norm=config.training.grad_clip_norm,
+        amp_bf16=config.execution.amp_bf16,
+        lr_plateau_patience=final.lr_plateau_patience,
+        lr_plateau_factor=final.lr_plateau_factor,
+        early_stopping_patience=final.early_stopping_patience,
+        max_batches_per_epoch=config.training.max_batches_per_epoch,
+        keep_best_state=True,
+    )
 
 
 def _record(tree: RunTree, run_id: str, result: FinalResult) -> None:

@@ -62,7 +62,7 @@ def sanity_stage(config: PipelineConfig, sample: SampleResult, tree: RunTree) ->
     if result.lr_suggestion is not None:
         summary += f", suggested lr {result.lr_suggestion:.2g}"
     if result.baseline is not None and result.baseline.history:
-        summary += f", baseline {epoch_line(result.baseline.history[-1])}"
+        summary += f", baseline {epoch_line(result.baseline.history[-1], skewed(sample))}"
     reporter.stage_finished("sanity", ("passed: " if result.passed else "FAILED: ") + summary)
     return result
 
@@ -90,7 +90,7 @@ def fit_baseline(config: PipelineConfig, arrays: StageArrays, sample: SampleResu
         hp,
         config.sanity.baseline_epochs,
         device,
-        on_epoch=lambda r: reporter.stage_advanced("baseline", epoch_line(r)),
+        on_epoch=lambda r: reporter.stage_advanced("baseline", epoch_line(r, skewed(sample))),
         grad_clip_norm=config.training.grad_clip_norm,
         amp_bf16=config.execution.amp_bf16,
         max_batches_per_epoch=config.training.max_batches_per_epoch,
@@ -136,10 +136,17 @@ def record_sanity(client: MlflowClient, run_id: str, config: PipelineConfig, res
         client.log_figure(run_id, figure, "plots/learning_curve.png")
 
 
-def epoch_line(record: EpochRecord) -> str:
-    """ "val loss 0.1234 acc 0.950" / "val loss 0.4321 rmse 53.2 r2 0.47": the epoch's validation in one line."""
+def epoch_line(record: EpochRecord, balanced: bool = False) -> str:
+    """ "val loss 0.1234 acc 0.950" / "val loss 0.4321 rmse 53.2 r2 0.47": the epoch's validation in one line;
+    `balanced` (skewed classes) adds the balanced accuracy."""
     text = f"val loss {record.val_loss:.4f}" if record.val_loss is not None else f"train loss {record.train_loss:.4f}"
-    for name in ("val/acc", "val/rmse", "val/r2"):
+    names = ("val/acc", "val/balanced_acc", "val/rmse", "val/r2") if balanced else ("val/acc", "val/rmse", "val/r2")
+    for name in names:
         if name in record.metrics:
             text += f" {name.removeprefix('val/')} {record.metrics[name]:.4g}"
     return text
+
+
+def skewed(sample: SampleResult) -> bool:
+    """Stage 1 found the classes skewed (progress lines then show balanced figures)."""
+    return sample.defaults is not None and sample.defaults.skewed

@@ -17,6 +17,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Literal
 
 import numpy as np
@@ -59,6 +60,7 @@ from stagetune.tracking.system_metrics import trial_sampler
 from stagetune.training.device import resolve_device
 from stagetune.training.loaders import make_eval_loader, make_train_loader
 from stagetune.training.loop import FitResult, StopTraining, fit
+from stagetune.training.small_data import FitOptions, cross_validate, joined
 
 LOGGER = logging.getLogger(__name__)
 
@@ -146,11 +148,11 @@ def run_trial(
         )
     ended = now_ms()
     system = _system_rows(config, started, ended)
-    value = best_value(outcome.history, config.search.objective)
+    value = best_value(outcome.history, config.search.resolved_objective)
     if outcome_state == "COMPLETE" and value is None:
         outcome_state, outcome.reason = "FAIL", "no finite validation value"
     if outcome_state == "PRUNED":
-        value = objective_value(outcome.history[-1], config.search.objective) if outcome.history else None
+        value = objective_value(outcome.history[-1], config.search.resolved_objective) if outcome.history else None
     diagnosis = diagnose_curves(outcome.history, outcome.status, reference_loss=reference_loss(context.data, hp))
     record = TrialRecord(
         number=number,
@@ -211,9 +213,18 @@ def _train(
         history.append(record)
         if stop_requested(context.stage_run_id):
             raise TrialInterrupted(INTERRUPTED_REASON)
-        if report(record.epoch, objective_value(record, config.search.objective)):
+        if report(record.epoch, objective_value(record, config.search.resolved_objective)):
             raise StopTraining(f"pruned after epoch {record.epoch}")
 
+    folds = config.search.resolved_cv_folds
+    if folds > 1:  # small data: the trial's curve is the mean of k folds (stagetune.training.small_data)
+        x, y = joined(data.x_train, data.y_train, data.x_val, data.y_val)
+        build = partial(build_model, config.model.family, hp, data.input_shape, data.task.output_size,
+                        config.model.import_path, seed=seed)  # fmt: skip
+        return cross_validate(
+            build, x, y, hp, data.task, context.epochs, device,
+            folds=folds, seed=seed, options=FitOptions.of(config), on_epoch=on_epoch,
+        ).fit  # fmt: skip
     return fit(
         model,
         feed,

@@ -48,6 +48,11 @@ class Task(ABC):
     def eval_loss(self) -> nn.Module:
         """The plain (unweighted) loss validation and the sanity gate use, so runs compare."""
 
+    def validation_loss(self, outputs: torch.Tensor, targets: torch.Tensor, plain: float) -> float:
+        """The validation loss over a whole evaluation set, given its plain mean: the plain mean unless the
+        task weighs it (a classification task on skewed classes weighs every class equally)."""
+        return plain
+
     @abstractmethod
     def batch_sums(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Sufficient statistics of one training batch (a 1-d tensor, summed over batches)."""

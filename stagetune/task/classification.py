@@ -30,8 +30,9 @@ class ClassificationTask(Task):
     default_loss = "cross_entropy"
     target_dtype = torch.int64
 
-    def __init__(self, class_names: Sequence[str]) -> None:
+    def __init__(self, class_names: Sequence[str], balanced_val_loss: bool = False) -> None:
         self.class_names = [str(name) for name in class_names]
+        self.balanced_val_loss = balanced_val_loss
 
     @property
     def output_size(self) -> int:
@@ -42,6 +43,18 @@ class ClassificationTask(Task):
 
     def eval_loss(self) -> nn.Module:
         return nn.CrossEntropyLoss()
+
+    def validation_loss(self, outputs: torch.Tensor, targets: torch.Tensor, plain: float) -> float:
+        if not self.balanced_val_loss:
+            return plain
+        # The mean over the classes present of each class's mean cross-entropy (skewed classes: see
+        # stagetune.data.defaults); a uniform prediction still scores ln C, as the diagnosis expects.
+        losses = nn.functional.cross_entropy(outputs.float(), targets, reduction="none")
+        classes = outputs.shape[1]
+        totals = torch.bincount(targets, minlength=classes)
+        sums = torch.zeros(classes, dtype=losses.dtype, device=losses.device).index_add_(0, targets, losses)
+        present = totals > 0
+        return float((sums[present] / totals[present]).mean())
 
     def batch_sums(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return (outputs.argmax(dim=1) == targets).sum().float().reshape(1)
@@ -57,7 +70,17 @@ class ClassificationTask(Task):
         hit_counts = torch.bincount(targets[hits], minlength=classes)
         present = totals > 0
         balanced = (hit_counts[present].float() / totals[present].float()).mean().item()
-        return {f"{prefix}/acc": hits.float().mean().item(), f"{prefix}/balanced_acc": balanced}
+        # The most predicted class's share of the rows, and of their labels: a model that says one class
+        # for (nearly) every row has collapsed to it (stagetune.diagnosis).
+        predicted_counts = torch.bincount(predicted, minlength=classes)
+        top = int(predicted_counts.argmax())
+        rows = max(len(targets), 1)
+        return {
+            f"{prefix}/acc": hits.float().mean().item(),
+            f"{prefix}/balanced_acc": balanced,
+            f"{prefix}/top_class_pred_share": float(predicted_counts[top]) / rows,
+            f"{prefix}/top_class_true_share": float(totals[top]) / rows,
+        }
 
     def expected_initial_loss(self, targets: np.ndarray) -> float:
         # Near-zero logits from the small-init head give a uniform softmax: ln(C).

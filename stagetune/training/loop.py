@@ -195,7 +195,8 @@ def evaluate(
     return_outputs: bool = False,
     prefix: str = "val",
 ) -> EvalStats:
-    """Mean plain loss over samples and the task's metrics ("<prefix>/...") in eval mode.
+    """The task's validation loss (the plain mean over samples; class-weighted for a classification task on
+    skewed classes) and the task's metrics ("<prefix>/...") in eval mode.
 
     Outputs stay on the device until the end: one transfer per evaluation, not one per batch.
     """
@@ -218,8 +219,8 @@ def evaluate(
         samples += len(targets)
     if not samples:
         raise ValueError("the evaluation loader yielded no batches")
-    loss = total_loss.item() / samples
     all_outputs, all_targets = torch.cat(outputs_seen), torch.cat(targets_seen)
+    loss = task.validation_loss(all_outputs, all_targets, total_loss.item() / samples)
     finite = math.isfinite(loss)
     metrics = task.eval_metrics(all_outputs, all_targets, prefix) if finite else {}
     if not return_outputs:
@@ -257,7 +258,8 @@ def fit(
     """Train `model` for up to `epochs` epochs with the optimizer of `hp`, validating after each epoch.
 
     - The task (`feed.task`) gives the losses and metrics; validation loss is its plain (unweighted)
-      loss, so runs with different rebalancing compare.
+      loss, so runs with different rebalancing compare (on skewed classes, every class weighing the
+      same: `Task.validation_loss`).
     - `feed.augment` (when set) transforms every training batch on the device; validation batches
       are never augmented.
     - `lr_plateau_patience`: multiply the LR by `lr_plateau_factor` when validation loss has not
