@@ -623,6 +623,11 @@ class PipelineConfig(StrictModel):
     def _check_cross_fields(self) -> Self:
         self._check_task_fields()
         self._check_augment()
+        if self.model.family == "cnn" and self.data.source_kind == "table" and self.data.source != "builtin:digits":
+            raise ValueError(
+                "model.family 'cnn' needs image-shaped data: builtin:digits, an image folder (DIR/), a CSV with "
+                "data.image_column, or a py: factory whose samples are [C, H, W] tensors"
+            )
         if self.refine.narrowing.top_k > self.coarse.n_trials:
             raise ValueError(
                 f"refine.narrowing.top_k ({self.refine.narrowing.top_k}) exceeds coarse.n_trials "

@@ -115,11 +115,12 @@ def test_cross_field_error_names_the_field() -> None:
     assert caught.value.field == "refine.narrowing.top_k"
 
 
-def test_cnn_is_checked_against_the_data_not_the_source_name() -> None:
-    # Any source may hold images (image folders, Dataset factories): Stage 1 checks the shape it finds
-    # (tests/test_model_params.py::test_a_cnn_on_a_flat_table_is_refused_at_stage_1).
+def test_cnn_needs_a_source_that_can_hold_images() -> None:
+    # A table other than digits never holds images: refused with the config. Sources that may hold them
+    # are checked at Stage 1 against the shape found (test_model_params::test_a_cnn_on_a_flat_table_...).
     assert load_config(None, ["model.family=cnn"]).model.family == "cnn"
-    assert load_config(None, ["model.family=cnn", "data.source=builtin:wine"]).model.family == "cnn"
+    with pytest.raises(InputError, match="image-shaped data"):
+        load_config(None, ["model.family=cnn", "data.source=builtin:wine"])
 
 
 def test_overrides_are_typed_and_merge_into_defaults() -> None:

@@ -234,7 +234,7 @@ def test_depth_zero_is_a_linear_model() -> None:
     assert sum(p.numel() for p in mlp.parameters()) == 20 * 3 + 3
     cnn = build_model("cnn", HyperParams(depth=0), [3, 7, 5], 4, seed=0)
     assert not [m for m in cnn.modules() if isinstance(m, nn.Conv2d)]
-    assert sum(p.numel() for p in cnn.parameters()) == 3 * 4 + 4  # the head on the 3 channel means
+    assert sum(p.numel() for p in cnn.parameters()) == 3 * 7 * 5 * 4 + 4  # a linear model on the pixels
     assert cnn(torch.randn(2, 3 * 7 * 5)).shape == (2, 4)
 
 
@@ -250,7 +250,8 @@ def test_cnn_takes_images_of_any_size_and_channel_count(shape: list[int]) -> Non
 
 
 def test_a_cnn_on_a_flat_table_is_refused_at_stage_1(tmp_path: Path) -> None:
-    config = load_config(None, ["model.family=cnn", "data.source=builtin:wine"])
+    # Digits with a few pixel columns picked is a flat table.
+    config = load_config(None, ["model.family=cnn", "data.features=[pixel_0_2, pixel_0_3, pixel_1_2]"])
     with pytest.raises(InputError, match="use mlp, or an image source") as caught:
         sample_data.fn(config, tmp_path)
     assert caught.value.field == "model.family"
