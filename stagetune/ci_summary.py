@@ -30,12 +30,24 @@ def summary_markdown(result: PipelineResult, tracking_uri: str | None = None) ->
     return "\n".join(lines)
 
 
+# MLflow 3.17's UI shows every experiment in its GenAI view (traces, judges; a run listed as an
+# "evaluation run") unless the page address or the browser's remembered "GenAI | Model training" switch
+# says otherwise; the experiment tag mlflow.experimentKind no longer decides it. Addresses stagetune
+# prints ask for the model-training view (runs, models, model registry) themselves.
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def mlflow_run_page(experiment_id: str, run_id: str) -> str:
+    """The MLflow UI page of a run, in the model-training view (append it to the UI's base address + `/`)."""
+    return f"#/experiments/{quote(experiment_id)}/runs/{quote(run_id)}?{MODEL_TRAINING_VIEW}"
+
+
 def mlflow_run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
     """The MLflow UI address of a run on an http(s) tracking server; None for any other store."""
     if urlsplit(tracking_uri).scheme not in ("http", "https"):
         return None
     base = without_credentials(tracking_uri).rstrip("/")
-    return f"{base}/#/experiments/{quote(experiment_id)}/runs/{quote(run_id)}"
+    return f"{base}/{mlflow_run_page(experiment_id, run_id)}"
 
 
 def mlflow_version_url(tracking_uri: str, model_name: str, version: int) -> str | None:
@@ -43,7 +55,7 @@ def mlflow_version_url(tracking_uri: str, model_name: str, version: int) -> str 
     if urlsplit(tracking_uri).scheme not in ("http", "https"):
         return None
     base = without_credentials(tracking_uri).rstrip("/")
-    return f"{base}/#/models/{quote(model_name, safe='')}/versions/{version}"
+    return f"{base}/#/models/{quote(model_name, safe='')}/versions/{version}?{MODEL_TRAINING_VIEW}"
 
 
 def without_credentials(uri: str) -> str:

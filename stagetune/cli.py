@@ -18,7 +18,7 @@ from rich.console import Console
 
 from schemas.config import PipelineConfig
 from schemas.pipeline import PipelineResult
-from stagetune.ci_summary import without_credentials
+from stagetune.ci_summary import mlflow_run_page, without_credentials
 from stagetune.cli_deploy import serve
 from stagetune.cli_errors import EXIT_OK, EXIT_SANITY, guarded
 from stagetune.cli_help import FlagCommand, FlagGroup
@@ -250,7 +250,7 @@ def closing_lines(result: PipelineResult, report_html: Path | None) -> list[str]
     lines = [f"MLflow run: {run} (experiment {experiment})"]
     if report_html is not None:
         lines.append(f"Report: {report_html}")
-    page = f"#/experiments/{experiment}/runs/{run}"
+    page = mlflow_run_page(experiment, run)
     if result.tracking_uri.startswith(("http://", "https://")):
         base = without_credentials(result.tracking_uri).rstrip("/")
         lines.append(f"MLflow UI: open {base}/{page}")

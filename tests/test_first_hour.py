@@ -40,10 +40,12 @@ def test_the_last_lines_name_the_report_and_how_to_open_the_run(tmp_path: Path) 
         "MLflow run: abc123 (experiment 7)",
         f"Report: {html}",
         "MLflow UI: mlflow ui --backend-store-uri sqlite:////w/mlflow.db",
-        "           then open http://127.0.0.1:5000/#/experiments/7/runs/abc123",
+        "           then open http://127.0.0.1:5000/#/experiments/7/runs/abc123?workflowType=machine_learning",
     ]
     server = closing_lines(_result("https://ci:s3cr3t@mlflow.example.com/"), None)
-    assert server[-1] == "MLflow UI: open https://mlflow.example.com/#/experiments/7/runs/abc123"
+    assert server[-1] == (
+        "MLflow UI: open https://mlflow.example.com/#/experiments/7/runs/abc123?workflowType=machine_learning"
+    )
     assert not any("s3cr3t" in line or line.startswith("Report") for line in server)
 
 

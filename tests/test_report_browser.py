@@ -3,6 +3,8 @@
 Needs Debian's `chromium` (/usr/bin/chromium); skipped with the install command when it is absent.
 """
 
+import base64
+import io
 import os
 import signal
 import socket
@@ -13,9 +15,13 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
+from stagetune.ci_summary import mlflow_run_page, mlflow_version_url
+from stagetune.cli import closing_lines
 from tests.report_cdp import CHROMIUM, Page, chromium_page, console_errors, is_blank, requested_urls
 from tests.report_fixtures import ReportedRun, reported_regression_run, reported_run
 
@@ -44,6 +50,17 @@ EXPAND_ROWS = """(() => {
   return buttons.length;
 })()"""
 TREE_NODE = '[data-testid="artifact-tree-node"][artifact-name="{name}"]'
+# The sidebar's links: MLflow 3.17's model-training view lists Runs, Models, Model registry; its GenAI
+# view lists Overview, Training runs, Traces, Judges, Evaluation runs, ... (and no Model registry).
+SIDEBAR_LINKS = "[...document.querySelectorAll('aside nav a')].map(a => a.textContent.trim())"
+# A registered version's page: label -> (text, alias tags, link targets) of each "descriptions" row.
+VERSION_FIELDS = """Object.fromEntries([...document.querySelectorAll('[data-testid="descriptions-item"]')].map(row => {
+  const content = row.querySelector('[data-testid="descriptions-item-content"]');
+  const aliases = [...content.querySelectorAll('[data-component-type="tag"][title]')].map(t => t.title);
+  const links = [...content.querySelectorAll('a')].map(a => a.getAttribute('href'));
+  return [row.querySelector('[data-testid="descriptions-item-label"]').textContent.trim(),
+          [content.textContent.trim(), aliases, links]];
+}))"""
 
 
 @pytest.fixture(scope="module")
@@ -198,3 +215,58 @@ def test_mlflow_ui_shows_the_nested_run_tree_and_the_report_artifact(
     assert page.evaluate(f"!!document.querySelector('{TREE_NODE.format(name='report.md')}')")
     page.evaluate(f"document.querySelector('{html_node}').click()")
     page.wait_for("document.body.innerText.includes('report/report.html')", timeout=30)
+
+
+def test_mlflow_ui_shows_the_model_training_view_the_logged_model_and_the_champion(
+    reported_run: ReportedRun, mlflow_ui: str, page: Page
+) -> None:
+    result = reported_run.result
+    assert result.final is not None
+    assert result.final.mlflow_run_id is not None
+    experiment, registry = result.mlflow_experiment_id, result.final.registry
+    version = MlflowClient(result.tracking_uri).get_model_version(registry.model_name, str(registry.version))
+    model_id = version.source.removeprefix("models:/")
+    shots = Path(os.environ.get("STAGETUNE_UI_SHOTS", reported_run.workdir / "ui-shots"))
+    shots.mkdir(parents=True, exist_ok=True)
+
+    # 1. The address a run prints opens the model-training view; its "Runs" link, the experiment's runs.
+    printed = closing_lines(result.model_copy(update={"tracking_uri": mlflow_ui}), None)[-1]
+    page.navigate(printed.removeprefix("MLflow UI: open "))
+    page.wait_for(f"{SIDEBAR_LINKS}.includes('Model registry')", timeout=45)
+    page.evaluate("[...document.querySelectorAll('aside nav a')].find(a => a.textContent.trim() == 'Runs').click()")
+    page.wait_for(f"!!document.querySelector('a[href$=\"/runs/{result.mlflow_parent_run_id}\"]')", timeout=30)
+    assert page.evaluate("location.hash").startswith(f"#/experiments/{experiment}/runs?workflowType=machine_learning")
+    links = set(page.evaluate(SIDEBAR_LINKS))
+    assert {"Runs", "Models", "Model registry"} <= links
+    assert not {"Overview", "Judges", "Evaluation runs"} & links  # the GenAI view's
+    _save_viewport(page, shots / "experiment.png")
+
+    # 2. The final run's page lists its logged model, linked to the registered version.
+    page.navigate(f"{mlflow_ui}/{mlflow_run_page(experiment, result.final.mlflow_run_id)}")
+    page.wait_for("document.body.innerText.includes('Logged models (1)')", timeout=30)
+    model_link = page.evaluate(f"document.querySelector('a[href$=\"/models/{model_id}\"]')?.textContent")
+    assert model_link == "model"
+    version_href = f"#/models/{registry.model_name}/versions/{registry.version}"
+    assert page.evaluate(f"!!document.querySelector('a[href=\"{version_href}\"]')")
+    page.evaluate(f"document.querySelector('a[href$=\"/models/{model_id}\"]').scrollIntoView()")
+    _save_viewport(page, shots / "final-run.png")
+
+    # 3. The registered version's page: its alias, the final run and the logged model as its sources.
+    version_url = mlflow_version_url(mlflow_ui, registry.model_name, registry.version)  # as the CI summary links it
+    assert version_url is not None
+    page.navigate(version_url)
+    source_model = f'[data-testid="descriptions-item-content"] a[href$="/models/{model_id}"]'
+    page.wait_for(f"!!document.querySelector('{source_model}')", timeout=30)  # the last field to load
+    fields = page.evaluate(VERSION_FIELDS)
+    assert fields["Aliases"][1] == [registry.alias] == ["champion"], fields
+    assert fields["Source Run"][2] == [f"#/experiments/{experiment}/runs/{result.final.mlflow_run_id}"], fields
+    assert fields["Source Model"][2] == [f"#/experiments/{experiment}/models/{model_id}"], fields
+    assert "Model registry" in page.evaluate(SIDEBAR_LINKS)  # still the model-training view
+    _save_viewport(page, shots / "version.png")
+
+
+def _save_viewport(page: Page, path: Path) -> None:
+    """Write what the page shows now as a PNG (a check that something was drawn)."""
+    png = base64.b64decode(page.send("Page.captureScreenshot", {"format": "png"})["data"])
+    assert not is_blank(np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))), path.name
+    path.write_bytes(png)

@@ -244,13 +244,14 @@ def test_summary_shows_best_params_metrics_champion_and_mlflow_run(pipeline_resu
 def test_summary_links_the_run_on_a_server_without_its_credentials(pipeline_result: PipelineResult) -> None:
     markdown = summary_markdown(pipeline_result, "https://ci:s3cr3t@mlflow.example.com:8443/")
     run, experiment = pipeline_result.mlflow_parent_run_id, pipeline_result.mlflow_experiment_id
-    assert f"(https://mlflow.example.com:8443/#/experiments/{experiment}/runs/{run})" in markdown
+    page = f"#/experiments/{experiment}/runs/{run}?workflowType=machine_learning"
+    assert f"(https://mlflow.example.com:8443/{page})" in markdown
     assert "s3cr3t" not in markdown
     assert "ci:" not in markdown
     assert mlflow_run_url("sqlite:///x.db", "1", "abc") is None
     model = pipeline_result.registered_model
     assert model is not None
-    link = f"(https://mlflow.example.com:8443/#/models/{model.name}/versions/{model.version})"
+    link = f"(https://mlflow.example.com:8443/#/models/{model.name}/versions/{model.version}?workflowType=machine_learning)"
     assert f"Registered: [`{model.name}` version {model.version} (`{model.alias}`)]{link}" in markdown
     assert mlflow_version_url("sqlite:///x.db", "m", 1) is None
 

@@ -45,16 +45,24 @@ def log_pyfunc_model(
     output_names: list[str],
     raw_example: pd.DataFrame,
 ) -> ModelInfo:
-    """Log weights + preprocessing as a pyfunc logged model whose source run is `run_id`.
+    """Log weights + preprocessing as a pyfunc logged model in `run_id`'s experiment, with `run_id` as its source.
 
     `raw_example` (a few raw rows) becomes the input example; MLflow validates it by a prediction.
     Requirements are pinned from this environment instead of inferred (inference loads the model in a
     subprocess); stagetune itself must be installed where the model is loaded.
     """
     with tracking_uri_set(tracking_uri):
+        run = mlflow.get_run(run_id)
+        # Model.log on its own files the model under the process's active experiment (else the default
+        # one, "0"), not under its run's: MLflow's UI then lists it neither on the run page nor in the
+        # experiment, and a local store writes its files into the current folder's ./mlruns.
+        model = mlflow.initialize_logged_model(
+            name=MODEL_NAME, source_run_id=run_id, experiment_id=run.info.experiment_id, params=run.data.params
+        )
         return Model.log(
             artifact_path=None,  # MLflow 3: the model is named, not placed under the run's artifacts
             name=MODEL_NAME,
+            model_id=model.model_id,
             flavor=mlflow.pyfunc,
             run_id=run_id,
             python_model=str(Path(__file__).with_name("model_code.py")),  # models from code: nothing pickled

@@ -30,8 +30,9 @@ RunEnd = Literal["FINISHED", "FAILED", "KILLED"]
 STAGE_TAG = "stagetune.stage"
 TRIAL_TAG = "stagetune.trial"
 PIPELINE_TAG = "stagetune.pipeline"
-# MLflow 3's UI opens an experiment in its GenAI view (traces) unless this tag names another kind;
-# "custom_model_development" is the kind its selector calls "Machine learning": runs, metrics, models.
+# The experiment's kind as MLflow records it: "custom_model_development" is the kind it calls "Machine
+# learning" (runs, metrics, models). MLflow 3.17's UI no longer opens the view by it: the addresses
+# stagetune prints ask for the model-training view (stagetune.ci_summary.MODEL_TRAINING_VIEW).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"
 _MAX_PARAMS_PER_CALL = 100
