@@ -84,6 +84,7 @@ def test_a_missing_or_wrongly_typed_column_is_named(fitted: tuple[pd.DataFrame, 
 
 def test_schema_types_follow_the_columns_as_read(fitted: tuple[pd.DataFrame, np.ndarray, object]) -> None:
     _, _, preprocessor = fitted
-    assert dict(preprocessor.schema_columns()) == {
+    assert {name: kind for name, kind, _ in preprocessor.schema_columns()} == {
         "size": "any", "count": "any", "colour": "string", "grade": "any",
     }  # fmt: skip
+    assert all(required for _, _, required in preprocessor.schema_columns())

@@ -7,6 +7,7 @@ when a loader asks for it (in a DataLoader worker when execution.num_workers > 0
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -48,7 +49,13 @@ class ImageReader:
 
     def read(self, index: int) -> torch.Tensor:
         """Image `index`, decoded, resized and scaled (a decoding error names the file)."""
-        pixels = decode_image(self.root / self.files[index], self.size, self.mode)
+        return self.standardised(decode_image(self.root / self.files[index], self.size, self.mode))
+
+    def standardised(self, pixels: np.ndarray) -> torch.Tensor:
+        """Decoded [0, 1] pixels as a tensor, standardised with this reader's mean and std when it has them.
+
+        The served model (`serving.preprocessing.ImagePreprocessor`) standardises through this too.
+        """
         tensor = torch.from_numpy(pixels)
         if self.mean is not None and self.std is not None:
             tensor = (tensor - self.mean) / self.std
@@ -59,8 +66,11 @@ class ImageReader:
         return ImageReader(str(self.root), self.files, self.size, self.mode, mean, std)
 
 
-def decode_image(path: Path, size: tuple[int, int], mode: str) -> np.ndarray:
-    """One image as float32 (C, H, W) in [0, 1]: converted to `mode` ("L" or "RGB"), resized to (H, W)."""
+def decode_image(path: Path | IO[bytes], size: tuple[int, int], mode: str) -> np.ndarray:
+    """One image as float32 (C, H, W) in [0, 1]: converted to `mode` ("L" or "RGB"), resized to (H, W).
+
+    `path` is a file, or an open binary stream of an image file's bytes (the served model's base64 input).
+    """
     try:
         with Image.open(path) as image:
             converted = image.convert(mode)
@@ -68,9 +78,10 @@ def decode_image(path: Path, size: tuple[int, int], mode: str) -> np.ndarray:
             if converted.size != (width, height):
                 converted = converted.resize((width, height), Image.Resampling.BILINEAR)
             pixels = np.asarray(converted, dtype=np.float32) / 255.0
-    except (OSError, UnidentifiedImageError, ValueError) as error:
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
+        name = repr(str(path)) if isinstance(path, Path) else "given as bytes"
         raise InputError(
-            "data.source", f"image {str(path)!r} cannot be read ({type(error).__name__}: {error}): fix or remove it"
+            "data.source", f"image {name} cannot be read ({type(error).__name__}: {error}): fix or remove it"
         ) from None
     return pixels[None] if pixels.ndim == 2 else np.ascontiguousarray(pixels.transpose(2, 0, 1))
 

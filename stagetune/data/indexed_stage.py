@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from schemas.config import PipelineConfig
 from schemas.results import SampleResult
@@ -24,6 +25,7 @@ from stagetune.data.sampling import rebalance_summary, sample_regression_splits,
 from stagetune.data.source import IndexedSource, LazyRows, LoadOptions, SampleReader
 from stagetune.data.sources import INDEXED_SOURCES
 from stagetune.errors import InputError
+from stagetune.serving.preprocessing import image_preprocessor, write_serving_files
 from stagetune.task.regression import RegressionTask, standardise_targets
 
 INDEX_KEYS = (
@@ -122,6 +124,8 @@ def run_indexed_sample_stage(config: PipelineConfig, out_dir: Path) -> SampleRes
         "input_shape": list(source.input_shape),
     }
     _write_json_atomic(manifest_path, manifest)
+    if image_stats:
+        _write_image_serving_files(path, config, source, splits["test"][0], rows["test"], image_stats)
     write_npz_atomic(path, arrays)
     return SampleResult(
         source=config.data.source,
@@ -147,6 +151,22 @@ def run_indexed_sample_stage(config: PipelineConfig, out_dir: Path) -> SampleRes
         **image_stats,
         warnings=list(source.warnings),
     )
+
+
+def _write_image_serving_files(
+    path: Path, config: PipelineConfig, source: IndexedSource, part: str, test_rows: np.ndarray, stats: dict[str, Any]
+) -> None:
+    """Beside the npz: the served model's image preprocessing and the test split's images as absolute paths
+    (its raw rows: the final stage's model example, and how a champion is re-scored on this test split).
+
+    The path column is data.image_column for an image CSV and "image" for a folder.
+    """
+    reader = source.parts[part]
+    assert isinstance(reader, ImageReader)
+    column = config.data.image_column if source.kind == "image_csv" and config.data.image_column else "image"
+    preprocessor = image_preprocessor(column, reader.size, reader.mode, stats["image_mean"], stats["image_std"])
+    paths = [str((reader.root / reader.files[int(i)]).resolve()) for i in test_rows]
+    write_serving_files(path, preprocessor, pd.DataFrame({column: pd.Series(paths, dtype=object)}))
 
 
 def _splits(source: IndexedSource, config: PipelineConfig) -> dict[str, tuple[str, np.ndarray]]:

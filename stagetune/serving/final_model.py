@@ -15,6 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from schemas.config import PipelineConfig
 from schemas.results import SampleResult
+from stagetune.data.source import Features, LazyRows
 from stagetune.registry.champion import CHAMPION, TAG_DATA_FINGERPRINT, TAG_METRIC, champion_value_on, rescore_tag
 from stagetune.serving.log_model import log_pyfunc_model, tracking_uri_set
 from stagetune.serving.preprocessing import preprocessor_from_state, serving_paths
@@ -48,9 +49,13 @@ def serving_files(sample: SampleResult) -> ServingFiles:
 
 
 def log_final_model(
-    client: MlflowClient, tracking_uri: str, run_id: str, checkpoint: Path, sample: SampleResult, x_test: np.ndarray
+    client: MlflowClient, tracking_uri: str, run_id: str, checkpoint: Path, sample: SampleResult, x_test: Features
 ) -> ModelInfo:
-    """Log the pyfunc model of `run_id` and its decoded predictions on Stage 1's test matrix."""
+    """Log the pyfunc model of `run_id` and its decoded predictions on Stage 1's test inputs.
+
+    The predictions come from the inputs training read (the test matrix, or the images decoded by the
+    source's readers), not from the served preprocessing: the served model must reproduce them.
+    """
     files = serving_files(sample)
     preprocessor = preprocessor_from_state(json.loads(files.preprocess.read_text()))
     names = sample.target_names if sample.task == "regression" else sample.class_names
@@ -60,9 +65,18 @@ def log_final_model(
     )  # fmt: skip
     model = StagetuneModel()
     model.load_files(checkpoint, files.preprocess)
-    predictions = model.decode(model.raw_outputs(x_test))
+    predictions = model.decode(_test_outputs(model, x_test))
     client.log_dict(run_id, predictions.to_dict(orient="split"), TEST_PREDICTIONS_ARTIFACT)
     return info
+
+
+def _test_outputs(model: StagetuneModel, x_test: Features) -> np.ndarray:
+    """The network's outputs on the test split; lazy rows are read a chunk at a time."""
+    if not isinstance(x_test, LazyRows):
+        return model.raw_outputs(x_test)
+    step = model.rows_per_chunk()
+    starts = range(0, max(len(x_test), 1), step)
+    return np.concatenate([model.raw_outputs(x_test[start : start + step].materialise()) for start in starts])
 
 
 def version_tags(config: PipelineConfig, parent_run_id: str, test_metrics: dict[str, float]) -> dict[str, str]:

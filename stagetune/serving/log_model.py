@@ -17,14 +17,17 @@ from stagetune.serving.pyfunc_model import OUTPUTS, PREDICTION_COLUMN, PREPROCES
 
 MODEL_NAME = "model"
 """The logged model's name (MLflow 3's `name=`), shown in the run's Models column."""
-_REQUIREMENTS = ("torch", "numpy", "pandas", "scikit-learn", "pyarrow", "mlflow")
-EXAMPLE_ROWS = 5
+_REQUIREMENTS = ("torch", "numpy", "pandas", "scikit-learn", "pyarrow", "mlflow", "pillow")
 
 
 def model_signature(preprocessor: Preprocessor, task: str, output_names: list[str]) -> ModelSignature:
-    """Raw input columns (as the loader read them), the outputs, and the `output` parameter (label|proba)."""
+    """Raw input columns (as the loader read them, or image paths/bytes), the outputs, and the `output`
+    parameter (label|proba)."""
     inputs = Schema(
-        [ColSpec(AnyType() if kind == "any" else kind, name) for name, kind in preprocessor.schema_columns()]
+        [
+            ColSpec(AnyType() if kind == "any" else kind, name, required=required)
+            for name, kind, required in preprocessor.schema_columns()
+        ]
     )
     if task == "regression":
         outputs = Schema([ColSpec("double", name) for name in output_names])
@@ -47,7 +50,8 @@ def log_pyfunc_model(
 ) -> ModelInfo:
     """Log weights + preprocessing as a pyfunc logged model in `run_id`'s experiment, with `run_id` as its source.
 
-    `raw_example` (a few raw rows) becomes the input example; MLflow validates it by a prediction.
+    `raw_example` (raw test rows) gives the input example (`Preprocessor.input_example`); MLflow validates
+    it by a prediction.
     Requirements are pinned from this environment instead of inferred (inference loads the model in a
     subprocess); stagetune itself must be installed where the model is loaded.
     """
@@ -68,7 +72,7 @@ def log_pyfunc_model(
             python_model=str(Path(__file__).with_name("model_code.py")),  # models from code: nothing pickled
             artifacts={WEIGHTS: str(weights), PREPROCESS: str(preprocess)},
             signature=model_signature(preprocessor, task, output_names),
-            input_example=raw_example.head(EXAMPLE_ROWS).reset_index(drop=True),
+            input_example=preprocessor.input_example(raw_example),
             pip_requirements=_pinned_requirements(),
         )
 

@@ -9,6 +9,9 @@ loaded or served (`mlflow models serve --env-manager local` from stagetune's env
     model = mlflow.pyfunc.load_model("models:/NAME@champion")
     model.predict(raw_rows)                             # column "prediction" (class) or one per target
     model.predict(raw_rows, params={"output": "proba"}) # classification: one column per class
+
+Raw rows are the table's columns, or for an image source one image per row: a path in the image
+column, or the file's bytes in base64 in `<image column>_base64` (`serving.preprocessing.ImagePreprocessor`).
 """
 
 import json
@@ -28,6 +31,9 @@ PREPROCESS = "preprocess"
 OUTPUTS = ("label", "proba")
 PREDICTION_COLUMN = "prediction"
 _BATCH = 4096
+_BATCH_VALUES = 1 << 22
+"""Rows are preprocessed and predicted in chunks of at most this many input values (16 MB of float32):
+4096 table rows, or a few dozen large images, are decoded at a time."""
 
 
 class StagetuneModel(PythonModel):
@@ -59,7 +65,18 @@ class StagetuneModel(PythonModel):
         if output not in OUTPUTS:
             raise ServingInputError(f"params output={output!r} is not one of {list(OUTPUTS)}")
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        return self.decode(self.raw_outputs(self._preprocessor.transform(frame)), output, frame.index)
+        step = self.rows_per_chunk()
+        outputs = [
+            self.raw_outputs(self._preprocessor.transform(frame.iloc[start : start + step]))
+            for start in range(0, max(len(frame), 1), step)
+        ]
+        return self.decode(np.concatenate(outputs), output, frame.index)
+
+    def rows_per_chunk(self) -> int:
+        """How many rows are preprocessed and predicted at a time (fewer for large inputs such as images)."""
+        assert self._network is not None
+        values = int(np.prod(self._network.input_shape)) if self._network.input_shape else 1
+        return max(1, min(_BATCH, _BATCH_VALUES // max(values, 1)))
 
     def decode(self, outputs: np.ndarray, output: str = "label", index: pd.Index | None = None) -> pd.DataFrame:
         """Network outputs as the data's labels, class probabilities, or targets in their original units."""

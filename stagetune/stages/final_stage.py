@@ -46,6 +46,11 @@ from stagetune.training.loop import FitResult, fit
 from stagetune.training.small_data import FitOptions, final_fit_from_folds, joined
 
 CHECKPOINT_ARTIFACT = "checkpoint/checkpoint.pt"
+FACTORY_CHECKPOINT_NOTE = (
+    "Weights checkpoint, not a pyfunc model: the data came from a py: Dataset factory, whose samples are "
+    "arbitrary tensors, so there is no preprocessing of raw inputs to ship. Load checkpoint.pt with "
+    "stagetune.registry.load_checkpoint and feed it tensors as the factory's Dataset returns them."
+)
 
 
 class FinalTrainingError(RuntimeError):
@@ -152,14 +157,16 @@ def _register_model(
     test: TestMetrics | RegressionTestMetrics,
     test_fingerprint: str,
 ) -> ChampionDecision:
-    """Log the pyfunc model of the final run, re-score the champion if the test data changed, register."""
+    """Log the pyfunc model of the final run (tables and image sources), re-score the champion if the test
+    data changed, register; a py: factory source registers the weights checkpoint instead."""
     task = full_task_for(sample, config.training.loss)
     metric_name, direction = task.champion_metric(config.final.champion_metric)
     model_name = config.tracking.registered_model or config.name
     tree.client.log_artifact(run_id, str(checkpoint), artifact_path=Path(CHECKPOINT_ARTIFACT).parent.name)
-    if not isinstance(x_test, np.ndarray):
-        # Image and py: sources have no pyfunc preprocessor yet: the version holds the weights checkpoint.
-        return register_and_promote(
+    if sample.source_kind == "factory":
+        # A py: factory's samples are whatever tensors the user's Dataset returns: no preprocessing of raw
+        # inputs can be rebuilt from them, so the version holds the weights checkpoint.
+        decision = register_and_promote(
             tree.client,
             run_id=run_id,
             model_name=model_name,
@@ -171,6 +178,9 @@ def _register_model(
             higher_is_better=direction == "maximize",
             extra_tags=version_tags(config, tree.parent_run_id, test.summary_metrics()),
         )
+        description = f"{decision.reason}. {FACTORY_CHECKPOINT_NOTE}"
+        tree.client.update_model_version(model_name, str(decision.version), description=description)
+        return decision
     info = log_final_model(tree.client, tree.tracking_uri, run_id, checkpoint, sample, x_test)
     rescored = rescore_champion(
         tree.client, tree.tracking_uri, model_name, fingerprint=test_fingerprint, metric_name=metric_name,
