@@ -17,6 +17,7 @@ from flows.tune_pipeline import tune_pipeline
 from schemas.pipeline import PipelineResult
 from stagetune.ci_summary import main, mlflow_run_url, mlflow_version_url, summary_markdown
 from stagetune.config_loading import load_config
+from stagetune.flat_keys import flat_hyperparams
 from stagetune.settings import RuntimeSettings
 from tests.conftest import REPO, tiny_config
 
@@ -231,7 +232,7 @@ def test_summary_shows_best_params_metrics_champion_and_mlflow_run(pipeline_resu
     assert f"| learning_rate | `{hyperparams['learning_rate']:.4g}` |" in markdown
     assert f"| optimizer | `{hyperparams['optimizer']}` |" in markdown
     assert f"| batch_norm | `{json.dumps(hyperparams['batch_norm'])}` |" in markdown
-    assert all(f"| {name} | `" in markdown for name in hyperparams)
+    assert all(f"| {name} | `" in markdown for name in flat_hyperparams(result.best_hyperparams))
     assert f"| accuracy | {result.test_metrics['accuracy']:.4f} |" in markdown
     assert "**promoted**: `stagetune` version 1 is `champion`" in markdown
     assert "| coarse | " in markdown
