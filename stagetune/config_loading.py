@@ -14,7 +14,7 @@ from schemas.config import ExecutionConfig, PipelineConfig
 from stagetune.errors import InputError
 from stagetune.log_masking import mask_secrets
 from stagetune.settings import load_settings
-from stagetune.user_code import import_user_module
+from stagetune.user_code import resolve_user_callable
 
 
 def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> PipelineConfig:
@@ -57,21 +57,7 @@ def check_environment(config: PipelineConfig) -> None:
 
 def resolve_factory(import_path: str) -> object:
     """The callable `package.module:factory` names; an InputError on `model.import_path` if there is none."""
-    module_name, _, attribute = import_path.partition(":")
-    try:
-        target: object = import_user_module(module_name)
-    except Exception as error:  # ImportError, or the module's own code failing at import
-        reason = f"{type(error).__name__}: {mask_secrets(str(error))}"
-        raise InputError(
-            "model.import_path",
-            f"cannot import module {module_name!r} ({reason}): is it installed, or under the current directory?",
-        ) from None
-    for part in attribute.split("."):
-        if not hasattr(target, part):
-            raise InputError("model.import_path", f"{module_name!r} has no attribute {attribute!r}: check the name")
-        target = getattr(target, part)
-    if not callable(target):
-        raise InputError("model.import_path", f"{import_path!r} is not callable: point it at a factory function")
+    target = resolve_user_callable(import_path, "model.import_path", "a factory function")
     check_factory_signature(import_path, target)
     return target
 

@@ -10,7 +10,12 @@ import importlib
 import importlib.util
 import os
 import sys
+from collections.abc import Callable
 from types import ModuleType
+from typing import Any
+
+from stagetune.errors import InputError
+from stagetune.log_masking import mask_secrets
 
 
 def import_user_module(module_name: str) -> ModuleType:
@@ -24,3 +29,26 @@ def import_user_module(module_name: str) -> ModuleType:
             raise
         sys.path.append(here)
         return importlib.import_module(module_name)
+
+
+def resolve_user_callable(path: str, field: str, expected: str) -> Callable[..., Any]:
+    """The callable `package.module:attr.attr` names, imported as `import_user_module` does.
+
+    Raises an InputError on `field` when the module does not import (its own error, secrets masked),
+    an attribute is missing, or the target is not callable (`expected` says what it should be).
+    """
+    module_name, _, attribute = path.partition(":")
+    try:
+        target: object = import_user_module(module_name)
+    except Exception as error:  # ImportError, or the module's own code failing at import
+        reason = f"{type(error).__name__}: {mask_secrets(str(error))}"
+        raise InputError(
+            field, f"cannot import module {module_name!r} ({reason}): is it installed, or under the current directory?"
+        ) from None
+    for part in attribute.split("."):
+        if not hasattr(target, part):
+            raise InputError(field, f"module {module_name!r} has no attribute {attribute!r}: check the name")
+        target = getattr(target, part)
+    if not callable(target):
+        raise InputError(field, f"{path!r} is not callable: point it at {expected}")
+    return target

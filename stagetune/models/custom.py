@@ -13,7 +13,7 @@ from schemas.config import ModelConfig, SanityConfig
 from schemas.hyperparams import HyperParams
 from stagetune.errors import InputError
 from stagetune.models.base import GENERIC_FIELDS, ModelFamily
-from stagetune.user_code import import_user_module
+from stagetune.user_code import resolve_user_callable
 
 
 class CustomFamily(ModelFamily):
@@ -34,19 +34,7 @@ class CustomFamily(ModelFamily):
         field = "model.import_path"
         if not import_path or import_path.count(":") != 1:
             raise InputError(field, f"family 'custom' needs 'package.module:factory', got {import_path!r}")
-        module_name, attribute = import_path.split(":")
-        try:
-            target: object = import_user_module(module_name)
-        except ImportError as exc:
-            raise InputError(
-                field, f"cannot import module {module_name!r} ({exc}): is it installed, or under the current directory?"
-            ) from exc
-        for part in attribute.split("."):
-            if not hasattr(target, part):
-                raise InputError(field, f"{module_name!r} has no attribute {attribute!r}: check the factory name")
-            target = getattr(target, part)
-        if not callable(target):
-            raise InputError(field, f"{import_path!r} is not callable: point it at a factory function or class")
+        target = resolve_user_callable(import_path, field, "a factory function or class")
         model = target(hp, list(input_shape), output_size)
         if not isinstance(model, nn.Module):
             raise InputError(field, f"{import_path!r} returned {type(model).__name__}, not a torch.nn.Module")

@@ -10,7 +10,6 @@ indexing every sample once at Stage 1 (decoding everything once: give `targets` 
 """
 
 import hashlib
-import importlib
 import inspect
 import logging
 from collections.abc import Callable, Mapping
@@ -24,7 +23,7 @@ from schemas.config import DataConfig
 from stagetune.data.source import IndexedSource
 from stagetune.data.targets import MAX_CLASSES_FOR_AUTO
 from stagetune.errors import InputError
-from stagetune.log_masking import mask_secrets
+from stagetune.user_code import resolve_user_callable
 
 FIELD = "data.source"
 SPLITS = ("train", "val", "test")
@@ -47,18 +46,7 @@ class DatasetReader:
 
 def resolve_dataset_factory(source: str) -> Callable[[], object]:
     """The function `py:package.module:factory` names; an InputError on data.source if it cannot be called bare."""
-    module_name, _, attribute = source.removeprefix("py:").partition(":")
-    try:
-        target: object = importlib.import_module(module_name)
-    except Exception as error:  # ImportError, or the module's own code failing at import
-        reason = f"{type(error).__name__}: {mask_secrets(str(error))}"
-        raise InputError(FIELD, f"cannot import module {module_name!r} ({reason}): is it on sys.path?") from None
-    for part in attribute.split("."):
-        if not hasattr(target, part):
-            raise InputError(FIELD, f"module {module_name!r} has no attribute {attribute!r}: check the name")
-        target = getattr(target, part)
-    if not callable(target):
-        raise InputError(FIELD, f"{source!r} is not callable: point it at a function returning torch Datasets")
+    target = resolve_user_callable(source.removeprefix("py:"), FIELD, "a function returning torch Datasets")
     try:
         inspect.signature(target).bind()
     except (TypeError, ValueError) as error:
