@@ -202,3 +202,11 @@ def test_overfit_diagnoses_by_symptom() -> None:
     assert flat is not None
     assert flat.code == "flat_loss"
     assert diagnose_overfit(OverfitOutcome(100, 5, 1.0, True, [2.3, 0.1], 2.3), 0.99, 1e-3) is None
+
+
+def test_the_sanity_line_shows_a_missed_overfit_target_with_the_digits_that_missed_it() -> None:
+    from stagetune.stages.sanity_stage import _overfit_score
+
+    assert _overfit_score(0.9896, 0.99) == "0.9896 < target 0.99"  # not "0.99" next to FAILED
+    assert _overfit_score(0.95, 0.99) == "0.95 < target 0.99"
+    assert _overfit_score(1.0, 0.99) == "1.00"

@@ -57,7 +57,8 @@ def sanity_stage(config: PipelineConfig, sample: SampleResult, tree: RunTree) ->
         record_sanity(tree.client, run_id, config, result)
     summary = (
         f"initial loss {result.initial_loss:.3f} (expected {result.expected_initial_loss:.3f}), "
-        f"overfit {result.overfit_train_acc:.2f} in {result.overfit_steps} steps"
+        f"overfit {_overfit_score(result.overfit_train_acc, config.sanity.overfit_target_acc)} "
+        f"in {result.overfit_steps} steps"
     )
     if result.lr_suggestion is not None:
         summary += f", suggested lr {result.lr_suggestion:.2g}"
@@ -150,3 +151,11 @@ def epoch_line(record: EpochRecord, balanced: bool = False) -> str:
 def skewed(sample: SampleResult) -> bool:
     """Stage 1 found the classes skewed (progress lines then show balanced figures)."""
     return sample.defaults is not None and sample.defaults.skewed
+
+
+def _overfit_score(score: float, target: float) -> str:
+    # Two decimals print 0.9896 as "0.99" next to a 0.99 target it missed: show what decided.
+    text = f"{score:.2f}"
+    if score < target and f"{target:.2f}" == text:
+        text = f"{score:.4f}"
+    return text if score >= target else f"{text} < target {target:g}"
