@@ -182,12 +182,7 @@ def make_train_loader(
         return TrainFeed(TensorBatches(tensors, hp.batch_size, shuffle=True, generator=generator), task=task)
     labels = np.asarray(y, dtype=np.int64)
     if hp.rebalance == "balanced_batches":
-        classes = len(np.unique(labels))
-        if hp.batch_size < classes:
-            raise InputError(
-                "batch_size", f"balanced_batches needs batch_size >= {classes} classes, got {hp.batch_size}"
-            )
-        sampler = BalancedBatchSampler(labels, hp.batch_size, seed)
+        sampler = balanced_sampler(labels, hp.batch_size, seed)
         return TrainFeed(TensorBatches(tensors, hp.batch_size, batch_sampler=sampler), task=task)
     if hp.rebalance == "oversample":
         indices = torch.as_tensor(oversample_indices(labels, oversample_ratio, np.random.default_rng(seed)))
@@ -206,12 +201,7 @@ def _lazy_train_feed(x: LazyRows, y: np.ndarray, hp: HyperParams, task: Task, se
         return TrainFeed(LazyBatches(x, targets, hp.batch_size, shuffle=True, generator=generator), task=task)
     labels = np.asarray(y, dtype=np.int64)
     if hp.rebalance == "balanced_batches":
-        classes = len(np.unique(labels))
-        if hp.batch_size < classes:
-            raise InputError(
-                "batch_size", f"balanced_batches needs batch_size >= {classes} classes, got {hp.batch_size}"
-            )
-        sampler = BalancedBatchSampler(labels, hp.batch_size, seed)
+        sampler = balanced_sampler(labels, hp.batch_size, seed)
         return TrainFeed(LazyBatches(x, targets, hp.batch_size, batch_sampler=sampler), task=task)
     positions = None
     if hp.rebalance == "oversample":  # duplicated row positions: nothing read until a batch needs it
@@ -221,6 +211,14 @@ def _lazy_train_feed(x: LazyRows, y: np.ndarray, hp: HyperParams, task: Task, se
         weights = torch.as_tensor(inverse_frequency_weights(labels, task.output_size), dtype=torch.float32)
     loader = LazyBatches(x, targets, hp.batch_size, shuffle=True, generator=generator, positions=positions)
     return TrainFeed(loader, weights, task)
+
+
+def balanced_sampler(labels: np.ndarray, batch_size: int, seed: int) -> BalancedBatchSampler:
+    """Batches holding about as many rows of each class; an InputError if a batch cannot hold every class."""
+    classes = len(np.unique(labels))
+    if batch_size < classes:
+        raise InputError("batch_size", f"balanced_batches needs batch_size >= {classes} classes, got {batch_size}")
+    return BalancedBatchSampler(labels, batch_size, seed)
 
 
 def make_eval_loader(
