@@ -204,3 +204,17 @@ def test_on_epoch_exceptions_propagate_and_stop_training_stops() -> None:
     assert calls == [0, 1]
     stopped = run(stop_at_epoch_0)
     assert (stopped.status, stopped.reason, len(stopped.history)) == ("stopped", "time budget spent", 1)
+
+
+def test_balanced_batches_smaller_than_the_class_count_are_refused_naming_batch_size() -> None:
+    import numpy as np
+    import pytest
+
+    from stagetune.errors import InputError
+    from stagetune.training.loaders import balanced_sampler
+
+    labels = np.array([0, 1, 2, 0, 1, 2])
+    with pytest.raises(InputError, match="batch_size >= 3 classes") as caught:
+        balanced_sampler(labels, 2, seed=0)
+    assert caught.value.field == "batch_size"
+    assert all(len(set(labels[batch])) == 3 for batch in balanced_sampler(labels, 3, seed=0))
