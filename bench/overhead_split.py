@@ -63,15 +63,17 @@ def timers_installed(timer: CallTimer) -> Iterator[None]:
     import tasks.report
     import tasks.search
     import tasks.stages
-    from stagetune.stages import search_stage, trial
+    from stagetune.search.pruning_reporter import PruningReporter
+    from stagetune.stages import trial
+    from stagetune.stages.search_session import SearchSession
     from stagetune.tracking.run_tree import RunTree
 
     labels = {
-        (search_stage, "ask"): "optuna: ask (claim a trial, suggest)",
-        (search_stage, "tell"): "optuna: tell",
-        (search_stage, "finish"): "stage finish",
-        (search_stage, "_close_tracking"): "stage finish: wait for queued trial records",
-        (search_stage.PruningReporter, "__call__"): "optuna: per-epoch report/should_prune",
+        (SearchSession, "ask"): "optuna: ask (claim a trial, suggest)",
+        (SearchSession, "tell"): "optuna: tell",
+        (SearchSession, "finish"): "stage finish",
+        (SearchSession, "_close_tracking"): "stage finish: wait for queued trial records",
+        (PruningReporter, "__call__"): "optuna: per-epoch report/should_prune",
         (trial, "_train"): "training loop (with the sleep)",
         (tasks.search, "run_trial"): "run_trial",
         (RunTree, "start_trial"): BACKGROUND[0],

@@ -7,27 +7,20 @@ trials from each study until its budget is used up; the budget is exact across a
 """
 
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import optuna
-
 from schemas.config import PipelineConfig
-from schemas.pipeline import SharedStudyPlan
-from schemas.results import SampleResult
 from schemas.search import TrialRecord
 from stagetune import progress
 from stagetune.data.defaults import with_data_defaults
 from stagetune.data.stage import run_sample_stage
 from stagetune.errors import InputError
-from stagetune.search.liveness import Liveness
-from stagetune.search.study import liveness_of, make_pruner, make_sampler, rdb_storage, storage_url
-from stagetune.stages import search_stage
-from stagetune.stages.search_stage import SearchPlan, trial_data
-from stagetune.stages.shared_study import read_plan
-from stagetune.stages.trial import TrialContext, run_trial
-from stagetune.tracking.run_tree import RunTree
+from stagetune.search.study import liveness_of, storage_url
+from stagetune.stages.search_session import SearchSession
+from stagetune.stages.search_stage import trial_data
+from stagetune.stages.shared_study import wait_for_published_study
+from stagetune.stages.trial import run_trial
 from stagetune.training.loaders import load_options
 
 STAGES = ("coarse", "refine")
@@ -55,7 +48,8 @@ def run_worker(
     summary = WorkerSummary()
     reporter = progress.current()
     for stage in STAGES:
-        loaded = _wait_for_study(f"{study}-{stage}", storage, liveness_of(config), wait_seconds, poll_seconds)
+        name = f"{study}-{stage}"
+        loaded = wait_for_published_study(name, storage, liveness_of(config), wait_seconds, poll_seconds)
         if loaded is None:
             break
         optuna_study, shared = loaded
@@ -65,63 +59,23 @@ def run_worker(
                 f"this worker's data ({sample.sampled_fingerprint[:12]}) differ from the study's "
                 f"({shared.sampled_fingerprint[:12]}): start the worker with the pipeline's config and seed",
             )
-        plan = _worker_plan(config, optuna_study, shared, storage, sample)
-        reporter.stage_started(stage, f"worker on {optuna_study.study_name}", total=shared.n_trials)
+        options = load_options(config.execution)
+        data = trial_data(
+            sample,
+            shared.train_fraction,
+            config.seed,
+            full=shared.full_data,
+            loss=config.training.loss,
+            options=options,
+        )
+        session = SearchSession.join(config, optuna_study, shared, data)
+        reporter.stage_started(stage, f"worker on {name}", total=shared.n_trials)
         records = summary.trials.setdefault(stage, [])
-        while (asked := search_stage.ask(plan)) is not None:
+        while (asked := session.ask()) is not None:
             trial, hp, params = asked
-            report = search_stage.pruning_reporter(trial, plan.storage)
-            record = run_trial(plan.context, trial.number, hp, params, report)
-            search_stage.tell(plan, trial, record)
+            record = run_trial(session.context, trial.number, hp, params, session.pruning_reporter(trial))
+            session.tell(trial, record)
             records.append(record)
             reporter.stage_advanced(stage, f"#{record.number} {record.state.lower()}")
-        reporter.stage_finished(stage, f"worker ran {len(records)} trial(s) of {optuna_study.study_name}")
+        reporter.stage_finished(stage, f"worker ran {len(records)} trial(s) of {name}")
     return summary
-
-
-def _worker_plan(
-    config: PipelineConfig, study: optuna.Study, shared: SharedStudyPlan, storage: str, sample: SampleResult
-) -> SearchPlan:
-    options = load_options(config.execution)
-    data = trial_data(
-        sample, shared.train_fraction, config.seed, full=shared.full_data, loss=config.training.loss, options=options
-    )
-    tree = RunTree(shared.tracking_uri, shared.experiment_id, shared.parent_run_id, config.tracking.io_retry_seconds)
-    context = TrialContext(config, tree, shared.stage, shared.stage_run_id, study.study_name, shared.epochs, data)
-    return SearchPlan(
-        shared.stage,
-        study,
-        shared.space,
-        shared.n_trials,
-        context,
-        shared.sampler,
-        shared.pruner,
-        storage,
-        liveness_of(config),
-    )
-
-
-def _wait_for_study(
-    name: str, storage: str, liveness: Liveness, wait_seconds: float, poll_seconds: float
-) -> tuple[optuna.Study, SharedStudyPlan] | None:
-    deadline = time.monotonic() + wait_seconds
-    while True:
-        try:
-            study = optuna.load_study(study_name=name, storage=rdb_storage(storage, liveness))
-        except KeyError:  # not created yet
-            study = None
-        shared = read_plan(study) if study is not None else None
-        if study is not None and shared is not None:
-            # The stage's own sampler: its draws are seeded per trial number, so this worker never
-            # proposes what the pipeline or another worker drew, and Sobol points continue one sequence.
-            seed = os.getpid() if shared.sampler_seed is None else shared.sampler_seed
-            startup = shared.n_startup_trials or 10
-            sampler = make_sampler(shared.sampler, seed=seed, n_startup_trials=startup)  # type: ignore[arg-type]
-            pruner = make_pruner(shared.pruner, shared.epochs)  # type: ignore[arg-type]
-            loaded = optuna.load_study(
-                study_name=name, storage=rdb_storage(storage, liveness), sampler=sampler, pruner=pruner
-            )
-            return loaded, shared
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(poll_seconds)

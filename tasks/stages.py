@@ -14,14 +14,15 @@ from schemas.search import NarrowingReport
 from schemas.search_space import SearchSpace
 from stagetune.search.narrowing import narrow
 from stagetune.stages.final_stage import final_stage
-from stagetune.stages.search_stage import SearchPlan, record_narrowing, start_coarse, start_refine
+from stagetune.stages.search_session import SearchSession
+from stagetune.stages.search_stage import start_coarse, start_refine
 from stagetune.tracking.run_tree import RunTree
 
 
 @task(name="start-coarse-search", cache_policy=NO_CACHE)
 def open_coarse(
     config: PipelineConfig, sample: SampleResult, sanity: SanityResult | None, tree: RunTree, run_name: str
-) -> SearchPlan:
+) -> SearchSession:
     """Create the coarse study and its stage run."""
     return start_coarse(config, sample, sanity, tree, run_name)
 
@@ -40,12 +41,12 @@ def open_refine(
     run_name: str,
     narrowed: tuple[SearchSpace, NarrowingReport],
     coarse: SearchStageResult,
-) -> SearchPlan:
+) -> SearchSession:
     """Create the warm-started refinement study and its stage run, with the narrowing explained in it."""
     space, report = narrowed
-    plan = start_refine(config, sample, tree, run_name, space, coarse)
-    record_narrowing(plan, report)
-    return plan
+    session = start_refine(config, sample, tree, run_name, space, coarse)
+    session.record_narrowing(report)
+    return session
 
 
 @task(name="final-training", cache_policy=NO_CACHE)

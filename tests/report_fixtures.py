@@ -19,7 +19,7 @@ from flows.tune_pipeline import tune_pipeline
 from schemas.pipeline import PipelineResult, SearchStageResult
 from schemas.search import TrialRecord
 from stagetune.cli_report import compare, report
-from stagetune.stages.search_stage import top_trials
+from stagetune.stages.search_summary import top_trials
 from tests.conftest import tiny_config
 
 # The report commands on their own app, as stagetune/cli.py wires them (`stagetune report`, `stagetune compare`).

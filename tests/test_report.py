@@ -26,7 +26,7 @@ from stagetune.report.markup import Numbers, esc
 from stagetune.report.masking import MASK, mask_data, mask_text
 from stagetune.report.mlflow_io import load_run_config, trial_history
 from stagetune.report.sections_final import reproduce_section
-from stagetune.stages.search_stage import top_trials
+from stagetune.stages.search_summary import top_trials
 from tasks.report import report_artifact_key
 from tests.conftest import tiny_config
 from tests.report_fixtures import ReportedRun, many_trials, reported_run, run_cli

@@ -14,9 +14,9 @@ from flows.tune_pipeline import tune_pipeline
 from schemas.search import TrialRecord
 from stagetune.errors import InputError
 from stagetune.run_store import config_fingerprint, open_run
-from stagetune.stages import search_stage
 from stagetune.stages import trial as trial_module
 from stagetune.stages.lost_records import RECOVERED_TAG
+from stagetune.stages.search_session import SearchSession
 from stagetune.stages.trial import TrialContext
 from tests.conftest import tiny_config
 
@@ -38,21 +38,21 @@ def test_a_run_that_crashed_mid_refinement_resumes_without_redoing_finished_work
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = tiny_config(tmp_path, "refine.n_trials=5")
-    real_tell = search_stage.tell
+    real_tell = SearchSession.tell
     told = {"refine": 0}
     crashing: set[int] = set()
 
-    def crash_on_third_refine_trial(plan: search_stage.SearchPlan, trial: optuna.Trial, record: Any) -> None:
-        if plan.stage == "refine":
+    def crash_on_third_refine_trial(session: SearchSession, trial: optuna.Trial, record: Any) -> None:
+        if session.stage == "refine":
             told["refine"] += 1
             # Every try of that trial fails (the stopping search tries again to tell what finished): as
             # if the process had died there, the trial is left RUNNING.
             if told["refine"] == 3 or trial.number in crashing:
                 crashing.add(trial.number)
                 raise RuntimeError("simulated crash while telling a refinement trial")
-        real_tell(plan, trial, record)
+        real_tell(session, trial, record)
 
-    monkeypatch.setattr(search_stage, "tell", crash_on_third_refine_trial)
+    monkeypatch.setattr(SearchSession, "tell", crash_on_third_refine_trial)
     with pytest.raises(RuntimeError, match="simulated crash"):
         tune_pipeline(config)
     monkeypatch.undo()

@@ -28,8 +28,8 @@ from flows.tune_pipeline import tune_pipeline
 from schemas.config import ExecutionConfig
 from schemas.pipeline import PipelineResult
 from stagetune.errors import InputError
+from stagetune.search.pruning_reporter import pruning_reporter
 from stagetune.search.study import make_pruner
-from stagetune.stages.search_stage import pruning_reporter
 from tests.conftest import tiny_config
 
 # The stages' runs without their slowest parts: this checks where trials run, not how well.

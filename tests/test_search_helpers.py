@@ -10,8 +10,10 @@ from schemas.hyperparams import HyperParams
 from schemas.results import EpochRecord
 from schemas.search import TrialRecord
 from schemas.search_space import SearchSpace
+from stagetune.search.pruning_reporter import pruning_reporter
 from stagetune.search.study import make_pruner, make_sampler
-from stagetune.stages.search_stage import centre_learning_rates, pruning_reporter, top_trials
+from stagetune.stages.search_stage import centre_learning_rates
+from stagetune.stages.search_summary import top_trials
 from stagetune.stages.trial import best_value, objective_value
 
 

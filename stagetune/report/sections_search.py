@@ -27,7 +27,7 @@ from stagetune.report.mlflow_io import trial_history
 from stagetune.report.model import Section
 from stagetune.report.sections_reuse import reuse_block
 from stagetune.report.svg_scatter import param_scatter_svg
-from stagetune.stages.search_stage import top_trials
+from stagetune.stages.search_summary import top_trials
 from stagetune.tracking.study_plots import history_figure, importances_figure, parallel_coordinates_figure
 
 BEST_CURVES = 3  # learning curves of this many best trials per stage (each costs a few MLflow reads)

@@ -11,8 +11,8 @@ learning-curve plot are lost.
 
 import datetime as dt
 import math
-from typing import TYPE_CHECKING
 
+import optuna
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
@@ -23,9 +23,6 @@ from stagetune.stages.shared_study import RECORD_ATTR
 from stagetune.stages.trial import TrialContext, log_trial_batch, trial_run_params
 from stagetune.tracking.run_tree import end_run, log_tags
 
-if TYPE_CHECKING:
-    from stagetune.stages.search_stage import SearchPlan
-
 RECOVERED_TAG = "stagetune.recovered"
 STATE_TAG = "stagetune.state"
 OBJECTIVE_METRIC = {
@@ -35,16 +32,15 @@ OBJECTIVE_METRIC = {
 _TOLD = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
-def rewrite_lost_trial_records(plan: "SearchPlan") -> list[int]:
-    """Complete the MLflow runs of told trials that are still RUNNING; return those trials' numbers."""
-    context = plan.context
+def rewrite_lost_trial_records(study: optuna.Study, context: TrialContext) -> list[int]:
+    """Complete the MLflow runs of `study`'s told trials that are still RUNNING; return their numbers."""
     client = context.tree.client
     query = f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{context.stage_run_id}' and attributes.status = 'RUNNING'"
     running = {run.info.run_id: run for run in client.search_runs([context.tree.experiment_id], query)}
     if not running:
         return []
     rewritten = []
-    for trial in plan.study.get_trials(deepcopy=False, states=_TOLD):
+    for trial in study.get_trials(deepcopy=False, states=_TOLD):
         stored = trial.user_attrs.get(RECORD_ATTR)
         record = None if stored is None else TrialRecord.model_validate(stored)
         run = None if record is None else running.get(record.mlflow_run_id or "")

@@ -5,61 +5,72 @@ MLflow run ids); every process that runs a trial stores the trial's `TrialRecord
 result is then read back from the study, whoever ran each trial.
 """
 
-from typing import TYPE_CHECKING
+import os
+import time
 
 import optuna
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from optuna.trial import FrozenTrial, TrialState
 
+from schemas.config import ModelConfig
 from schemas.pipeline import SharedStudyPlan
-from schemas.results import SampleResult
 from schemas.search import TrialRecord
+from schemas.search_space import SearchSpace
 from stagetune.errors import InputError
 from stagetune.search.dead_trials import KILLED_REASON
-from stagetune.search.liveness import worker_id
+from stagetune.search.liveness import Liveness, worker_id
 from stagetune.search.seeding import TrialSeededSampler
 from stagetune.search.space import hyperparams_from_params
+from stagetune.search.study import make_pruner, make_sampler, rdb_storage
 from stagetune.tracking.run_tree import TRIAL_TAG, RunTree, end_run, log_tags
-
-if TYPE_CHECKING:
-    from stagetune.stages.search_stage import SearchPlan
 
 PLAN_ATTR = "stagetune_plan"
 RECORD_ATTR = "stagetune_record"
 WORKER_ID = worker_id()
 
 
-def publish_plan(plan: "SearchPlan", sample: SampleResult, fraction: float, full: bool, sampler: str) -> None:
-    """Store what a joining worker needs to run this stage's trials exactly as the stage does."""
-    tree = plan.context.tree
-    shared = SharedStudyPlan(
-        stage=plan.stage,
-        n_trials=plan.n_trials,
-        epochs=plan.context.epochs,
-        space=plan.space,
-        train_fraction=fraction,
-        full_data=full,
-        sampler=sampler,
-        pruner=plan.pruner,
-        objective=plan.context.config.search.objective,
-        tracking_uri=tree.tracking_uri,
-        experiment_id=tree.experiment_id,
-        parent_run_id=tree.parent_run_id,
-        stage_run_id=plan.context.stage_run_id,
-        sample_fingerprint=sample.fingerprint,
-        sampled_fingerprint=sample.sampled_fingerprint,
-    )
-    if isinstance(plan.study.sampler, TrialSeededSampler):
-        seeding = {"sampler_seed": plan.study.sampler.seed, "n_startup_trials": plan.study.sampler.n_startup_trials}
+def publish_plan(study: optuna.Study, shared: SharedStudyPlan) -> None:
+    """Store what a joining worker needs to run this stage's trials exactly as the stage does (with the
+    stage sampler's seeding, so a worker never draws what the stage or another worker drew)."""
+    if isinstance(study.sampler, TrialSeededSampler):
+        seeding = {"sampler_seed": study.sampler.seed, "n_startup_trials": study.sampler.n_startup_trials}
         shared = shared.model_copy(update=seeding)
-    plan.study.set_user_attr(PLAN_ATTR, shared.model_dump(mode="json"))
+    study.set_user_attr(PLAN_ATTR, shared.model_dump(mode="json"))
 
 
 def read_plan(study: optuna.Study) -> SharedStudyPlan | None:
     """The plan a stage published on `study`, or None (not a stagetune study, or not yet published)."""
     data = study.user_attrs.get(PLAN_ATTR)
     return None if data is None else SharedStudyPlan.model_validate(data)
+
+
+def wait_for_published_study(
+    name: str, storage: str, liveness: Liveness, wait_seconds: float, poll_seconds: float
+) -> tuple[optuna.Study, SharedStudyPlan] | None:
+    """The study `name` once a stage has published its plan on it, loaded with the stage's own sampler
+    and pruner; None when it does not appear within `wait_seconds`."""
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        try:
+            study = optuna.load_study(study_name=name, storage=rdb_storage(storage, liveness))
+        except KeyError:  # not created yet
+            study = None
+        shared = read_plan(study) if study is not None else None
+        if study is not None and shared is not None:
+            # The stage's own sampler: its draws are seeded per trial number, so this worker never
+            # proposes what the pipeline or another worker drew, and Sobol points continue one sequence.
+            seed = os.getpid() if shared.sampler_seed is None else shared.sampler_seed
+            startup = shared.n_startup_trials or 10
+            sampler = make_sampler(shared.sampler, seed=seed, n_startup_trials=startup)  # type: ignore[arg-type]
+            pruner = make_pruner(shared.pruner, shared.epochs)  # type: ignore[arg-type]
+            loaded = optuna.load_study(
+                study_name=name, storage=rdb_storage(storage, liveness), sampler=sampler, pruner=pruner
+            )
+            return loaded, shared
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(poll_seconds)
 
 
 def resumed_stage_run(study: optuna.Study, tree: RunTree) -> str | None:
@@ -110,18 +121,17 @@ def _end_killed(client: MlflowClient, run_id: str, reason: str) -> None:
     end_run(client, run_id, "KILLED")
 
 
-def study_records(plan: "SearchPlan") -> list[TrialRecord]:
+def study_records(study: optuna.Study, space: SearchSpace, model: ModelConfig) -> list[TrialRecord]:
     """Every trial of the stage's study as a record, in trial-number order, whichever process ran it."""
-    config = plan.context.config
     records = []
-    for trial in plan.study.get_trials(deepcopy=False):
+    for trial in study.get_trials(deepcopy=False):
         stored = trial.user_attrs.get(RECORD_ATTR)
         if stored is not None:
             records.append(TrialRecord.model_validate(stored))
             continue
         # No record: the process running it stopped before recording (killed); a retry, if any, follows.
         try:
-            hp = hyperparams_from_params(trial.params, plan.space, config.model)
+            hp = hyperparams_from_params(trial.params, space, model)
         except ValueError:
             continue  # killed while its parameters were being chosen: it never trained (still FAIL in Optuna)
         records.append(
