@@ -17,10 +17,10 @@ from stagetune.data.defaults import with_data_defaults
 from stagetune.data.stage import run_sample_stage
 from stagetune.errors import InputError
 from stagetune.search.study import liveness_of, storage_url
+from stagetune.stages.search_loop import InlineTrials, run_trials
 from stagetune.stages.search_session import SearchSession
 from stagetune.stages.search_stage import trial_data
 from stagetune.stages.shared_study import wait_for_published_study
-from stagetune.stages.trial import run_trial
 from stagetune.training.loaders import load_options
 
 STAGES = ("coarse", "refine")
@@ -39,7 +39,8 @@ def run_worker(
     """Run trials of `<study>-coarse` then `<study>-refine` until their budgets are used up.
 
     Waits up to `wait_seconds` for each study to appear (the refinement study is created only once
-    the coarse stage has finished); a stage whose study never appears ends the worker.
+    the coarse stage has finished); a stage whose study never appears ends the worker. The trials run
+    one at a time, through the pipeline's own loop (`stagetune.stages.search_loop.run_trials`).
     """
     storage = storage_url(config)
     workdir = Path(config.execution.workdir).resolve() / "workers" / f"{study}-{os.getpid()}"
@@ -70,12 +71,8 @@ def run_worker(
         )
         session = SearchSession.join(config, optuna_study, shared, data)
         reporter.stage_started(stage, f"worker on {name}", total=shared.n_trials)
-        records = summary.trials.setdefault(stage, [])
-        while (asked := session.ask()) is not None:
-            trial, hp, params = asked
-            record = run_trial(session.context, trial.number, hp, params, session.pruning_reporter(trial))
-            session.tell(trial, record)
-            records.append(record)
-            reporter.stage_advanced(stage, f"#{record.number} {record.state.lower()}")
-        reporter.stage_finished(stage, f"worker ran {len(records)} trial(s) of {name}")
+        # The worker leaves when the budget is used up; the pipeline waits for the last trials and retries.
+        run_trials(session, InlineTrials(), concurrency=1, wait_for_others=False)
+        summary.trials[stage] = session.records
+        reporter.stage_finished(stage, f"worker ran {len(session.records)} trial(s) of {name}")
     return summary
