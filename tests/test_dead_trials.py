@@ -7,11 +7,13 @@ import time
 from pathlib import Path
 
 import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from stagetune.search.budget import claim_trial, release_trial, used_budget
 from stagetune.search.dead_trials import fail_dead_trials
 from stagetune.search.liveness import Liveness, keeper_for
+from stagetune.search.optuna_private import trial_id
 from stagetune.search.study import rdb_storage
 
 FAST = Liveness(heartbeat_seconds=1, stale_after_seconds=2, max_retries=1)
@@ -43,7 +45,8 @@ def test_a_dead_local_process_s_trial_is_failed_at_once_and_retried_with_its_par
     failed = fail_dead_trials(study, url, FAST)  # no grace period to wait out: the PID is gone
     assert [t.number for t in failed] == [orphan.number]
     [retry] = study.get_trials(states=(TrialState.WAITING,))
-    assert retry.system_attrs["fixed_params"] == orphan.params
+    assert retry.params == orphan.params
+    assert RetryHeartbeatStaleTrialCallback.retry_history(retry) == [orphan.number]  # Optuna reads the history
     assert retry.user_attrs["retry_of"] == orphan.number
     trial = claim_trial(study, url, 10, FAST.heartbeat_seconds)
     assert trial is not None
@@ -85,7 +88,7 @@ def test_another_machine_s_trial_is_failed_only_once_its_heartbeat_is_stale(tmp_
     assert silent is not None
     for trial in (beating, silent):  # as if run by processes of another machine: only heartbeats tell
         trial.set_user_attr("worker", "elsewhere-1")
-    keeper_for(url, study._storage, FAST.heartbeat_seconds).discard(silent._trial_id)  # its process hangs
+    keeper_for(url, study, FAST.heartbeat_seconds).discard(trial_id(silent))  # its process hangs
     assert not fail_dead_trials(study, url, FAST)  # within the grace period
     time.sleep(FAST.stale_after_seconds + 1.5)
     failed = fail_dead_trials(study, url, FAST)

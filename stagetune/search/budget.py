@@ -19,6 +19,7 @@ import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
 from stagetune.search.liveness import keeper_for, mark_owner
+from stagetune.search.optuna_private import trial_id
 
 
 @contextmanager
@@ -71,7 +72,7 @@ def claim_trial(
             warnings.simplefilter("ignore", UserWarning)
             trial = study.ask()
         if heartbeat_seconds is not None:
-            keeper_for(storage, study._storage, heartbeat_seconds).add(trial._trial_id)
+            keeper_for(storage, study, heartbeat_seconds).add(trial_id(trial))
             mark_owner(trial)
         return trial
 
@@ -79,7 +80,7 @@ def claim_trial(
 def release_trial(trial: optuna.Trial, storage: str, heartbeat_seconds: float | None) -> None:
     """Stop the heartbeat of a trial this process has told."""
     if heartbeat_seconds is not None:
-        keeper_for(storage, trial.study._storage, heartbeat_seconds).discard(trial._trial_id)
+        keeper_for(storage, trial.study, heartbeat_seconds).discard(trial_id(trial))
 
 
 @cache

@@ -18,8 +18,9 @@ from functools import cache
 from pathlib import Path
 
 import optuna
-from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial
+
+from stagetune.search.optuna_private import HeartbeatStorage, heartbeat_storage, study_storage, trial_id
 
 LOGGER = logging.getLogger(__name__)
 WORKER_ATTR = "worker"
@@ -73,7 +74,7 @@ def owner_is_dead(trial: FrozenTrial, beating: set[int], started_grace_seconds: 
         return False  # another machine's process: only its heartbeat can tell
     pid = int(pid_text)
     if pid == os.getpid():
-        return trial._trial_id not in beating
+        return trial_id(trial) not in beating
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -86,7 +87,7 @@ def owner_is_dead(trial: FrozenTrial, beating: set[int], started_grace_seconds: 
 class HeartbeatKeeper:
     """Records a heartbeat every `interval` seconds for each trial this process is running."""
 
-    def __init__(self, storage: BaseHeartbeat, interval: float) -> None:
+    def __init__(self, storage: HeartbeatStorage, interval: float) -> None:
         self._storage = storage
         self._interval = interval
         self._trials: set[int] = set()
@@ -115,20 +116,21 @@ class HeartbeatKeeper:
     def _beat(self) -> None:
         while True:
             time.sleep(self._interval)
-            for trial_id in self.beating():
+            for beating_id in self.beating():
                 try:
-                    self._storage.record_heartbeat(trial_id)
+                    self._storage.record_heartbeat(beating_id)
                 except Exception as error:  # a storage hiccup: the next beat tries again
-                    LOGGER.warning("heartbeat of trial %s not recorded: %s", trial_id, error)
+                    LOGGER.warning("heartbeat of trial %s not recorded: %s", beating_id, error)
 
 
 _KEEPERS: dict[tuple[str, float], HeartbeatKeeper] = {}
 _KEEPERS_LOCK = threading.Lock()
 
 
-def keeper_for(url: str, storage: object, interval: float) -> HeartbeatKeeper:
-    """This process's heartbeat keeper for the storage at `url` (`storage`: a study's storage object)."""
-    if not isinstance(storage, BaseHeartbeat):
+def keeper_for(url: str, study: optuna.Study, interval: float) -> HeartbeatKeeper:
+    """This process's heartbeat keeper for the storage at `url`, which `study` is stored in."""
+    storage = heartbeat_storage(study_storage(study))
+    if storage is None:
         raise TypeError(f"storage {url!r} cannot record heartbeats: use an RDB (SQLite/PostgreSQL) storage")
     with _KEEPERS_LOCK:
         return _KEEPERS.setdefault((url, interval), HeartbeatKeeper(storage, interval))

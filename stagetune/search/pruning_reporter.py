@@ -11,6 +11,7 @@ import optuna
 from optuna.pruners import BasePruner
 from optuna.samplers import RandomSampler
 
+from stagetune.search.optuna_private import running_trial
 from stagetune.search.study import rdb_storage
 
 
@@ -55,8 +56,5 @@ class PruningReporter:
         study = optuna.load_study(
             study_name=self.study_name, storage=storage, sampler=RandomSampler(), pruner=self.pruner
         )
-        trial_id = storage.get_trial_id_from_study_id_trial_number(
-            storage.get_study_id_from_name(self.study_name), self.number
-        )
-        self.trial = optuna.Trial(study, trial_id)
+        self.trial = running_trial(study, self.number)
         return self.trial

@@ -11,6 +11,7 @@ from optuna.samplers import BaseSampler, GPSampler, QMCSampler, RandomSampler, T
 
 from schemas.config import PipelineConfig
 from stagetune.search.budget import budget_lock
+from stagetune.search.dead_trials import RetryDeadTrial
 from stagetune.search.liveness import Liveness
 from stagetune.search.seeding import TrialSeededSampler
 from stagetune.settings import load_settings
@@ -86,16 +87,21 @@ def rdb_storage(url: str, liveness: Liveness | None = None) -> optuna.storages.R
     new engine every time, and a polling worker would exhaust the database's connections.
 
     With `liveness`, the storage knows the heartbeat interval and grace period, so stale trials can
-    be found (`stagetune.search.dead_trials`).
+    be found, and retries them (`stagetune.search.dead_trials`).
     """
     interval = None if liveness is None else liveness.heartbeat_seconds
     grace = None if liveness is None else liveness.stale_after_seconds
+    retry = None if liveness is None else RetryDeadTrial(liveness.max_retries)
     # Creating the schema of a fresh database from several processes at once races (duplicate
     # type/table errors): the first process creates it under a lock, the others then find it.
     with budget_lock(url, "stagetune-storage-schema"), warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
         return optuna.storages.RDBStorage(
-            url, engine_kwargs=_engine_kwargs(url), heartbeat_interval=interval, grace_period=grace
+            url,
+            engine_kwargs=_engine_kwargs(url),
+            heartbeat_interval=interval,
+            grace_period=grace,
+            heartbeat_stale_trial_callback=retry,
         )
 
 

@@ -125,6 +125,8 @@ def study_records(study: optuna.Study, space: SearchSpace, model: ModelConfig) -
     """Every trial of the stage's study as a record, in trial-number order, whichever process ran it."""
     records = []
     for trial in study.get_trials(deepcopy=False):
+        if trial.state == TrialState.WAITING:
+            continue  # enqueued or a retry, not started: not a trial yet
         stored = trial.user_attrs.get(RECORD_ATTR)
         if stored is not None:
             records.append(TrialRecord.model_validate(stored))

@@ -1,0 +1,149 @@
+"""The Optuna API stagetune relies on beyond the documented surface: each piece exists and behaves.
+
+`stagetune.search.optuna_private` holds every private use; the search also relies on a few
+conventions of Optuna's public retry machinery. An Optuna upgrade that changes any of them fails
+here, with the name of what changed, instead of in a search.
+"""
+
+import ast
+import inspect
+import re
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from stagetune.search import optuna_private
+from stagetune.search.budget import RETRY_HISTORY
+from stagetune.search.dead_trials import FAILED_TRIAL, RetryDeadTrial, enqueue_retry, fail_dead_trials
+from stagetune.search.liveness import Liveness
+from stagetune.search.study import rdb_storage
+
+REPO = Path(__file__).resolve().parents[1]
+# Optuna marks the retry readers and `fail_stale_trials` experimental: the point here is that they still work.
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+PRIVATE_ATTRIBUTES = {
+    "_storage",
+    "_trial_id",
+    "_study_id",
+    "_get_trials",
+    "_get_stale_trial_ids",
+    "_cached_frozen_trial",
+}
+
+
+def _study(tmp_path: Path, liveness: Liveness | None = None) -> tuple[optuna.Study, str]:
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    return optuna.create_study(study_name="s", storage=rdb_storage(url, liveness)), url
+
+
+def test_trial_id_is_the_storage_s_id_of_the_trial(tmp_path: Path) -> None:
+    study, _ = _study(tmp_path)
+    first, second = study.ask(), study.ask()
+    storage = optuna_private.study_storage(study)
+    assert isinstance(storage, BaseStorage)
+    study_id = storage.get_study_id_from_name("s")
+    for trial in (first, second):
+        assert isinstance(optuna_private.trial_id(trial), int)
+        assert optuna_private.trial_id(trial) == storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+    frozen = study.get_trials(deepcopy=False)[1]
+    assert optuna_private.trial_id(frozen) == optuna_private.trial_id(second)
+
+
+def test_the_study_s_storage_records_heartbeats_when_the_rdb_storage_has_an_interval(tmp_path: Path) -> None:
+    study, _ = _study(tmp_path, Liveness(heartbeat_seconds=1, stale_after_seconds=2, max_retries=1))
+    storage = optuna_private.heartbeat_storage(optuna_private.study_storage(study))
+    assert storage is not None, "the RDB storage (in Optuna's cache) no longer counts as a heartbeat storage"
+    assert isinstance(storage, optuna_private.HeartbeatStorage)
+    assert storage.get_heartbeat_interval() == 1
+    trial = study.ask()
+    storage.record_heartbeat(optuna_private.trial_id(trial))  # raises if the method or its signature changed
+    assert optuna_private.heartbeat_storage(optuna.storages.InMemoryStorage()) is None
+
+
+def test_running_trial_rebuilds_a_live_trial_that_reports_and_prunes(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    pruner = optuna.pruners.ThresholdPruner(upper=1.0)
+    study = optuna.create_study(study_name="s", storage=rdb_storage(url), pruner=pruner)
+    asked = study.ask()
+    other = optuna.load_study(study_name="s", storage=rdb_storage(url), pruner=pruner)  # another process's view
+    trial = optuna_private.running_trial(other, asked.number)
+    assert isinstance(trial, optuna.Trial)
+    assert trial.number == asked.number
+    trial.report(0.5, 0)
+    assert not trial.should_prune()
+    trial.report(2.0, 1)
+    assert trial.should_prune()
+    assert study.get_trials(deepcopy=False)[0].intermediate_values == {0: 0.5, 1: 2.0}
+    assert list(inspect.signature(optuna.Trial.__init__).parameters) == ["self", "study", "trial_id"]
+
+
+def test_fail_stale_trials_hands_each_stale_trial_to_the_storage_s_callback(tmp_path: Path) -> None:
+    liveness = Liveness(heartbeat_seconds=1, stale_after_seconds=1, max_retries=2)
+    study, _ = _study(tmp_path, liveness)
+    storage = optuna_private.heartbeat_storage(optuna_private.study_storage(study))
+    assert storage is not None
+    assert storage.get_heartbeat_stale_trial_callback() == RetryDeadTrial(liveness.max_retries)
+    trial = study.ask()
+    trial.suggest_float("x", 0.0, 1.0)
+    storage.record_heartbeat(optuna_private.trial_id(trial))
+    time.sleep(2.5)  # the heartbeat grows older than the grace period (1 s)
+    optuna.storages.fail_stale_trials(study)
+    failed, retry = study.get_trials(deepcopy=False)
+    assert failed.state == TrialState.FAIL
+    assert retry.state == TrialState.WAITING
+    assert retry.params == failed.params
+
+
+def test_a_retry_keeps_optuna_s_retry_conventions_and_its_parameters(tmp_path: Path) -> None:
+    study, _ = _study(tmp_path)
+    trial = study.ask()
+    x = trial.suggest_float("x", 0.0, 1.0)
+    study.tell(trial, state=TrialState.FAIL)
+    [failed] = study.get_trials(deepcopy=False)
+    assert enqueue_retry(study, failed, max_retries=1)
+    retry = study.get_trials(deepcopy=False)[1]
+    # Optuna's own readers of a retry series find ours.
+    assert set(retry.system_attrs) == {RETRY_HISTORY, FAILED_TRIAL}
+    assert RetryHeartbeatStaleTrialCallback.retry_history(retry) == [failed.number]
+    assert RetryHeartbeatStaleTrialCallback.retried_trial_number(retry) == failed.number
+    again = study.ask()  # a WAITING trial with parameters is asked with them, without sampling
+    assert again.number == retry.number
+    assert again.suggest_float("x", 0.0, 1.0) == x
+
+
+def test_a_local_dead_trial_is_failed_through_study_tell(tmp_path: Path) -> None:
+    """The same-machine path fails a trial of a gone process with `study.tell(number, state=FAIL)`."""
+    study, url = _study(tmp_path)
+    trial = study.ask()  # no owner recorded, started "long" ago for a grace period of 0 s
+    trial.suggest_float("x", 0.0, 1.0)
+    time.sleep(0.1)
+    [failed] = fail_dead_trials(study, url, Liveness(heartbeat_seconds=1, stale_after_seconds=0, max_retries=1))
+    assert isinstance(failed, FrozenTrial)
+    assert failed.state == TrialState.FAIL
+    with pytest.raises(
+        ValueError, match="Cannot tell a FAIL trial"
+    ):  # telling a finished trial again is refused (what the loop relies on)
+        study.tell(trial.number, state=TrialState.FAIL)
+
+
+def test_no_other_module_uses_optuna_s_private_api() -> None:
+    offenders = []
+    for folder in ("stagetune", "flows", "tasks", "schemas"):
+        for path in (REPO / folder).rglob("*.py"):
+            if path.name == "optuna_private.py":
+                continue
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            for node in ast.walk(tree):
+                private_import = isinstance(node, ast.ImportFrom) and re.match(r"optuna(\.\w+)*\._", node.module or "")
+                private_attribute = (
+                    isinstance(node, ast.Attribute)
+                    and node.attr in PRIVATE_ATTRIBUTES
+                    and not (isinstance(node.value, ast.Name) and node.value.id == "self")
+                )
+                if private_import or private_attribute:
+                    offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not offenders, f"private Optuna API outside stagetune/search/optuna_private.py: {offenders}"
