@@ -70,17 +70,13 @@ def fail_dead_trials(study: optuna.Study, storage: str, liveness: Liveness) -> l
             for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 if owner_is_dead(trial, beating, liveness.stale_after_seconds):
                     try:
-                        study.tell(trial.number, state=TrialState.FAIL)
+                        failed_trial = study.tell(trial.number, state=TrialState.FAIL)  # a copy, as failed
                     except (ValueError, UpdateFinishedTrialError):  # finished meanwhile (told by another process)
                         continue
-                    retry(study, _frozen(study, trial.number))
+                    retry(study, failed_trial)
         finally:
             del _failing.trials
         return sorted(failed, key=lambda trial: trial.number)
-
-
-def _frozen(study: optuna.Study, number: int) -> FrozenTrial:
-    return next(trial for trial in study.get_trials(deepcopy=False) if trial.number == number)
 
 
 def enqueue_retry(study: optuna.Study, trial: FrozenTrial, max_retries: int) -> bool:
