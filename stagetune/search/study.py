@@ -1,5 +1,6 @@
 """Optuna studies of the two search stages: storage, samplers, pruners, and trials as records."""
 
+import os
 import warnings
 from functools import cache
 from pathlib import Path
@@ -96,6 +97,7 @@ def rdb_storage(url: str, liveness: Liveness | None = None) -> optuna.storages.R
     # type/table errors): the first process creates it under a lock, the others then find it.
     with budget_lock(url, "stagetune-storage-schema"), warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat_interval
+        _create_sqlite_schema_whole(url)
         return optuna.storages.RDBStorage(
             url,
             engine_kwargs=_engine_kwargs(url),
@@ -103,6 +105,25 @@ def rdb_storage(url: str, liveness: Liveness | None = None) -> optuna.storages.R
             grace_period=grace,
             heartbeat_stale_trial_callback=retry,
         )
+
+
+def _create_sqlite_schema_whole(url: str) -> None:
+    """Create a new SQLite database's schema in a side file, then move it in place.
+
+    SQLite commits each CREATE statement alone: a process killed while Optuna creates the schema
+    left a database whose `studies` table lacked its unique index on the name (the next attempt
+    finds the table and skips it), and later attempts then created a second study of the same name
+    (seen in the kill campaign, 2026-12-06). A database that exists is left alone.
+    """
+    if not url.startswith("sqlite:///"):
+        return  # PostgreSQL creates the schema in one transaction
+    path = Path(url.removeprefix("sqlite:///"))
+    if path.name in ("", ":memory:") or path.exists():
+        return
+    building = path.with_name(f".{path.name}.{os.getpid()}.creating")
+    building.unlink(missing_ok=True)
+    optuna.storages.RDBStorage(f"sqlite:///{building}").engine.dispose()
+    os.replace(building, path)
 
 
 def _engine_kwargs(url: str) -> dict[str, object]:
