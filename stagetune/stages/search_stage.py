@@ -28,7 +28,7 @@ from stagetune.data.augment import pixels_of
 from stagetune.data.sampling import stratified_subsample
 from stagetune.data.source import LoadOptions
 from stagetune.data.stage import load_stage_arrays
-from stagetune.diagnosis import summarise_diagnoses
+from stagetune.diagnosis import summarise_stage
 from stagetune.interruption import INTERRUPTED_REASON, clear_stop, request_stop
 from stagetune.search.budget import budget_lock, claim_trial, release_trial
 from stagetune.search.dead_trials import enqueue_retry, fail_dead_trials
@@ -325,7 +325,7 @@ def finish(plan: SearchPlan) -> SearchStageResult:
         counts=counts,
         best=best[0] if best else None,
         trials=records,
-        diagnosis=summarise_diagnoses([r.diagnosis for r in records if r.diagnosis]),
+        diagnosis=summarise_stage(records, config.search.direction, config.refine.narrowing),
         mlflow_run_id=run_id,
         seconds=time.perf_counter() - plan.started,
     )
