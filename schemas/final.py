@@ -101,7 +101,7 @@ class CurveDiagnosisSettings(StrictModel):
     from (classification: ln C; regression: the loss of a zero output on standardised targets, ~1 per
     output for MSE). On MSE regression a share of the reference is 1 - R² (so `overfit_gap` is the
     train-minus-validation R² gap and `underfit_loss_share` a train R² floor); on classification it is
-    one minus McFadden's pseudo-R² against the uniform guess. See stagetune/diagnosis.py for why.
+    one minus McFadden's pseudo-R² against the uniform guess. See stagetune/diagnosis/curves.py for why.
     """
 
     overfit_gap: float = Field(

@@ -139,7 +139,7 @@ def _search_finding(stage: SearchStageResult, config: Mapping[str, Any] | None) 
     summary = stage.diagnosis
     if summary.top_trials:  # the verdict of the best trials (results before issue 17 have none)
         problems = [c for c in summary.top_counts if c in PROBLEMS]
-        code = summary.verdict or ("mixed" if problems else "ok")
+        code: str = summary.verdict or ("mixed" if problems else "ok")
     else:
         code = summary.dominant or ("ok" if summary.counts else "insufficient")
     next_action = NEXT_ACTIONS.get(code, MIXED_ACTION if code == "mixed" else NEXT_ACTIONS["ok"])

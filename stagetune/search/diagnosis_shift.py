@@ -119,7 +119,7 @@ def _shift_range(
     if isinstance(new, IntParam):
         # Outward rounding on both sides: the advised bound reaches the next integer, the pulled one keeps it.
         ilow, ihigh = math.floor(low + 1e-9), math.ceil(high - 1e-9)
-        ilow = max(ilow, min(old.low, new.low))
-        ihigh = min(ihigh, max(old.high, new.high))
+        ilow = max(ilow, int(min(old.low, new.low)))
+        ihigh = min(ihigh, int(max(old.high, new.high)))
         return IntParam(low=ilow, high=max(ilow, ihigh), scale=new.scale)
     return FloatParam(low=low, high=max(low, high), scale=new.scale)
