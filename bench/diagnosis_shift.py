@@ -96,6 +96,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", choices=sorted(SUITE), default=list(DEFAULT_DATASETS))
     parser.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1 (default 2)")
+    parser.add_argument("--seed-list", type=int, nargs="+", help="these seeds instead of 0..N-1")
+    parser.add_argument(
+        "--skip-identical",
+        action="store_true",
+        help="run the shift-on arm first and the off arm only when the shift moved a range: otherwise both arms "
+        "run the same search (the pipeline is deterministic per seed) and the off row repeats the on row",
+    )
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra stagetune override")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--name", default="diagnosis_shift")
@@ -108,12 +115,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     cache = default_cache()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="bench-shift-") as folder:
-        for seed in range(args.seeds):
+        for seed in args.seed_list or range(args.seeds):
             for name in args.datasets:
                 spec = suite_spec(SUITE[name], cache)
-                arms = ARMS if seed % 2 == 0 else ARMS[::-1]
-                row: dict[str, Any] = {"dataset": name, "seed": seed}
+                arms = ARMS if seed % 2 == 0 or args.skip_identical else ARMS[::-1]
+                row: dict[str, Any] = {"dataset": name, "seed": seed, "overrides": args.overrides}
                 for shift in arms:
+                    if not shift and args.skip_identical and not row["on"].get("moved"):
+                        row["off"] = row["on"] | {"skipped": "identical search: the shift moved nothing"}
+                        continue
                     row["on" if shift else "off"] = run_arm(spec, seed, shift, Path(folder), args.overrides)
                 rows.append(row)
                 print(table([row]).splitlines()[-1], flush=True)
