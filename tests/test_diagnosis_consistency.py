@@ -252,3 +252,18 @@ def test_underfitting_advice_names_less_regularisation_from_the_configured_range
     assert f"space.dropout.high={space['dropout']['high'] / 2:g}" in coarse.overrides
     assert f"space.weight_decay.high={space['weight_decay']['high'] / 10:.3g}" in coarse.overrides
     assert any(o.startswith("space.width.high=") for o in coarse.overrides)
+
+
+def test_a_coarse_stage_not_converged_is_expected_and_asks_for_no_change() -> None:
+    result = PipelineResult.model_construct(
+        sanity=None,
+        coarse=stage("coarse", "not_converged", 3),
+        refine=stage("refine", "not_converged", 8),
+        narrowing=None,
+        final=None,
+    )
+    config = PipelineConfig().model_dump(mode="json")
+    found = {f.stage: f for f in findings(result, config)}
+    assert found["coarse"].overrides == []
+    assert found["coarse"].next_action.startswith("expected of a coarse stage (3 epochs per trial")
+    assert found["refine"].overrides == ["refine.epochs=16"]  # the refinement is meant to converge

@@ -37,6 +37,10 @@ RULE_SOURCES = {
     "not_converged": SOURCE_NOT_CONVERGED,
 }
 SOURCE_SHIFT = "stagetune: the coarse verdict moves the narrowed ranges (refine.diagnosis_shift, bench/README.md)"
+COARSE_SHORT_ACTION = (
+    "expected of a coarse stage ({epochs} epochs per trial, short on purpose): the refinement and the final "
+    "training run longer; raise coarse.epochs only if the refinement's ranking disagrees with the coarse one"
+)
 MIXED_ACTION = "no change the best trials agree on: read the trial table for the settings they share"
 SOURCE_BOUNDARY = (
     "google-research/tuning_playbook: a search space is suspicious if the best point is near its boundary "
@@ -144,9 +148,12 @@ def _search_finding(stage: SearchStageResult, config: Mapping[str, Any] | None) 
         code = summary.dominant or ("ok" if summary.counts else "insufficient")
     next_action = NEXT_ACTIONS.get(code, MIXED_ACTION if code == "mixed" else NEXT_ACTIONS["ok"])
     source = RULE_SOURCES.get(code, SOURCE_NONE)
-    return Finding(
-        stage.stage, code, summary.message, next_action, concrete_overrides(stage.stage, code, config), source
-    )
+    overrides = concrete_overrides(stage.stage, code, config)
+    if stage.stage == "coarse" and code == "not_converged":
+        # Short on purpose: the coarse stage ranks settings, the later stages train them longer.
+        next_action = COARSE_SHORT_ACTION.format(epochs=stage.epochs)
+        overrides = []
+    return Finding(stage.stage, code, summary.message, next_action, overrides, source)
 
 
 def concrete_overrides(stage: str, code: str, config: Mapping[str, Any] | None) -> list[str]:
