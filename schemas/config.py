@@ -17,7 +17,7 @@ from schemas.hyperparams import (
     ParamValues,
     RebalanceStrategy,
 )
-from schemas.search import NarrowingSettings
+from schemas.search import DiagnosisShiftSettings, NarrowingSettings
 from schemas.search_space import CategoricalParam, FloatParam, SearchSpace, is_power_of_two
 from schemas.task import (
     TASK_CHAMPION_METRICS,
@@ -507,6 +507,8 @@ class RefineConfig(StrictModel):
     sampler: Literal["tpe", "gp"] = "tpe"
     pruner: Literal["median", "hyperband", "none"] = "median"
     narrowing: NarrowingSettings = NarrowingSettings()
+    # Issue 17: the coarse verdict moves the narrowed ranges (its own section: stagetune/search/diagnosis_shift.py).
+    diagnosis_shift: DiagnosisShiftSettings = DiagnosisShiftSettings()
     warm_start: int = Field(
         default=3, ge=0, description="Enqueue this many of the best coarse trials as the first refinement trials."
     )

@@ -101,7 +101,7 @@ class CurveDiagnosisSettings(StrictModel):
     from (classification: ln C; regression: the loss of a zero output on standardised targets, ~1 per
     output for MSE). On MSE regression a share of the reference is 1 - R² (so `overfit_gap` is the
     train-minus-validation R² gap and `underfit_loss_share` a train R² floor); on classification it is
-    one minus McFadden's pseudo-R² against the uniform guess. See stagetune/diagnosis.py for why.
+    one minus McFadden's pseudo-R² against the uniform guess. See stagetune/diagnosis/curves.py for why.
     """
 
     overfit_gap: float = Field(
@@ -116,6 +116,26 @@ class CurveDiagnosisSettings(StrictModel):
         gt=0,
         lt=1,
         description="Final training and validation loss both above this share of the reference loss.",
+    )
+    val_rise_floor: float = Field(
+        default=0.02,
+        ge=0,
+        lt=1,
+        description="A validation-loss rise (or gap) must also exceed this share of the reference loss to count: "
+        "a rise from 0.026 to 0.031 on ln 10 is no reason to regularise.",
+    )
+    noise_z: float = Field(
+        default=2.0,
+        ge=0,
+        description="A rise or gap counts only above this many standard errors of the validation loss (estimated "
+        "from the validation size and the epoch-to-epoch jitter; see stagetune/diagnosis/noise.py).",
+    )
+    underfit_plateau: float = Field(
+        default=0.05,
+        ge=0,
+        lt=1,
+        description="Underfitting needs the training loss to have flattened: a last-epoch drop above this share "
+        "means the run was cut short (not converged), not short of capacity.",
     )
     still_improving: float = Field(default=0.01, ge=0, description="Relative val-loss drop over the last epoch.")
     explode_ratio: float = Field(default=3.0, gt=1, description="Final train loss this many times the first.")
@@ -138,11 +158,22 @@ class CurveDiagnosis(StrictModel):
 
 
 class StageDiagnosisSummary(StrictModel):
-    """The curve diagnoses of a stage's runs, counted, with the most common problem and its remedy."""
+    """The curve diagnoses of a stage's runs, counted, with the most common problem and its remedy.
+
+    `verdict` is the stage's diagnosis a practitioner acts on: a problem shared by a clear majority of the
+    stage's best trials (`top_trials`), not the most common one among all runs (a poor corner of the space
+    underfits whatever the best settings do).
+    """
 
     counts: dict[str, int]
     dominant: str | None = Field(description="Most common problem code (not ok/insufficient); None if none.")
     message: str
+    top_trials: list[int] = Field(default_factory=list, description="The best trials the verdict is read from.")
+    top_counts: dict[str, int] = Field(default_factory=dict, description="Diagnosis codes among `top_trials`.")
+    verdict: CurveCode | None = Field(
+        default=None, description="A problem shared by a clear majority of the best trials; None: no clear verdict."
+    )
+    agreement: str = Field(default="", description="How many of the best trials agree, e.g. '3 of 4'.")
 
 
 class ChampionDecision(StrictModel):

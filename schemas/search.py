@@ -54,6 +54,9 @@ class ParamChange(StrictModel):
     new: Param
     action: ChangeAction
     reason: str
+    shift: str | None = Field(
+        default=None, description="How the coarse verdict moved this range after narrowing (refine.diagnosis_shift)."
+    )
 
 
 class NarrowingReport(StrictModel):
@@ -66,6 +69,10 @@ class NarrowingReport(StrictModel):
     n_completed: int = Field(ge=0, description="COMPLETE trials with a finite value.")
     changes: list[ParamChange] = Field(default_factory=list)
     hard_limits_hit: list[str] = Field(default_factory=list, description="Bounds clipped to a hard limit.")
+    diagnosis_shift: str | None = Field(
+        default=None,
+        description="Why the narrowed ranges were (or were not) moved by the coarse verdict; None: switched off.",
+    )
 
 
 class Limit(StrictModel):
@@ -116,3 +123,21 @@ class NarrowingSettings(StrictModel):
     )
     min_completed: int = Field(default=3, ge=1, description="Fewer completed trials: keep the space unchanged.")
     hard_limits: HardLimits = HardLimits()
+
+
+class DiagnosisShiftSettings(StrictModel):
+    """Let a clear diagnosis of the best coarse trials move the narrowed ranges in the advised direction.
+
+    When a clear majority of the narrowing's top trials underfit, capacity ranges move up (width, depth) and
+    regularisation down (dropout, weight decay); when they overfit, regularisation moves up. Each moved range
+    keeps the best trial's value and stays inside the coarse range (or the boundary rule's widening).
+    """
+
+    enabled: bool = Field(default=True, description="false: the narrowed ranges are used as narrowing made them.")
+    fraction: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="The advised bound moves outward by this share of the narrowed width; the other bound moves "
+        "inward by the same amount, never past the best trial's value.",
+    )

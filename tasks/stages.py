@@ -12,6 +12,7 @@ from schemas.pipeline import SearchStageResult
 from schemas.results import SampleResult, SanityResult
 from schemas.search import NarrowingReport
 from schemas.search_space import SearchSpace
+from stagetune.search.diagnosis_shift import shift_by_diagnosis
 from stagetune.search.narrowing import narrow
 from stagetune.stages.final_stage import final_stage
 from stagetune.stages.search_session import SearchSession
@@ -29,8 +30,9 @@ def open_coarse(
 
 @task(name="narrow-search-space", cache_policy=NO_CACHE)
 def narrow_space(config: PipelineConfig, coarse: SearchStageResult) -> tuple[SearchSpace, NarrowingReport]:
-    """New ranges around the best coarse trials (a pure function of the coarse results)."""
-    return narrow(coarse.space, coarse.trials, config.search.direction, config.refine.narrowing, config.model)
+    """New ranges around the best coarse trials, moved by their shared diagnosis (pure functions of coarse)."""
+    space, report = narrow(coarse.space, coarse.trials, config.search.direction, config.refine.narrowing, config.model)
+    return shift_by_diagnosis(coarse.space, space, report, coarse.trials, config.refine.diagnosis_shift, config.model)
 
 
 @task(name="start-refinement", cache_policy=NO_CACHE)

@@ -121,11 +121,15 @@ def narrowing_section(report: NarrowingReport | None, numbers: Numbers) -> Secti
     body = html_table(["", "value"], key_value_rows(numbers, "narrowing", facts)) + paragraph(report.reason)
     if report.hard_limits_hit:
         body += paragraph(f"Clipped at a hard limit: {', '.join(report.hard_limits_hit)}.")
+    shift = "" if report.diagnosis_shift is None else f"Moved by the coarse diagnosis: {report.diagnosis_shift}."
+    if shift:
+        body += paragraph(shift)
     body += html_table(["parameter", "action", "old", "new", "reason"], rows)
     if any(c.kind != "categorical" for c in report.changes):
         body += image(narrowing_figure(report.changes), "old and new range per parameter")
     markdown = (
         report.reason
+        + (f"\n\n{shift}" if shift else "")
         + "\n\n"
         + md_table(
             ["parameter", "action", "old", "new", "reason"],

@@ -65,7 +65,7 @@ def _ranked(trials: Sequence[TrialRecord], direction: str) -> list[TrialRecord]:
     return sorted(done, key=lambda t: (sign * _objective(t), t.number))
 
 
-def _top_count(n_completed: int, settings: NarrowingSettings) -> int:
+def top_count(n_completed: int, settings: NarrowingSettings) -> int:
     if settings.top_quantile is None:
         return min(settings.top_k, n_completed)
     # _EPS: 0.28 * 25 is 7.000000000000001 in floats, which must not round up to 8.
@@ -131,6 +131,11 @@ def _range_action(old: FloatParam | IntParam, low: float, high: float) -> Change
     if out_low or out_high:
         return "widened_low" if out_low else "widened_high"
     return "kept" if (low, high) == (old.low, old.high) else "narrowed"
+
+
+def range_action(old: FloatParam | IntParam, new: FloatParam | IntParam) -> ChangeAction:
+    """What a new range did to the old one: narrowed, widened on a side, or kept."""
+    return _range_action(old, new.low, new.high)
 
 
 def _narrow_range(
@@ -234,7 +239,7 @@ def narrow(
         return space, NarrowingReport(
             fallback=True, reason=reason, direction=direction, top_trials=[], n_completed=n_completed
         )
-    top = ranked[: _top_count(n_completed, settings)]
+    top = ranked[: top_count(n_completed, settings)]
     limits: HardLimits = settings.hard_limits
     hits: list[str] = []
     changes: list[ParamChange] = []

@@ -130,8 +130,13 @@ def final_stage(
             best_epoch=outcome.best_epoch,
             history=outcome.history,
             test=test,
+            # Early stopping on validation restored the best epoch (the fold path trains without it).
             diagnosis=diagnose_curves(
-                outcome.history, outcome.status, reference_loss=feed.task.expected_initial_loss(arrays.y_train)
+                outcome.history,
+                outcome.status,
+                reference_loss=feed.task.expected_initial_loss(arrays.y_train),
+                n_val=None if folds > 1 else len(arrays.y_val),
+                kept_best=folds <= 1,
             ),
             checkpoint_artifact=CHECKPOINT_ARTIFACT,
             registry=decision,

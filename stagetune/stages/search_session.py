@@ -23,7 +23,7 @@ from schemas.pipeline import SearchStageResult, SharedStudyPlan
 from schemas.results import SampleResult
 from schemas.search import NarrowingReport, ReusedTrial, TrialRecord
 from schemas.search_space import SearchSpace
-from stagetune.diagnosis import summarise_diagnoses
+from stagetune.diagnosis import summarise_stage
 from stagetune.interruption import INTERRUPTED_REASON, clear_stop, request_stop
 from stagetune.search.budget import budget_lock, claim_trial, release_trial
 from stagetune.search.dead_trials import enqueue_retry, fail_dead_trials
@@ -296,7 +296,7 @@ class SearchSession:
             counts=state_counts(records),
             best=best[0] if best else None,
             trials=records,
-            diagnosis=summarise_diagnoses([r.diagnosis for r in records if r.diagnosis]),
+            diagnosis=summarise_stage(records, config.search.direction, config.refine.narrowing),
             mlflow_run_id=run_id,
             seconds=time.perf_counter() - self.started,
         )

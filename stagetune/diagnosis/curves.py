@@ -28,17 +28,29 @@ for it, an underestimate (the model learnt during that epoch), so the checks the
 Two biases, both towards not crying overfitting: the training loss is the mean over the epoch with
 dropout on, so it reads higher than the final weights' loss would; and with class weights or
 oversampling it is measured on a rebalanced distribution, so the gap is only trusted above 10% of
-the reference. The rising-validation check is relative to the validation minimum (`val_rise`),
-which needs no reference at all.
+the reference. The rising-validation check is relative to the validation minimum (`val_rise`).
+
+Read as a whole, not threshold by threshold (issue 17: a final report called a validation loss rising
+0.026 -> 0.031 at 0.99 accuracy "overfitting" after early stopping had already kept the best epoch):
+
+- A rise or a gap must clear the noise of the split (stagetune.diagnosis.noise: `noise_z` standard
+  errors from the validation size and the jitter past the best epoch) and `val_rise_floor` of the
+  reference loss, a size worth acting on.
+- A rise after the best epoch of a run that kept the best epoch (early stopping restored it) is what
+  early stopping is for: noted, not diagnosed. The gap is then read at the kept epoch, not the last.
+- Underfitting needs the training loss to have flattened (`underfit_plateau`); high losses that still
+  fall are a run cut short (not_converged: more epochs before more capacity), the usual state of a
+  few-epoch coarse trial.
 """
 
 import math
-from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
-from schemas.final import CurveCode, CurveDiagnosis, CurveDiagnosisSettings, StageDiagnosisSummary
+from schemas.final import CurveCode, CurveDiagnosis, CurveDiagnosisSettings
 from schemas.results import EpochRecord
+from stagetune.diagnosis.noise import noise_band
 
 SOURCE_DIVERGED = "TUNING-RULES.md, loss explodes or becomes NaN: lower the learning rate (004_e9930d7a8081840b.txt)"
 SOURCE_OVERFITTING = (
@@ -83,6 +95,7 @@ NEXT_ACTIONS: dict[str, str] = {
     "ok": "nothing to change on the evidence of the curves",
     "insufficient": "train for at least 2 epochs to read the curves",
 }
+SHORT_RUN_ACTION = "more epochs before more capacity: the losses are high but still falling"
 NEVER_FALLS_ACTION = (
     "check the data pipeline (validation rows prepared like training rows?), then regularise: "
     "more dropout/weight decay, more data"
@@ -101,8 +114,25 @@ class Symptom(NamedTuple):
     next_action: str | None = None
 
 
-# A check returns its symptom, or None when absent; `scale` is the reference loss.
-Check = Callable[[Sequence[EpochRecord], str, CurveDiagnosisSettings, float], Symptom | None]
+@dataclass(frozen=True)
+class Reading:
+    """One run's curves and what every check reads them against."""
+
+    history: Sequence[EpochRecord]
+    status: str
+    settings: CurveDiagnosisSettings
+    scale: float  # the reference loss
+    band: float  # the noise band of a validation-loss difference (0: unknown)
+    band_how: str
+    kept: EpochRecord | None  # the best epoch, when the run restored it (early stopping); else None
+
+    @property
+    def validated(self) -> list[EpochRecord]:
+        return [r for r in self.history if r.val_loss is not None]
+
+
+# A check returns the code it found with its symptom, or None when absent.
+Check = Callable[[Reading], tuple[CurveCode, Symptom] | None]
 
 
 def diagnose_curves(
@@ -110,56 +140,37 @@ def diagnose_curves(
     status: str,
     settings: CurveDiagnosisSettings = DEFAULT_SETTINGS,
     reference_loss: float | None = None,
+    n_val: int | None = None,
+    kept_best: bool | None = None,
 ) -> CurveDiagnosis:
     """Diagnose one run from its per-epoch history and how it ended (`fit`'s status).
 
     `status` is "completed", "early_stopped", "diverged" or "stopped"; validation-based checks are
     skipped for epochs without validation numbers. `reference_loss` is the loss the run started from
     (`Task.expected_initial_loss` of its training targets, for its loss); see the module docstring.
+    `n_val` (validation rows) sizes the noise band; `kept_best` says the model kept its best validation
+    epoch (None: when early stopping stopped it, as `fit` then restores that epoch).
     """
     diverged = _diverged(history, status, settings)
     if diverged is not None:
         return _make("diverged", Symptom(diverged, SOURCE_DIVERGED))
     if len(history) < 2:
         return _make("insufficient", Symptom(f"only {len(history)} epoch(s) recorded (status {status})", SOURCE_NONE))
-    scale = _scale(history, reference_loss)
-    checks: tuple[tuple[Check, CurveCode], ...] = (
-        (_collapsed, "collapsed"),
-        (_overfitting, "overfitting"),
-        (_underfitting, "underfitting"),
-        (_not_converged, "not_converged"),
-    )
-    for check, code in checks:
-        symptom = check(history, status, settings, scale)
-        if symptom is not None:
-            return _make(code, symptom)
+    validated = [r for r in history if r.val_loss is not None]
+    keeps = status == "early_stopped" if kept_best is None else kept_best
+    kept = _best(validated) if keeps and validated else None
+    band, how = noise_band(validated, n_val, settings.noise_z)
+    reading = Reading(history, status, settings, _scale(history, reference_loss), band, how, kept)
+    checks: tuple[Check, ...] = (_collapsed, _overfitting, _underfitting, _not_converged)
+    note = _dismissed_rise(reading)
+    for check in checks:
+        found = check(reading)
+        if found is not None:
+            code, symptom = found
+            return _make(code, symptom._replace(message=symptom.message + note))
     last = history[-1]
-    return _make("ok", Symptom(f"no problem in the curves after {len(history)} epochs ({_losses(last)})", SOURCE_NONE))
-
-
-def summarise_diagnoses(codes: Sequence[str]) -> StageDiagnosisSummary:
-    """Count a stage's diagnosis codes and name the most common problem (ties go by precedence)."""
-    unknown = sorted(set(codes) - set(ALL_CODES))
-    if unknown:
-        raise ValueError(f"unknown diagnosis code(s) {unknown}: expected some of {list(ALL_CODES)}")
-    tally = Counter(codes)
-    counts = {code: tally[code] for code in ALL_CODES if tally[code]}
-    total = len(codes)
-    problems = [code for code in PROBLEMS if tally[code]]
-    if not problems:
-        message = f"no problem diagnosed in {total} run(s)" if total else "no runs to diagnose"
-        if tally["insufficient"]:
-            message += f" ({tally['insufficient']} too short to read)"
-        return StageDiagnosisSummary(counts=counts, dominant=None, message=message)
-    dominant = max(problems, key=lambda code: (tally[code], -PROBLEMS.index(code)))
-    others = [f"{tally[code]} {code}" for code in problems if code != dominant]
-    message = (
-        f"{tally[dominant]} of {total} run(s) {dominant.replace('_', ' ')}, the most common problem: "
-        f"{NEXT_ACTIONS[dominant]}"
-    )
-    if others:
-        message += f" (also {', '.join(others)})"
-    return StageDiagnosisSummary(counts=counts, dominant=dominant, message=message)
+    message = f"no problem in the curves after {len(history)} epochs ({_losses(last)})"
+    return _make("ok", Symptom(message + note, SOURCE_NONE))
 
 
 def _make(code: CurveCode, symptom: Symptom) -> CurveDiagnosis:
@@ -169,6 +180,10 @@ def _make(code: CurveCode, symptom: Symptom) -> CurveDiagnosis:
         next_action=symptom.next_action or NEXT_ACTIONS[code],
         rule_source=symptom.source,
     )
+
+
+def _best(validated: Sequence[EpochRecord]) -> EpochRecord:
+    return min(validated, key=lambda r: r.val_loss if r.val_loss is not None else math.inf)
 
 
 def _scale(history: Sequence[EpochRecord], reference_loss: float | None) -> float:
@@ -206,73 +221,137 @@ def _diverged(history: Sequence[EpochRecord], status: str, settings: CurveDiagno
     return None
 
 
-def _collapsed(
-    history: Sequence[EpochRecord], status: str, settings: CurveDiagnosisSettings, scale: float
-) -> Symptom | None:
+def _collapsed(r: Reading) -> tuple[CurveCode, Symptom] | None:
     # Read at the epoch a run keeps (its best validation loss), else its last.
-    validated = [r for r in history if r.val_loss is not None]
-    kept = min(validated, key=lambda r: r.val_loss if r.val_loss is not None else math.inf) if validated else None
-    record = kept or history[-1]
+    validated = r.validated
+    record = _best(validated) if validated else r.history[-1]
     predicted, true = record.metric("val/top_class_pred_share"), record.metric("val/top_class_true_share")
     if predicted is None or true is None:
         return None
-    if predicted < settings.collapse_share or true >= settings.collapse_share:
+    if predicted < r.settings.collapse_share or true >= r.settings.collapse_share:
         return None
     balanced = record.metric("val/balanced_acc")
     detail = "" if balanced is None else f", validation balanced accuracy {balanced:.3f}"
-    return Symptom(
+    return "collapsed", Symptom(
         f"collapsed to the majority class: at epoch {record.epoch} one class was predicted for {predicted:.0%} of "
         f"the validation rows, which hold {true:.0%} of that class{detail}",
         SOURCE_COLLAPSED,
     )
 
 
-def _overfitting(
-    history: Sequence[EpochRecord], status: str, settings: CurveDiagnosisSettings, scale: float
-) -> Symptom | None:
-    last = history[-1]
-    if last.val_loss is not None and last.val_loss - last.train_loss > settings.overfit_gap * scale:
-        gap = last.val_loss - last.train_loss
-        return Symptom(
-            f"validation loss {last.val_loss:.4g} vs training loss {last.train_loss:.4g} at the last epoch: a gap of "
-            f"{gap:.4g}, {gap / scale:.0%} of the reference loss {scale:.4g} (more than {settings.overfit_gap:.0%})",
-            SOURCE_OVERFITTING_GAP,
-        )
-    validated = [r for r in history if r.val_loss is not None]
+def _overfitting(r: Reading) -> tuple[CurveCode, Symptom] | None:
+    gap = _gap(r)
+    if gap is not None:
+        return "overfitting", gap
+    validated = r.validated
     if len(validated) < 2:
         return None
-    best = min(validated, key=lambda r: r.val_loss if r.val_loss is not None else math.inf)
-    first, end = validated[0], validated[-1]
+    best, first, end = _best(validated), validated[0], validated[-1]
     assert best.val_loss is not None
     assert end.val_loss is not None
     assert first.val_loss is not None
-    train_fell = end.train_loss < best.train_loss
     if best is first and len(validated) >= 3 and first.train_loss > 0:
         drop = 1 - end.train_loss / first.train_loss
-        if drop > settings.val_rise:
-            return Symptom(
+        if drop > r.settings.val_rise:
+            return "overfitting", Symptom(
                 f"validation loss never fell below its first epoch's {first.val_loss:.4g} (now {end.val_loss:.4g}) "
                 f"while training loss fell {drop:.0%} ({first.train_loss:.4g} -> {end.train_loss:.4g}): "
                 "overfitting from the start, or validation rows that differ from the training rows",
                 SOURCE_VAL_NEVER_FALLS,
                 NEVER_FALLS_ACTION,
             )
-    rise = end.val_loss / best.val_loss - 1 if best.val_loss > 0 else 0.0
-    if rise > settings.val_rise and train_fell:
-        return Symptom(
-            f"validation loss rose {rise:.0%} from its minimum {best.val_loss:.4g} (epoch {best.epoch}) to "
+    rise = _rise(r)
+    if rise is not None and not _rise_dismissals(r, rise):
+        return "overfitting", Symptom(
+            f"validation loss rose {rise.relative:.0%} from its minimum {best.val_loss:.4g} (epoch {best.epoch}) to "
             f"{end.val_loss:.4g} (epoch {end.epoch}) while training loss kept falling "
-            f"({best.train_loss:.4g} -> {end.train_loss:.4g})",
+            f"({best.train_loss:.4g} -> {end.train_loss:.4g}){_band_text(r)}",
             SOURCE_VAL_RISES,
         )
     return None
 
 
-def _underfitting(
-    history: Sequence[EpochRecord], status: str, settings: CurveDiagnosisSettings, scale: float
-) -> Symptom | None:
+def _gap(r: Reading) -> Symptom | None:
+    """Validation loss well above training loss at the epoch the run keeps (its last, or its restored best)."""
+    record = r.kept or r.history[-1]
+    if record.val_loss is None:
+        return None
+    gap = record.val_loss - record.train_loss
+    if gap <= r.settings.overfit_gap * r.scale or gap <= r.band:
+        return None
+    where = "at the last epoch" if r.kept is None else f"at epoch {record.epoch}, the best one, which the run kept"
+    return Symptom(
+        f"validation loss {record.val_loss:.4g} vs training loss {record.train_loss:.4g} {where}: a gap of "
+        f"{gap:.4g}, {gap / r.scale:.0%} of the reference loss {r.scale:.4g} (more than "
+        f"{r.settings.overfit_gap:.0%}){_band_text(r)}",
+        SOURCE_OVERFITTING_GAP,
+    )
+
+
+class Rise(NamedTuple):
+    """The validation loss's climb from its minimum to the last epoch, the training loss falling meanwhile."""
+
+    best: EpochRecord
+    end: EpochRecord
+    absolute: float
+    relative: float
+
+
+def _rise(r: Reading) -> Rise | None:
+    """The climb after the minimum when it is above `val_rise` of the minimum and training kept falling."""
+    validated = r.validated
+    if len(validated) < 2:
+        return None
+    best, end = _best(validated), validated[-1]
+    assert best.val_loss is not None
+    assert end.val_loss is not None
+    absolute = end.val_loss - best.val_loss
+    relative = absolute / best.val_loss if best.val_loss > 0 else 0.0
+    if relative <= r.settings.val_rise or not end.train_loss < best.train_loss:
+        return None
+    return Rise(best, end, absolute, relative)
+
+
+def _rise_dismissals(r: Reading, rise: Rise) -> list[str]:
+    """Why a rise above `val_rise` is still not overfitting to act on ([] when it is)."""
+    reasons = []
+    floor = r.settings.val_rise_floor * r.scale
+    if rise.absolute <= floor:
+        reasons.append(
+            f"{rise.absolute:.2g} is {rise.absolute / r.scale:.1%} of the reference loss {r.scale:.4g} "
+            f"(at most {r.settings.val_rise_floor:.0%}: too small to act on)"
+        )
+    if r.band > 0 and rise.absolute <= r.band:
+        reasons.append(f"within the noise of the split ({r.band:.2g}: {r.band_how})")
+    if r.kept is not None:
+        reasons.append(f"early stopping kept epoch {r.kept.epoch}, the minimum, so the rise is already dealt with")
+    return reasons
+
+
+def _dismissed_rise(r: Reading) -> str:
+    """A note for a rise that looked like overfitting on the relative threshold alone but is not acted on."""
+    rise = _rise(r)
+    if rise is None:
+        return ""
+    reasons = _rise_dismissals(r, rise)
+    if not reasons:
+        return ""
+    assert rise.best.val_loss is not None
+    assert rise.end.val_loss is not None
+    return (
+        f"; the validation loss rose {rise.best.val_loss:.4g} -> {rise.end.val_loss:.4g} after epoch "
+        f"{rise.best.epoch}, not read as overfitting: {'; '.join(reasons)}"
+    )
+
+
+def _band_text(r: Reading) -> str:
+    return f", beyond the noise band {r.band:.2g} ({r.band_how})" if r.band > 0 else ""
+
+
+def _underfitting(r: Reading) -> tuple[CurveCode, Symptom] | None:
     # "Train and validation both low": both losses must stay high. The training loss alone would
     # read dropout's noise (it is measured in training mode) as missing capacity.
+    history, settings, scale = r.history, r.settings, r.scale
     last = history[-1]
     losses = {"training": last.train_loss} | ({} if last.val_loss is None else {"validation": last.val_loss})
     if min(losses.values()) / scale <= settings.underfit_loss_share:
@@ -283,22 +362,29 @@ def _underfitting(
         f"final {names} {values} {'are' if len(losses) > 1 else 'is'} {shares} of the reference loss {scale:.4g} "
         f"(more than {settings.underfit_loss_share:.0%})"
     )
+    before = history[-2].train_loss
+    drop = (before - last.train_loss) / before if before > 0 else 0.0
+    if drop > settings.underfit_plateau:
+        # A run cut short, not a model short of capacity: the usual few-epoch coarse trial.
+        message += (
+            f", but the training loss still fell {drop:.0%} in the last epoch (more than "
+            f"{settings.underfit_plateau:.0%}): the run was cut short, so capacity cannot be judged yet"
+        )
+        return "not_converged", Symptom(message, SOURCE_NOT_CONVERGED, SHORT_RUN_ACTION)
     if _still_improving(history, settings) is not None:
         message += "; the validation loss was still falling, so more epochs may help too"
-    return Symptom(message, SOURCE_UNDERFITTING)
+    return "underfitting", Symptom(message, SOURCE_UNDERFITTING)
 
 
-def _not_converged(
-    history: Sequence[EpochRecord], status: str, settings: CurveDiagnosisSettings, scale: float
-) -> Symptom | None:
-    improving = _still_improving(history, settings)
+def _not_converged(r: Reading) -> tuple[CurveCode, Symptom] | None:
+    improving = _still_improving(r.history, r.settings)
     if improving is not None:
-        return Symptom(improving, SOURCE_NOT_CONVERGED)
-    validated = [r for r in history if r.val_loss is not None]
-    if status == "completed" and validated:
-        best = min(validated, key=lambda r: r.val_loss if r.val_loss is not None else math.inf)
+        return "not_converged", Symptom(improving, SOURCE_NOT_CONVERGED)
+    validated = r.validated
+    if r.status == "completed" and validated:
+        best = _best(validated)
         if best is validated[-1]:
-            return Symptom(
+            return "not_converged", Symptom(
                 f"the best validation loss ({best.val_loss:.4g}) is at the last epoch ({best.epoch})",
                 SOURCE_NOT_CONVERGED,
             )
