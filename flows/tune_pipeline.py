@@ -25,6 +25,7 @@ from stagetune.run_store import PipelineRun
 from stagetune.stages.final_stage import test_line
 from stagetune.store_check import check_stores_writable
 from stagetune.tracking.run_tree import RunTree, end_run, now_ms
+from stagetune.training.reproducibility import use_deterministic_algorithms
 from tasks.report import publish_tuning_report
 from tasks.sample import record_sample, sample_data
 from tasks.sanity import sanity_check
@@ -49,6 +50,7 @@ def tune_pipeline(config: PipelineConfig, resume: str | None = None, new: bool =
     FAILED (the run stays resumable) before it propagates.
     """
     require_configured_runner(config.execution)
+    use_deterministic_algorithms(config.execution.deterministic)  # before any CUDA work (cuBLAS reads it once)
     check_stores_writable(config)  # a read-only store is refused before the run folder exists
     run, sample = open_attempt(config, resume, new)
     try:

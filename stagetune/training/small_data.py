@@ -93,7 +93,7 @@ def cross_validate(
     different epochs: the mean covers the epochs every fold ran."""
     results, best_epochs = [], []
     for train_rows, val_rows in fold_indices(task.strata(y), folds, seed):
-        torch.manual_seed(seed)
+        torch.manual_seed(seed)  # only for randomness in a custom model's forward: `build` seeds the rest
         feed = make_train_loader(x[train_rows], y[train_rows], hp, task, seed, options.oversample_ratio)
         val_loader = make_eval_loader(x[val_rows], y[val_rows], batch_size=1024, task=task)
         result = fit(
@@ -188,7 +188,7 @@ def final_fit_from_folds(
     if chosen.fit.status == "diverged":
         return build(), chosen.fit, f"a fold diverged while choosing the epoch count: {chosen.fit.reason}"
     epochs = max(1, round(statistics.median(chosen.best_epochs)) + 1)
-    torch.manual_seed(seed)  # dropout masks come from the global generator
+    torch.manual_seed(seed)  # only for randomness in a custom model's forward: `build` seeds the rest
     model = build()
     feed = make_train_loader(x, y, hp, task, seed, options.oversample_ratio)
     result = fit(
