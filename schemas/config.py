@@ -568,6 +568,14 @@ class ExecutionConfig(StrictModel):
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
     concurrency: int = Field(default=1, ge=1, le=256)
     amp_bf16: bool = Field(default=False, description="bf16 autocast on CUDA.")
+    cpu_threads_per_trial: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="torch CPU threads each trial computes with; None: the cores divided by concurrency. The thread "
+        "count changes the order of sums inside matrix products and reductions, so trials agree bit for bit across "
+        "concurrency settings (and machines) only at one fixed count.",
+    )
     deterministic: bool = Field(
         default=False,
         description="Deterministic kernels (torch.use_deterministic_algorithms, cuDNN deterministic and no "

@@ -5,6 +5,7 @@ per process. These tests run trials and model builds side by side, in lockstep, 
 same work done alone: any draw from a shared stream would change the numbers.
 """
 
+import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +16,7 @@ import pytest
 import torch
 from torch import nn
 
+from schemas.config import ExecutionConfig
 from schemas.hyperparams import HyperParams
 from schemas.results import EpochRecord
 from stagetune.config_loading import load_config
@@ -23,7 +25,7 @@ from stagetune.models.layers import SeededDropout, own_dropout_streams
 from stagetune.stages import trial
 from stagetune.stages.trial import TrialContext, TrialData
 from stagetune.task.classification import ClassificationTask
-from stagetune.training.reproducibility import stream_seed, use_deterministic_algorithms
+from stagetune.training.reproducibility import cpu_threads, stream_seed, use_deterministic_algorithms
 
 EPOCHS = 4
 
@@ -179,11 +181,17 @@ def test_the_deterministic_switch_sets_torch_and_cublas_and_lifts() -> None:
 
 
 def test_the_deterministic_switch_sets_the_cublas_workspace(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     try:
         use_deterministic_algorithms(True)
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     finally:
         use_deterministic_algorithms(False)
+
+
+def test_trials_compute_on_the_configured_threads_or_the_cores_split_by_concurrency() -> None:
+    cores = os.cpu_count() or 1
+    assert cpu_threads(ExecutionConfig(concurrency=2, cpu_threads_per_trial=3)) == 3
+    assert cpu_threads(ExecutionConfig(concurrency=2)) == max(1, cores // 2)
+    assert cpu_threads(ExecutionConfig(concurrency=4 * cores)) == 1
+    assert cpu_threads(ExecutionConfig(concurrency=1)) >= 1

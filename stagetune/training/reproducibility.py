@@ -4,6 +4,10 @@ A trial's random streams (initial weights, data order, dropout masks, augmentati
 from `stream_seed(config.seed, stage, trial number)`, and none of them is torch's global generator
 while training: trials running side by side in threads then give the values they give alone.
 
+On the CPU, results depend on one more thing: the number of torch threads an op runs on (it orders
+the partial sums of matrix products and reductions). `cpu_threads` gives every trial the same count
+at a given concurrency, and `execution.cpu_threads_per_trial` the same count at any concurrency.
+
 `use_deterministic_algorithms` is the CUDA side: without it cuDNN picks kernels by benchmark and some
 CUDA kernels accumulate with atomics in whatever order threads finish, so two runs of one seed differ
 in the last bits, and the differences grow over epochs.
@@ -15,6 +19,8 @@ import zlib
 
 import numpy as np
 import torch
+
+from schemas.config import ExecutionConfig
 
 LOGGER = logging.getLogger(__name__)
 
@@ -53,3 +59,18 @@ def use_deterministic_algorithms(enabled: bool) -> None:
     torch.use_deterministic_algorithms(enabled)
     torch.backends.cudnn.deterministic = enabled
     torch.backends.cudnn.benchmark = False if enabled else torch.backends.cudnn.benchmark
+
+
+_TORCH_DEFAULT_THREADS: list[int] = []
+
+
+def cpu_threads(execution: ExecutionConfig) -> int:
+    """The torch CPU threads of each trial: `cpu_threads_per_trial`, else the cores split between the trials
+    that run at once (concurrent trials each using every core slow each other down), else torch's default."""
+    if not _TORCH_DEFAULT_THREADS:  # torch's own choice, before any run of this process changed it
+        _TORCH_DEFAULT_THREADS.append(torch.get_num_threads())
+    if execution.cpu_threads_per_trial is not None:
+        return execution.cpu_threads_per_trial
+    if execution.concurrency > 1:
+        return max(1, (os.cpu_count() or 1) // execution.concurrency)
+    return _TORCH_DEFAULT_THREADS[0]
