@@ -3,7 +3,6 @@
 Adding a family: one file under `stagetune/models/` with a `ModelFamily` subclass, and one entry here.
 """
 
-import threading
 from collections.abc import Sequence
 
 import torch
@@ -17,10 +16,7 @@ from stagetune.models.cnn import CNNFamily
 from stagetune.models.custom import CustomFamily
 from stagetune.models.layers import own_dropout_streams
 from stagetune.models.mlp import MLPFamily
-
-# Held while a model is built from a seeded global generator: torch has one global CPU generator per
-# process, and trials in threads would otherwise reseed it under each other's builds.
-GLOBAL_RNG_LOCK = threading.Lock()
+from stagetune.training.reproducibility import GLOBAL_RNG_LOCK
 
 FAMILIES: dict[str, ModelFamily] = {family.name: family for family in (MLPFamily(), CNNFamily(), CustomFamily())}
 

@@ -21,7 +21,6 @@ from functools import partial
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import (
@@ -60,7 +59,7 @@ from stagetune.tracking.system_metrics import trial_sampler
 from stagetune.training.device import resolve_device
 from stagetune.training.loaders import make_eval_loader, make_train_loader
 from stagetune.training.loop import FitResult, StopTraining, fit
-from stagetune.training.reproducibility import stream_seed, use_deterministic_algorithms
+from stagetune.training.reproducibility import seed_global_generator, stream_seed, use_deterministic_algorithms
 from stagetune.training.small_data import FitOptions, cross_validate, joined
 
 LOGGER = logging.getLogger(__name__)
@@ -212,7 +211,7 @@ def _train(
     # build_model): the trial gives the same values alone or beside others in threads. The global
     # generator is seeded only for randomness in a custom model's own forward, which the trial's
     # streams cannot reach (exact with execution.concurrency 1).
-    torch.manual_seed(seed)
+    seed_global_generator(seed)
     model = build_model(
         config.model.family, hp, data.input_shape, data.task.output_size, config.model.import_path, seed=seed
     )

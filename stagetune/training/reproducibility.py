@@ -15,6 +15,7 @@ in the last bits, and the differences grow over epochs.
 
 import logging
 import os
+import threading
 import zlib
 
 import numpy as np
@@ -23,6 +24,10 @@ import torch
 from schemas.config import ExecutionConfig
 
 LOGGER = logging.getLogger(__name__)
+
+# Held while torch's global CPU generator is seeded, and while a model is built from it: torch has one per
+# process, and trials in threads would otherwise reseed it under each other's model builds.
+GLOBAL_RNG_LOCK = threading.Lock()
 
 # cuBLAS needs a fixed workspace for reproducible results (CUDA >= 10.2); ":4096:8" is NVIDIA's setting
 # that costs ~24 MiB of GPU memory (":16:8" saves it and may be slower).
@@ -37,6 +42,13 @@ def stream_seed(seed: int, *labels: int | str) -> int:
     """
     words = [seed, *(zlib.crc32(label.encode()) if isinstance(label, str) else label for label in labels)]
     return int(np.random.SeedSequence(words).generate_state(1)[0] >> 1)
+
+
+def seed_global_generator(seed: int) -> None:
+    """Seed torch's global generator, for randomness a trial's own streams cannot reach (a custom model's
+    forward drawing from it), without reseeding a model build in progress in another thread."""
+    with GLOBAL_RNG_LOCK:
+        torch.manual_seed(seed)
 
 
 def use_deterministic_algorithms(enabled: bool) -> None:
