@@ -87,11 +87,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(device_name: str, steps: int, rounds: int) -> dict[str, object]:
+def measure(
+    device_name: str, steps: int, rounds: int, models: dict[str, tuple[str, HyperParams, list[int]]] = MODELS
+) -> dict[str, object]:
     """Per model and arm: the median over `rounds` of the mean step time, and its ratio to `nn.Dropout`."""
     device = torch.device(device_name)
     rows = []
-    for label, (family, hp, shape) in MODELS.items():
+    for label, (family, hp, shape) in models.items():
         times: dict[str, list[float]] = {arm: [] for arm in ARMS}
         for _ in range(rounds):
             for arm in ARMS:

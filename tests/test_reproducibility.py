@@ -195,3 +195,16 @@ def test_trials_compute_on_the_configured_threads_or_the_cores_split_by_concurre
     assert cpu_threads(ExecutionConfig(concurrency=2)) == max(1, cores // 2)
     assert cpu_threads(ExecutionConfig(concurrency=4 * cores)) == 1
     assert cpu_threads(ExecutionConfig(concurrency=1)) >= 1
+
+
+def test_the_reproducibility_cost_bench_times_its_three_arms() -> None:
+    from bench.reproducibility_cost import ARMS, measure
+
+    tiny = {"mlp": ("mlp", HyperParams(width=8, depth=1, dropout=0.2, batch_size=4), [6])}
+    result = measure("cpu", steps=1, rounds=1, models=tiny)
+    rows = result["rows"]
+    assert isinstance(rows, list)
+    assert [row["arm"] for row in rows] == list(ARMS)
+    assert all(row["ms_per_step"] > 0 for row in rows)
+    assert rows[0]["ratio"] == 1.0
+    assert not torch.are_deterministic_algorithms_enabled()  # the deterministic arm lifts its setting

@@ -8,9 +8,9 @@ On the CPU, results depend on one more thing: the number of torch threads an op 
 the partial sums of matrix products and reductions). `cpu_threads` gives every trial the same count
 at a given concurrency, and `execution.cpu_threads_per_trial` the same count at any concurrency.
 
-`use_deterministic_algorithms` is the CUDA side: without it cuDNN picks kernels by benchmark and some
-CUDA kernels accumulate with atomics in whatever order threads finish, so two runs of one seed differ
-in the last bits, and the differences grow over epochs.
+`use_deterministic_algorithms` is the CUDA side: without it some CUDA kernels (atomic adds, some cuDNN
+convolution algorithms) accumulate in whatever order threads finish, so two runs of one seed differ in
+the last bits, and the differences grow over epochs.
 """
 
 import logging
