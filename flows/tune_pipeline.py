@@ -1,6 +1,5 @@
 """The stagetune flow: sample & rebalance -> sanity gate -> coarse search -> narrowing -> refinement -> final."""
 
-import os
 import shutil
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -25,6 +24,7 @@ from stagetune.run_store import PipelineRun
 from stagetune.stages.final_stage import test_line
 from stagetune.store_check import check_stores_writable
 from stagetune.tracking.run_tree import RunTree, end_run, now_ms
+from stagetune.training.reproducibility import cpu_threads, use_deterministic_algorithms
 from tasks.report import publish_tuning_report
 from tasks.sample import record_sample, sample_data
 from tasks.sanity import sanity_check
@@ -49,6 +49,7 @@ def tune_pipeline(config: PipelineConfig, resume: str | None = None, new: bool =
     FAILED (the run stays resumable) before it propagates.
     """
     require_configured_runner(config.execution)
+    use_deterministic_algorithms(config.execution.deterministic)  # before any CUDA work (cuBLAS reads it once)
     check_stores_writable(config)  # a read-only store is refused before the run folder exists
     run, sample = open_attempt(config, resume, new)
     try:
@@ -107,6 +108,7 @@ def _stages(config: PipelineConfig, sample: SampleResult, tree: RunTree, run: Pi
         "tracking_uri": tree.tracking_uri,
         "sample": sample,
     }
+    _share_cpu_threads(config)  # from the sanity stage on: each stage's numbers then depend on the config alone
     sanity = None
     if config.sanity.enabled:
         sanity = _stage(run, "sanity", SanityResult, lambda: sanity_check(config, sample, tree))
@@ -115,7 +117,6 @@ def _stages(config: PipelineConfig, sample: SampleResult, tree: RunTree, run: Pi
         message = "The sanity gate failed: " + " ".join(d.message for d in sanity.diagnoses)
         return PipelineResult(**base, status="sanity_failed", message=message, stages_completed=stages, sanity=sanity)
 
-    _share_cpu_threads(config)
     concurrency, run_name = config.execution.concurrency, run.dir.name
     coarse = _stage(
         run,
@@ -195,6 +196,6 @@ def _best_trial(refine: SearchStageResult, coarse: SearchStageResult) -> Any:
 
 
 def _share_cpu_threads(config: PipelineConfig) -> None:
-    # Concurrent CPU trials each using every core slow each other down: split the cores between them.
-    if config.execution.concurrency > 1 and not torch.cuda.is_available():
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // config.execution.concurrency))
+    # Set on every run, not only concurrent ones: a process may run pipelines of several concurrencies.
+    if not torch.cuda.is_available():
+        torch.set_num_threads(cpu_threads(config.execution))

@@ -570,6 +570,20 @@ class ExecutionConfig(StrictModel):
     device: str = Field(default="auto", description="auto, cpu, cuda or cuda:N")
     concurrency: int = Field(default=1, ge=1, le=256)
     amp_bf16: bool = Field(default=False, description="bf16 autocast on CUDA.")
+    cpu_threads_per_trial: int | None = Field(
+        default=None,
+        ge=1,
+        le=1024,
+        description="torch CPU threads each trial computes with; None: the cores divided by concurrency. The thread "
+        "count changes the order of sums inside matrix products and reductions, so trials agree bit for bit across "
+        "concurrency settings (and machines) only at one fixed count.",
+    )
+    deterministic: bool = Field(
+        default=False,
+        description="Deterministic kernels (torch.use_deterministic_algorithms, cuDNN deterministic and no "
+        "benchmark, CUBLAS_WORKSPACE_CONFIG): on CUDA the same seed then gives the same trials bit for bit, at "
+        "some speed; an op without a deterministic kernel fails naming itself. CPU runs repeat without it.",
+    )
     workdir: str = Field(default="stagetune-runs", min_length=1, description="Local stores and stage outputs.")
     task_runner: Literal["threads", "dask"] = Field(
         default="threads", description="Where trial tasks run: a thread pool, or a Dask cluster."

@@ -17,7 +17,7 @@ from stagetune.run_store import config_fingerprint, open_run
 from stagetune.stages import trial as trial_module
 from stagetune.stages.lost_records import RECOVERED_TAG
 from stagetune.stages.search_session import SearchSession
-from stagetune.stages.trial import TrialContext
+from stagetune.stages.trial import TrialContext, trial_seed
 from tests.conftest import tiny_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
@@ -209,7 +209,7 @@ def test_a_told_trial_whose_queued_mlflow_records_were_lost_is_rebuilt_from_the_
     assert run.data.tags["stagetune.state"] == lost.state
     assert "rebuilt from the Optuna study" in run.data.tags[RECOVERED_TAG]
     assert run.data.params["epochs"] == str(config.coarse.epochs)
-    assert run.data.params["seed"] == str(config.seed + 1)
+    assert run.data.params["seed"] == str(trial_seed(config.seed, "coarse", 1))
     assert run.data.params["optimizer"] == lost.hyperparams.optimizer
     assert run.data.metrics["objective"] == pytest.approx(lost.value)
     objective_curve = client.get_metric_history(lost.mlflow_run_id, "val/loss")

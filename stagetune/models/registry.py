@@ -14,7 +14,9 @@ from stagetune.errors import InputError
 from stagetune.models.base import ModelFamily
 from stagetune.models.cnn import CNNFamily
 from stagetune.models.custom import CustomFamily
+from stagetune.models.layers import own_dropout_streams
 from stagetune.models.mlp import MLPFamily
+from stagetune.training.reproducibility import GLOBAL_RNG_LOCK
 
 FAMILIES: dict[str, ModelFamily] = {family.name: family for family in (MLPFamily(), CNNFamily(), CustomFamily())}
 
@@ -55,12 +57,21 @@ def build_model(
 ) -> nn.Module:
     """Build the model of `family` for inputs of `input_shape` with `num_classes` outputs.
 
-    With `seed`, the weights are drawn from a forked CPU random state seeded with it, so the same
-    seed gives the same model without touching the caller's global random state.
+    With `seed`, the model is a function of the seed alone, whatever runs beside it in other threads
+    (trials at `execution.concurrency` > 1 share one process):
+    - its initial weights are drawn while this thread holds `GLOBAL_RNG_LOCK`, from torch's CPU
+      generator seeded with `seed` inside a fork (restored afterwards): no other build can reseed or
+      draw from it in between, and the caller's global random state is left as it was. (torch's
+      layer constructors draw from the global generator; a user's factory may too: one lock covers
+      every family.)
+    - its nn.Dropout layers are replaced by `SeededDropout`s drawing masks from streams of their own
+      (seeded from `seed`): during training no trial touches the global generator.
     """
     builder = get_family(family)
     if seed is None:
         return builder.build(hp, input_shape, num_classes, import_path)
-    with torch.random.fork_rng(devices=[]):
+    with GLOBAL_RNG_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return builder.build(hp, input_shape, num_classes, import_path)
+        model = builder.build(hp, input_shape, num_classes, import_path)
+    own_dropout_streams(model, seed)
+    return model

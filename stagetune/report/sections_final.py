@@ -182,10 +182,13 @@ def reproduce_section(
     }
     rows = [*key_value_rows(numbers, "reproduce", facts), [esc("tracking URI"), esc(uri)]]
     version_rows = [[esc(name), numbers.span(f"reproduce.version.{name}", v)] for name, v in versions.items()]
-    note = "With execution.concurrency = 1 the same seed gives the same trials"
+    note = "On the CPU the same config and seed give the same trials and test metrics (README, Reproducibility)"
     if concurrency is not None:
         note += (
-            "; this run used 1." if concurrency == 1 else f"; this run used {concurrency}: trial order followed timing."
+            "; this run used execution.concurrency 1."
+            if concurrency == 1
+            else f"; this run used execution.concurrency {concurrency}: model-based draws after the start-up trials "
+            "and pruning decisions followed timing."
         )
     config_text = (
         yaml.safe_dump(mask_data(dict(config), secrets), sort_keys=False)

@@ -43,6 +43,7 @@ from stagetune.tracking.system_metrics import monitored_run
 from stagetune.training.device import resolve_device
 from stagetune.training.loaders import TrainFeed, load_options, make_eval_loader, make_train_loader
 from stagetune.training.loop import FitResult, fit
+from stagetune.training.reproducibility import seed_global_generator
 from stagetune.training.small_data import FitOptions, final_fit_from_folds, joined
 
 CHECKPOINT_ARTIFACT = "checkpoint/checkpoint.pt"
@@ -78,7 +79,9 @@ def final_stage(
         feed = make_train_loader(arrays.X_train, arrays.y_train, hp, task, config.seed, config.sample.oversample_ratio)
         augment = build_augmenter(config, hp, feed.task, sample.input_shape, config.seed, pixels_of(sample))
         feed = replace(feed, augment=augment)
-        torch.manual_seed(config.seed)  # dropout masks come from the global generator
+        # Weights, data order, dropout and augmentation have streams seeded with config.seed (build_model);
+        # the global generator is seeded for randomness in a custom model's own forward only.
+        seed_global_generator(config.seed)
         reporter.stage_started(
             "final", f"up to {final.max_epochs} epochs on {len(arrays.y_train)} rows", total=final.max_epochs
         )

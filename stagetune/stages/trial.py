@@ -21,7 +21,6 @@ from functools import partial
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import (
@@ -60,6 +59,7 @@ from stagetune.tracking.system_metrics import trial_sampler
 from stagetune.training.device import resolve_device
 from stagetune.training.loaders import make_eval_loader, make_train_loader
 from stagetune.training.loop import FitResult, StopTraining, fit
+from stagetune.training.reproducibility import seed_global_generator, stream_seed, use_deterministic_algorithms
 from stagetune.training.small_data import FitOptions, cross_validate, joined
 
 LOGGER = logging.getLogger(__name__)
@@ -190,9 +190,14 @@ def trial_run_params(
     run_params: dict[str, object] = {
         **logged_hyperparams(hp, context.config.model),
         "epochs": context.epochs,
-        "seed": context.config.seed + number,
+        "seed": trial_seed(context.config.seed, context.stage, number),
     }
     return run_params | {f"optuna.{k}": v for k, v in params.items()}
+
+
+def trial_seed(seed: int, stage: Stage, number: int) -> int:
+    """The seed of every random stream of trial `number` of `stage` in a run seeded with `seed`."""
+    return stream_seed(seed, stage, number)
 
 
 def _train(
@@ -200,8 +205,13 @@ def _train(
 ) -> FitResult:
     config, data = context.config, context.data
     device = resolve_device(config.execution.device)
-    seed = config.seed + number
-    torch.manual_seed(seed)
+    use_deterministic_algorithms(config.execution.deterministic)  # a worker or Dask process runs no flow to set it
+    seed = trial_seed(config.seed, context.stage, number)
+    # Weights, data order, dropout masks and augmentation draw from streams seeded with `seed` (see
+    # build_model): the trial gives the same values alone or beside others in threads. The global
+    # generator is seeded only for randomness in a custom model's own forward, which the trial's
+    # streams cannot reach (exact with execution.concurrency 1).
+    seed_global_generator(seed)
     model = build_model(
         config.model.family, hp, data.input_shape, data.task.output_size, config.model.import_path, seed=seed
     )

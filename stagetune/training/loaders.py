@@ -111,6 +111,9 @@ class LazyBatches:
         positions: np.ndarray | None = None,
     ) -> None:
         self.dataset = rows.dataset(targets, positions)
+        # Each epoch the DataLoader draws its workers' base seed (which seeds torch, random and numpy in
+        # each worker) from `generator`; without one, from torch's global generator, shared by every trial thread.
+        generator = generator if generator is not None else torch.Generator().manual_seed(0)
         if batch_sampler is None:
             order: Sampler[int] = (
                 RandomSampler(self.dataset, generator=generator) if shuffle else SequentialSampler(self.dataset)
@@ -125,6 +128,7 @@ class LazyBatches:
             persistent_workers=workers > 0,
             prefetch_factor=2 if workers > 0 else None,
             worker_init_fn=_worker_signals if workers > 0 else None,
+            generator=generator,
         )
 
     def __len__(self) -> int:
@@ -202,7 +206,8 @@ def _lazy_train_feed(x: LazyRows, y: np.ndarray, hp: HyperParams, task: Task, se
     labels = np.asarray(y, dtype=np.int64)
     if hp.rebalance == "balanced_batches":
         sampler = balanced_sampler(labels, hp.batch_size, seed)
-        return TrainFeed(LazyBatches(x, targets, hp.batch_size, batch_sampler=sampler), task=task)
+        loader = LazyBatches(x, targets, hp.batch_size, generator=generator, batch_sampler=sampler)
+        return TrainFeed(loader, task=task)
     positions = None
     if hp.rebalance == "oversample":  # duplicated row positions: nothing read until a batch needs it
         positions = oversample_indices(labels, ratio, np.random.default_rng(seed))

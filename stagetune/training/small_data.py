@@ -31,6 +31,7 @@ from stagetune.data.source import Features, LazyRows
 from stagetune.task.base import Task
 from stagetune.training.loaders import make_eval_loader, make_train_loader
 from stagetune.training.loop import FitResult, StopTraining, fit
+from stagetune.training.reproducibility import seed_global_generator
 
 ModelFactory = Callable[[], nn.Module]
 
@@ -93,7 +94,7 @@ def cross_validate(
     different epochs: the mean covers the epochs every fold ran."""
     results, best_epochs = [], []
     for train_rows, val_rows in fold_indices(task.strata(y), folds, seed):
-        torch.manual_seed(seed)
+        seed_global_generator(seed)  # only for randomness in a custom model's forward: `build` seeds the rest
         feed = make_train_loader(x[train_rows], y[train_rows], hp, task, seed, options.oversample_ratio)
         val_loader = make_eval_loader(x[val_rows], y[val_rows], batch_size=1024, task=task)
         result = fit(
@@ -188,7 +189,7 @@ def final_fit_from_folds(
     if chosen.fit.status == "diverged":
         return build(), chosen.fit, f"a fold diverged while choosing the epoch count: {chosen.fit.reason}"
     epochs = max(1, round(statistics.median(chosen.best_epochs)) + 1)
-    torch.manual_seed(seed)  # dropout masks come from the global generator
+    seed_global_generator(seed)  # only for randomness in a custom model's forward: `build` seeds the rest
     model = build()
     feed = make_train_loader(x, y, hp, task, seed, options.oversample_ratio)
     result = fit(
