@@ -16,15 +16,19 @@ import pytest
 import torch
 from torch import nn
 
-from schemas.config import ExecutionConfig
+from schemas.config import ExecutionConfig, PipelineConfig
 from schemas.hyperparams import HyperParams
 from schemas.results import EpochRecord
 from stagetune.config_loading import load_config
+from stagetune.data.source import LoadOptions
+from stagetune.data.stage import load_stage_arrays, run_sample_stage
+from stagetune.examples_data import SHAPES, make_shapes
 from stagetune.models import build_model
 from stagetune.models.layers import SeededDropout, own_dropout_streams
 from stagetune.stages import trial
 from stagetune.stages.trial import TrialContext, TrialData
 from stagetune.task.classification import ClassificationTask
+from stagetune.training.loaders import LazyBatches, make_eval_loader, make_train_loader
 from stagetune.training.reproducibility import cpu_threads, stream_seed, use_deterministic_algorithms
 
 EPOCHS = 4
@@ -208,3 +212,23 @@ def test_the_reproducibility_cost_bench_times_its_three_arms() -> None:
     assert all(row["ms_per_step"] > 0 for row in rows)
     assert rows[0]["ratio"] == 1.0
     assert not torch.are_deterministic_algorithms_enabled()  # the deterministic arm lifts its setting
+
+
+@pytest.mark.parametrize("rebalance", ["none", "balanced_batches"])
+def test_lazily_read_batches_leave_the_global_generator_alone(tmp_path: Path, rebalance: str) -> None:
+    # A DataLoader draws its workers' base seed every epoch: from the trial's generator, not the global one.
+    make_shapes(tmp_path / "shapes", per_class=6, size=8, seed=1)
+    config = PipelineConfig.model_validate({"data": {"source": f"{tmp_path / 'shapes'}/"}, "model": {"family": "cnn"}})
+    sample = run_sample_stage(config, tmp_path / "sample")
+    arrays = load_stage_arrays(sample, LoadOptions(num_workers=1))
+    hp = HyperParams(batch_size=8, rebalance=rebalance)
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    feed = make_train_loader(arrays.X_train, arrays.y_train, hp, len(SHAPES), seed=4)
+    assert isinstance(feed.loader, LazyBatches)
+    epochs = [torch.cat([y for _, y in feed.loader]) for _ in range(2)]
+    list(make_eval_loader(arrays.X_val, arrays.y_val, batch_size=8))
+    assert torch.equal(torch.get_rng_state(), state)
+    again = make_train_loader(arrays.X_train, arrays.y_train, hp, len(SHAPES), seed=4)
+    for epoch in epochs:  # and the same seed gives the same batches, epoch after epoch
+        assert torch.equal(torch.cat([y for _, y in again.loader]), epoch)
