@@ -17,15 +17,22 @@ TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "postgresql+psycopg
 STORAGE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "postgresql+psycopg2", "mysql", "mysql+pymysql")
 
 
+URL_PASSWORD = re.compile(r"(?P<head>(?:\b[A-Za-z][\w+.-]*)?://[^/@:\s]*:)(?P<password>[^/@\s]+)@")
+"""The password of a `scheme://user:PASSWORD@host` URL anywhere in a text (group `password`)."""
+
+
 def redact_url(value: str) -> str:
-    """`value` with the password of a scheme://user:password@host URL in it replaced by ***."""
+    """`value` (a URL, or text holding URLs) with each `scheme://user:password@host` password replaced by ***.
+
+    The one URL redactor: error messages, status records, log lines and reports all use it.
+    """
     try:
-        password = urlsplit(value).password
+        password = urlsplit(value).password  # a whole URL: its password may hold '@' or '/', which the pattern stops at
     except ValueError:
         password = None
     if password:
         value = value.replace(f":{password}@", ":***@", 1)
-    return re.sub(r"(://[^/@:\s]*:)[^/@\s]+@", r"\1***@", value)
+    return URL_PASSWORD.sub(lambda m: f"{m.group('head')}***@", value)
 
 
 def url_problem(value: str, schemes: Collection[str]) -> str | None:

@@ -8,10 +8,11 @@ import json
 import re
 from dataclasses import asdict, dataclass
 
+from schemas.urls import redact_url
 from stagetune.errors import InputError
 from stagetune.settings import load_settings
 from stagetune.stack.paths import StackPaths, write_private
-from stagetune.stack.postgres import SQL_SCHEMES, redact_url
+from stagetune.stack.postgres import SQL_SCHEMES
 from stagetune.stack.procs import ProcessRecord, is_running, read_record, wait_port_free
 from stagetune.stack.services import DEFAULT_PORTS, MLFLOW, PREFECT, SEAWEED
 

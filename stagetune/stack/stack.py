@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from schemas.urls import redact_url
 from stagetune.settings import (
     MLFLOW_PASSWORD_VARIABLE,
     MLFLOW_USERNAME_VARIABLE,
@@ -23,7 +24,7 @@ from stagetune.stack.envfile import write_env_file
 from stagetune.stack.health import StackError, ensure_bucket, wait_healthy
 from stagetune.stack.paths import StackPaths, prepare_state
 from stagetune.stack.plan import Plan, StackOptions, check_options, plan_ports, resolve_stores, save_stores
-from stagetune.stack.postgres import ensure_database, is_postgres, redact_url
+from stagetune.stack.postgres import ensure_database, is_postgres
 from stagetune.stack.procs import ProcessRecord, forget, is_running, read_record, stop_pid, stop_pids
 from stagetune.stack.services import (
     MLFLOW,
