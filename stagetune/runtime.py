@@ -7,7 +7,7 @@ import sys
 import warnings
 
 from stagetune.errors import InputError
-from stagetune.log_masking import install_log_masking
+from stagetune.secret_masking import install_log_masking
 from stagetune.settings import export_client_settings, load_settings
 
 # Prefect's ephemeral API server takes ~15 s to start cold on 2 busy cores, close to its 20 s

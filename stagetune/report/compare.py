@@ -10,7 +10,7 @@ from schemas.config import TASK_CHAMPION_METRICS
 from schemas.pipeline import PipelineResult, SearchStageResult
 from stagetune.flat_keys import flat_hyperparams, flatten
 from stagetune.report.markup import esc, format_value, html_page, html_table, paragraph
-from stagetune.report.masking import mask_data
+from stagetune.secret_masking import mask_data
 
 
 @dataclass(frozen=True)
