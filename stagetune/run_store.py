@@ -13,12 +13,13 @@ import json
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Literal, TypeVar
 
 from pydantic import BaseModel
 
 from schemas.config import PipelineConfig
 from schemas.run_state import RESUMABLE, RunState
+from schemas.stages import Stage
 from stagetune.atomic_file import write_text_atomically
 from stagetune.errors import InputError
 from stagetune.flat_keys import flatten
@@ -56,14 +57,14 @@ class PipelineRun:
     explicit: bool = False
     _lock: IO[str] | None = field(default=None, repr=False)
 
-    def load(self, stage: str, model: type[M]) -> M | None:
-        """The stored result of `stage`, or None when the stage has not finished."""
+    def load(self, stage: Stage | Literal["pipeline"], model: type[M]) -> M | None:
+        """The stored result of `stage` (or of the whole pipeline), or None when it has not finished."""
         if stage not in self.state.stages_done:
             return None
         return model.model_validate_json((self.dir / "results" / f"{stage}.json").read_text(encoding="utf-8"))
 
-    def save(self, stage: str, result: BaseModel) -> None:
-        """Store a finished stage's result (atomically), then mark it done in the state."""
+    def save(self, stage: Stage | Literal["pipeline"], result: BaseModel) -> None:
+        """Store a finished stage's (or the whole pipeline's) result atomically, then mark it done in the state."""
         (self.dir / "results").mkdir(exist_ok=True)
         write_text_atomically(self.dir / "results" / f"{stage}.json", result.model_dump_json(indent=2))
         if stage not in self.state.stages_done:

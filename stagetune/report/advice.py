@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from schemas.config import PipelineConfig
 from schemas.pipeline import PipelineResult, SearchStageResult
+from schemas.stages import Stage
 from stagetune.config_loading import parse_override, with_value
 from stagetune.diagnosis import (
     DEFAULT_SETTINGS,
@@ -47,7 +48,11 @@ CURVE_READING = (
     "training loss does; underfitting when the training and validation losses both end above "
     f"{DEFAULT_SETTINGS.underfit_loss_share:.0%} of it."
 )
-_EPOCH_KEYS = {"coarse": "coarse.epochs", "refine": "refine.epochs", "final": "final.max_epochs"}
+_EPOCH_KEYS: dict[str, str] = {
+    Stage.COARSE: "coarse.epochs",
+    Stage.REFINE: "refine.epochs",
+    Stage.FINAL: "final.max_epochs",
+}
 
 
 @dataclass(frozen=True)
@@ -68,9 +73,9 @@ def findings(result: PipelineResult, config: Mapping[str, Any] | None) -> list[F
     sanity = result.sanity
     if sanity is not None:
         for d in sanity.diagnoses:
-            found.append(Finding("sanity", d.code, d.message, d.next_action, [], d.rule_source))
+            found.append(Finding(Stage.SANITY, d.code, d.message, d.next_action, [], d.rule_source))
         if not sanity.diagnoses:
-            found.append(Finding("sanity", "ok", "the gate passed", "nothing to change", [], SOURCE_NONE))
+            found.append(Finding(Stage.SANITY, "ok", "the gate passed", "nothing to change", [], SOURCE_NONE))
     for stage in (result.coarse, result.refine):
         if stage is not None:
             found.append(_search_finding(stage, config))
@@ -82,8 +87,8 @@ def findings(result: PipelineResult, config: Mapping[str, Any] | None) -> list[F
             found.append(Finding("narrowing", "at_boundary", evidence, action, [], SOURCE_BOUNDARY))
     if result.final is not None:
         curve = result.final.diagnosis
-        overrides = concrete_overrides("final", curve.code, config)
-        found.append(Finding("final", curve.code, curve.message, curve.next_action, overrides, curve.rule_source))
+        overrides = concrete_overrides(Stage.FINAL, curve.code, config)
+        found.append(Finding(Stage.FINAL, curve.code, curve.message, curve.next_action, overrides, curve.rule_source))
     return found
 
 

@@ -22,9 +22,9 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from pydantic import BaseModel
 
 from schemas.results import EpochRecord
+from schemas.stages import Stage
 from stagetune.tracking.io_retry import DEFAULT_RETRY_SECONDS, RetryingClient
 
-Stage = Literal["sample", "sanity", "coarse", "refine", "final"]
 RunEnd = Literal["FINISHED", "FAILED", "KILLED"]
 
 STAGE_TAG = "stagetune.stage"
