@@ -19,8 +19,8 @@ PREFECT_USER = "stagetune"
 # Any account without a grant can do nothing; unauthenticated requests get 401 whatever this says.
 MLFLOW_DEFAULT_PERMISSION = "NO_PERMISSIONS"
 MLFLOW_AUTH_FUNCTION = "mlflow.server.auth:authenticate_request_basic_auth"
-# Without a cache the app checks the password hash (PBKDF2) on every request: ~0.6 s each here,
-# against ~0.02-0.035 s with it. One worker: a password changed through MLflow's API is seen at once.
+# Without a cache the app checks the password hash (PBKDF2) on every request, which makes each request
+# many times slower (bench/README.md). One worker: a password changed through MLflow's API is seen at once.
 MLFLOW_AUTH_CACHE_SECONDS = 300
 
 

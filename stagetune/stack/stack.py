@@ -111,7 +111,7 @@ def stack_up(paths: StackPaths, options: StackOptions) -> StackInfo:
 def stack_down(paths: StackPaths, timeout_s: float = 15.0) -> list[ServiceStatus]:
     """Stop every recorded process by PID (all at once), remove the PID files and `stack.env`.
 
-    SeaweedFS takes up to ~12 s to stop gracefully once it has run a while; the others ~1-2 s.
+    SeaweedFS can take several seconds to stop gracefully once it has run a while, hence the timeout.
     Data, credentials and logs stay in the state folder.
     """
     records = [record for name in reversed(SERVICES) if (record := read_record(paths, name)) is not None]
