@@ -2,7 +2,7 @@
 
 import re
 from collections.abc import Collection
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 
 def refuse_credentials(value: str | None, variable: str) -> str | None:
@@ -33,6 +33,17 @@ def redact_url(value: str) -> str:
     if password:
         value = value.replace(f":{password}@", ":***@", 1)
     return URL_PASSWORD.sub(lambda m: f"{m.group('head')}***@", value)
+
+
+def without_credentials(uri: str) -> str:
+    """`uri` without its user name and password, for a link that must work as given (`redact_url` masks instead).
+
+    Used where the address is shown to everyone (CI job summaries); the host keeps its exact spelling.
+    """
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def url_problem(value: str, schemes: Collection[str]) -> str | None:

@@ -16,8 +16,9 @@ from rich.console import Console
 
 from schemas.config import PipelineConfig
 from schemas.pipeline import PipelineResult
+from schemas.urls import without_credentials
 from stagetune.atomic_file import write_text_atomically
-from stagetune.ci_summary import mlflow_run_page, without_credentials
+from stagetune.ci_summary import mlflow_run_page
 from stagetune.cli_deploy import serve
 from stagetune.cli_errors import EXIT_OK, EXIT_SANITY, guarded
 from stagetune.cli_help import FlagCommand, FlagGroup

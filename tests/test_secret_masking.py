@@ -1,6 +1,6 @@
 """The one masking policy: the rules the log filter and the report share (see stagetune.secret_masking)."""
 
-from schemas.urls import redact_url
+from schemas.urls import redact_url, without_credentials
 from stagetune.secret_masking import MASK, known_secrets, mask_data, mask_text
 
 ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"
@@ -54,3 +54,9 @@ def test_values_guessed_from_names_need_six_characters_declared_ones_four() -> N
         "HOME": "/root",
     }
     assert set(known_secrets(environ)) == {"pg-password-1", "k3y-123456", "pw12"}
+
+
+def test_links_drop_the_credentials_and_keep_the_host_as_written() -> None:
+    assert without_credentials("https://ci:s3cr3t@MLflow.example.com:8443/x") == "https://MLflow.example.com:8443/x"
+    assert without_credentials("http://ci@[::1]:5000/") == "http://[::1]:5000/"
+    assert without_credentials("http://[::1]:5000/") == "http://[::1]:5000/"
