@@ -203,8 +203,10 @@ class _Retried(Generic[P, T]):
 class RetryingClient(MlflowClient):
     """An `MlflowClient` whose calls retry transient failures for up to `retry_seconds` (0: never).
 
-    Calls made by a retried call (e.g. `log_figure` -> `log_artifact`) are not retried on their
-    own: the outer call is, as a whole, so the windows do not stack.
+    The retried calls are listed in the class body (the calls stagetune makes; a test fails when a
+    new one is not listed); any other method is `MlflowClient`'s own, tried once. Calls made by a
+    retried call (e.g. `log_figure` -> `log_artifact`) are not retried on their own: the outer call
+    is, as a whole, so the windows do not stack.
     """
 
     def __init__(
