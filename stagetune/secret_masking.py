@@ -31,8 +31,13 @@ MIN_SECRET_LENGTH = 4
 """Shorter values are never masked, even when declared secret: every "abc" in the text would go."""
 MIN_GUESSED_SECRET_LENGTH = 6
 """Values guessed from a secret-looking variable name: shorter ones are mostly flags and words."""
-SECRET_NAME = re.compile(r"secret|password|passwd|token|key|credential|auth_string", re.IGNORECASE)
-"""A variable or key name whose value is a secret (AWS_SECRET_ACCESS_KEY, PGPASSWORD, mlflow_password)."""
+SECRET_NAME = re.compile(
+    r"secret|password|passwd|token|credential|auth_string|access_?key|api_?key|(?:^|[_.-])key(?:$|[_.-])", re.IGNORECASE
+)
+"""A variable or key name whose value is a secret (AWS_SECRET_ACCESS_KEY, PGPASSWORD, mlflow_password, GPG_KEY).
+
+"key" counts as a word of the name only: `keypoints` or PIP_KEYRING_PROVIDER=import are not secrets, and
+masking every "import" in the logs would shred them."""
 
 _DSN_PASSWORD = re.compile(r"(?P<head>\b(?:password|passwd|pwd)\s*=\s*)(?P<password>[^\s&;,'\"]+)", re.IGNORECASE)
 

@@ -43,6 +43,12 @@ def test_secret_named_keys_are_masked_in_nested_data() -> None:
         "uri": f"http://u:{MASK}@h",
     }
     assert mask_data({"dsn": "host=a password=hunter22"}) == {"dsn": f"host=a password={MASK}"}
+    assert mask_data({"key": "k", "apiKey": "k", "keypoints": "k", "monkey": "k"}) == {
+        "key": MASK,
+        "apiKey": MASK,
+        "keypoints": "k",
+        "monkey": "k",
+    }
 
 
 def test_values_guessed_from_names_need_six_characters_declared_ones_four() -> None:
@@ -50,10 +56,12 @@ def test_values_guessed_from_names_need_six_characters_declared_ones_four() -> N
         "TOKENIZERS_PARALLELISM": "false",  # a secret-looking name holding a flag: not masked
         "PGPASSWORD": "pg-password-1",
         "SERVICE_API_KEY": "k3y-123456",
+        "GPG_KEY": "0xDEADBEEF",
+        "PIP_KEYRING_PROVIDER": "import",  # "key" is not a word of this name
         "MLFLOW_TRACKING_URI": "https://alice:pw12@mlflow.example:5000",  # a declared URL password: 4 characters do
         "HOME": "/root",
     }
-    assert set(known_secrets(environ)) == {"pg-password-1", "k3y-123456", "pw12"}
+    assert set(known_secrets(environ)) == {"pg-password-1", "k3y-123456", "0xDEADBEEF", "pw12"}
 
 
 def test_links_drop_the_credentials_and_keep_the_host_as_written() -> None:
