@@ -44,6 +44,7 @@ from mlflow.tracking._model_registry import DEFAULT_AWAIT_MAX_SLEEP_SECONDS
 
 from schemas.urls import redact_url
 from stagetune.errors import StoreError
+from stagetune.runtime import MLFLOW_HTTP_ENV
 from stagetune.tracking.faults import (
     describe_error,
     is_transient,
@@ -60,14 +61,6 @@ P = ParamSpec("P")
 
 DEFAULT_RETRY_SECONDS = 180.0
 REQUEST_TAG = "stagetune.request_id"
-# MLflow's own per-request retries, kept short (defaults for the pipeline's process): 2 quick
-# retries (after 0 s, then 2 s) and 60 s per try instead of 7 retries over ~4 min and 120 s. Two,
-# not none: a keep-alive connection the server dropped (it does after a failed upload) is retried at once.
-MLFLOW_HTTP_ENV = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
-}
 _logger = logging.getLogger(__name__)
 _inside_retry = threading.local()
 # One warning per outage episode (all calls and threads together): from the first retry until a retried
