@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from bench.datasets import DatasetSpec, Metric
+from stagetune.atomic_file import atomic_binary_file
 
 Loader = Callable[[], pd.DataFrame]
 
@@ -218,9 +219,8 @@ def write_csv(dataset: SuiteDataset, cache: Path) -> Path:
         return path
     frame = dataset.load().dropna(subset=[dataset.target])
     cache.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.partial")
-    frame.to_csv(partial, index=False)
-    partial.replace(path)
+    with atomic_binary_file(path, fsync=False) as stream:
+        frame.to_csv(stream, index=False)
     return path
 
 

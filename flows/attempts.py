@@ -10,6 +10,7 @@ from prefect.states import Crashed
 
 from schemas.config import PipelineConfig
 from schemas.results import SampleResult
+from schemas.stages import SEARCH_STAGES, Stage
 from stagetune.data.fingerprint import dataset_fingerprint
 from stagetune.data.loading import load_table
 from stagetune.errors import InputError
@@ -28,7 +29,7 @@ def open_attempt(config: PipelineConfig, resume: str | None, new: bool) -> tuple
     """
     run = open_run(config, resume, new)
     try:
-        sample = run.load("sample", SampleResult)
+        sample = run.load(Stage.SAMPLE, SampleResult)
         if sample is None or _same_source(config, sample):
             if not run.resumed:
                 _refuse_taken_study_names(config)
@@ -72,7 +73,7 @@ def _refuse_taken_study_names(config: PipelineConfig) -> None:
     if name is None:
         return
     storage = storage_url(config)
-    for stage in ("coarse", "refine"):
+    for stage in SEARCH_STAGES:
         if study_exists(storage, f"{name}-{stage}"):
             raise InputError(
                 "search.study_name",

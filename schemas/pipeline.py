@@ -10,6 +10,7 @@ from schemas.hyperparams import HyperParams
 from schemas.results import SampleResult, SanityResult
 from schemas.search import NarrowingReport, ReusedTrial, TrialRecord
 from schemas.search_space import SearchSpace
+from schemas.stages import SearchStage, Stage
 
 
 class SearchStageResult(StrictModel):
@@ -17,7 +18,7 @@ class SearchStageResult(StrictModel):
 
     model_config = ConfigDict(**StrictModel.model_config, ser_json_inf_nan="strings")
 
-    stage: Literal["coarse", "refine"]
+    stage: SearchStage
     study_name: str
     sampler: str
     pruner: str
@@ -41,7 +42,7 @@ class SearchStageResult(StrictModel):
 class SharedStudyPlan(StrictModel):
     """What a search stage publishes on its Optuna study, so `stagetune worker` processes can join it."""
 
-    stage: Literal["coarse", "refine"]
+    stage: SearchStage
     n_trials: int = Field(ge=0)
     epochs: int = Field(ge=1)
     space: SearchSpace
@@ -82,7 +83,7 @@ class PipelineResult(StrictModel):
     mlflow_parent_run_id: str
     mlflow_experiment_id: str
     tracking_uri: str
-    stages_completed: list[str]
+    stages_completed: list[Stage]
     best_hyperparams: HyperParams | None = None
     test_metrics: dict[str, float] = Field(default_factory=dict, description="accuracy, balanced_accuracy, ...")
     registered_model: RegisteredModel | None = None

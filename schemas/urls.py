@@ -2,7 +2,7 @@
 
 import re
 from collections.abc import Collection
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 
 def refuse_credentials(value: str | None, variable: str) -> str | None:
@@ -17,15 +17,33 @@ TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "postgresql+psycopg
 STORAGE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "postgresql+psycopg2", "mysql", "mysql+pymysql")
 
 
+URL_PASSWORD = re.compile(r"(?P<head>(?:\b[A-Za-z][\w+.-]*)?://[^/@:\s]*:)(?P<password>[^/@\s]+)@")
+"""The password of a `scheme://user:PASSWORD@host` URL anywhere in a text (group `password`)."""
+
+
 def redact_url(value: str) -> str:
-    """`value` with the password of a scheme://user:password@host URL in it replaced by ***."""
+    """`value` (a URL, or text holding URLs) with each `scheme://user:password@host` password replaced by ***.
+
+    The one URL redactor: error messages, status records, log lines and reports all use it.
+    """
     try:
-        password = urlsplit(value).password
+        password = urlsplit(value).password  # a whole URL: its password may hold '@' or '/', which the pattern stops at
     except ValueError:
         password = None
     if password:
         value = value.replace(f":{password}@", ":***@", 1)
-    return re.sub(r"(://[^/@:\s]*:)[^/@\s]+@", r"\1***@", value)
+    return URL_PASSWORD.sub(lambda m: f"{m.group('head')}***@", value)
+
+
+def without_credentials(uri: str) -> str:
+    """`uri` without its user name and password, for a link that must work as given (`redact_url` masks instead).
+
+    Used where the address is shown to everyone (CI job summaries); the host keeps its exact spelling.
+    """
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def url_problem(value: str, schemes: Collection[str]) -> str | None:

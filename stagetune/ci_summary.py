@@ -9,11 +9,12 @@ import json
 import math
 import sys
 from pathlib import Path
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit
 
 from pydantic import ValidationError
 
 from schemas.pipeline import PipelineResult, SearchStageResult
+from schemas.urls import without_credentials
 from stagetune.flat_keys import flat_hyperparams
 
 _METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "r2", "rmse", "mae", "loss")
@@ -56,16 +57,6 @@ def mlflow_version_url(tracking_uri: str, model_name: str, version: int) -> str 
         return None
     base = without_credentials(tracking_uri).rstrip("/")
     return f"{base}/#/models/{quote(model_name, safe='')}/versions/{version}?{MODEL_TRAINING_VIEW}"
-
-
-def without_credentials(uri: str) -> str:
-    """`uri` without a user name or password (job summaries are readable by everyone with repository access)."""
-    parts = urlsplit(uri)
-    if parts.username is None and parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    netloc = host if parts.port is None else f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def _sanity(result: PipelineResult) -> list[str]:

@@ -5,9 +5,7 @@ failed. Invalid input is reported as one paragraph naming the field and the fix,
 """
 
 import json
-import os
 import sys
-import tempfile
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -18,7 +16,9 @@ from rich.console import Console
 
 from schemas.config import PipelineConfig
 from schemas.pipeline import PipelineResult
-from stagetune.ci_summary import mlflow_run_page, without_credentials
+from schemas.urls import without_credentials
+from stagetune.atomic_file import write_text_atomically
+from stagetune.ci_summary import mlflow_run_page
 from stagetune.cli_deploy import serve
 from stagetune.cli_errors import EXIT_OK, EXIT_SANITY, guarded
 from stagetune.cli_help import FlagCommand, FlagGroup
@@ -83,7 +83,7 @@ def run(
         console, lambda: _run_flow(settings, console, resume=resume, new=new), verbose, expected=(StoreError,)
     )
     if summary is not None:
-        write_json_atomically(summary, result.model_dump_json(indent=2))
+        write_text_atomically(summary, result.model_dump_json(indent=2), fsync=False)
     _print_result(console, settings, result)
     raise typer.Exit(EXIT_SANITY if result.status == "sanity_failed" else EXIT_OK)
 
@@ -214,18 +214,6 @@ def _check_writable(path: Path) -> None:
         raise InputError("--summary", f"folder {str(path.parent)!r} does not exist: create it or pick another path")
     if path.is_dir():
         raise InputError("--summary", f"{str(path)!r} is a folder: give a file path such as summary.json")
-
-
-def write_json_atomically(path: Path, text: str) -> None:
-    """Write `text` to `path` via a temporary file in the same folder, so readers never see half a file."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent.resolve(), prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def _print_result(console: Console, settings: PipelineConfig, result: PipelineResult) -> None:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from schemas.config import ExecutionConfig, PipelineConfig
 from stagetune.errors import InputError
-from stagetune.log_masking import mask_secrets
+from stagetune.secret_masking import mask_text
 from stagetune.settings import load_settings
 from stagetune.user_code import resolve_user_callable
 
@@ -245,7 +245,7 @@ def _location(loc: Sequence[int | str]) -> str:
 
 
 def _short(value: Any) -> str:
-    text = mask_secrets(repr(value))  # a refused URL is echoed without its password
+    text = mask_text(repr(value))  # a refused URL is echoed without its password
     return text if len(text) <= 80 else text[:77] + "..."
 
 

@@ -1,14 +1,14 @@
 """Prefect's temporary API server, started in a child process as soon as `stagetune run` has a valid config.
 
 Without `PREFECT_API_URL`, Prefect 3 runs a temporary ("ephemeral") API server in a child process,
-started the first time a flow needs a client, and waits for its health check. Started that way it
-costs the run its whole start (~6 s here) after the flow's imports (~6 s), and starting it from a
-thread of this process does not help: importing Prefect's server modules (~4.5 s) holds the GIL
-against the flow's own imports (measured: imports 5.9 s alone, 10.3 s beside that thread). Here the
-child process imports and starts the server itself, on another core, while this process imports
-the flow; `wait()` then points this process's Prefect settings at it. The child runs the server as
-Prefect's own temporary server does (`prefect.server.api.server:create_app` under uvicorn, UI off,
-marked ephemeral) and stops with this process (at exit, or by the kernel if this process is killed).
+started the first time a flow needs a client, and waits for its health check. Started that way
+the run waits for its whole start after the flow's imports, and starting it from a thread of this
+process does not help: importing Prefect's server modules holds the GIL against the flow's own
+imports, which then take about twice as long (figures: bench/README.md). Here the child process
+imports and starts the server itself, on another core, while this process imports the flow;
+`wait()` then points this process's Prefect settings at it. The child runs the server as Prefect's
+own temporary server does (`prefect.server.api.server:create_app` under uvicorn, UI off, marked
+ephemeral) and stops with this process (at exit, or by the kernel if this process is killed).
 """
 
 import atexit
@@ -120,7 +120,7 @@ def _needs_temporary_server() -> bool:
         from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
 
         return not PREFECT_API_URL.value() and bool(PREFECT_SERVER_EPHEMERAL_ENABLED.value())
-    # Not imported yet (importing it costs ~1 s): the environment decides; a profile is checked in `wait()`.
+    # Not imported yet (importing it is slow): the environment decides; a profile is checked in `wait()`.
     enabled = os.environ.get("PREFECT_SERVER_EPHEMERAL_ENABLED", "true").strip().lower() not in _FALSE
     return not os.environ.get("PREFECT_API_URL") and enabled
 

@@ -10,17 +10,17 @@ import datetime as dt
 import fcntl
 import hashlib
 import json
-import os
 import secrets
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any, Literal, TypeVar
 
 from pydantic import BaseModel
 
 from schemas.config import PipelineConfig
 from schemas.run_state import RESUMABLE, RunState
+from schemas.stages import Stage
+from stagetune.atomic_file import write_text_atomically
 from stagetune.errors import InputError
 from stagetune.flat_keys import flatten
 
@@ -57,22 +57,23 @@ class PipelineRun:
     explicit: bool = False
     _lock: IO[str] | None = field(default=None, repr=False)
 
-    def load(self, stage: str, model: type[M]) -> M | None:
-        """The stored result of `stage`, or None when the stage has not finished."""
+    def load(self, stage: Stage | Literal["pipeline"], model: type[M]) -> M | None:
+        """The stored result of `stage` (or of the whole pipeline), or None when it has not finished."""
         if stage not in self.state.stages_done:
             return None
         return model.model_validate_json((self.dir / "results" / f"{stage}.json").read_text(encoding="utf-8"))
 
-    def save(self, stage: str, result: BaseModel) -> None:
-        """Store a finished stage's result (atomically), then mark it done in the state."""
-        write_atomically(self.dir / "results" / f"{stage}.json", result.model_dump_json(indent=2))
+    def save(self, stage: Stage | Literal["pipeline"], result: BaseModel) -> None:
+        """Store a finished stage's (or the whole pipeline's) result atomically, then mark it done in the state."""
+        (self.dir / "results").mkdir(exist_ok=True)
+        write_text_atomically(self.dir / "results" / f"{stage}.json", result.model_dump_json(indent=2))
         if stage not in self.state.stages_done:
             self.update(stages_done=[*self.state.stages_done, stage])
 
     def update(self, **changes: Any) -> None:
         """Change the state and write it (atomically)."""
         self.state = self.state.model_copy(update=changes)
-        write_atomically(self.dir / "state.json", self.state.model_dump_json(indent=2))
+        write_text_atomically(self.dir / "state.json", self.state.model_dump_json(indent=2))
 
     def release(self) -> None:
         """Let go of the run folder's lock."""
@@ -130,28 +131,13 @@ def saved_config(folder: Path) -> dict[str, Any]:
     return data
 
 
-def write_atomically(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder: readers never see half a file, a kill leaves the old one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def _create(config: PipelineConfig, fingerprint: str) -> PipelineRun:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     folder = runs_folder(config) / f"{config.name}-{stamp}-{secrets.token_hex(3)}"
     folder.mkdir(parents=True, exist_ok=False)
     run = _claim(folder, explicit=False)
     assert run is not None  # a brand-new folder
-    write_atomically(folder / "config.json", config.model_dump_json(indent=2))
+    write_text_atomically(folder / "config.json", config.model_dump_json(indent=2))
     state = RunState(run=folder.name, name=config.name, config_fingerprint=fingerprint, status="running")
     run.state = state
     run.update()

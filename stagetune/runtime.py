@@ -7,11 +7,20 @@ import sys
 import warnings
 
 from stagetune.errors import InputError
-from stagetune.log_masking import install_log_masking
+from stagetune.secret_masking import install_log_masking
 from stagetune.settings import export_client_settings, load_settings
 
-# Prefect's ephemeral API server takes ~15 s to start cold on 2 busy cores, close to its 20 s
-# default timeout; its analytics log "database is locked" tracebacks. MLflow prints a "View run"
+# MLflow's own per-request retries, kept short (stagetune.tracking.io_retry owns the retry window):
+# 2 quick retries (after 0 s, then 2 s) and 60 s per try instead of MLflow's 7 retries up to 120 s
+# apart, which would block one upload for minutes while S3 is down. Two, not none: a keep-alive
+# connection the server dropped (it does after a failed upload) is retried at once.
+MLFLOW_HTTP_ENV = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+}
+# Prefect's ephemeral API server can take most of its 20 s default start-up timeout on a busy
+# machine (a cold start; bench/README.md); its analytics log "database is locked" tracebacks. MLflow prints a "View run"
 # URL per run. Users can still override any of these from their environment.
 QUIET_DEFAULTS = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
@@ -28,11 +37,7 @@ QUIET_DEFAULTS = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "MLFLOW_ENABLE_ASYNC_LOGGING": "false",
     "GIT_PYTHON_REFRESH": "quiet",
-    # MLflow's own HTTP retries (7 tries, up to 120 s apart) would block one upload ~5 min while S3 is
-    # down; stagetune's RetryingClient owns the retry window (tracking.io_retry_seconds) instead.
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+    **MLFLOW_HTTP_ENV,
 }
 
 

@@ -1,7 +1,7 @@
 """Before a run starts: can it write where it will write? Local stores are probed, nothing is left behind.
 
-A read-only tracking database used to be found out by MLflow's engine creation, retried for ~2
-minutes, then reported as a raw SQLAlchemy error after the data stage had run. Here each local
+Without the probe, a read-only tracking database is found out only by MLflow's engine creation,
+retried for minutes, then reported as a raw SQLAlchemy error after the data stage has run. Here each local
 place a run writes to (the workdir, a SQLite MLflow or Optuna database and the folder beside it,
 a local artifact folder) is probed with a write that is rolled back or removed, so a read-only
 file, folder or mount, or a full disk, is refused in well under a second with exit code 2, before

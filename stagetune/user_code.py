@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import Any
 
 from stagetune.errors import InputError
-from stagetune.log_masking import mask_secrets
+from stagetune.secret_masking import mask_text
 
 
 def import_user_module(module_name: str) -> ModuleType:
@@ -41,7 +41,7 @@ def resolve_user_callable(path: str, field: str, expected: str) -> Callable[...,
     try:
         target: object = import_user_module(module_name)
     except Exception as error:  # ImportError, or the module's own code failing at import
-        reason = f"{type(error).__name__}: {mask_secrets(str(error))}"
+        reason = f"{type(error).__name__}: {mask_text(str(error))}"
         raise InputError(
             field, f"cannot import module {module_name!r} ({reason}): is it installed, or under the current directory?"
         ) from None

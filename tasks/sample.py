@@ -7,6 +7,7 @@ from prefect.cache_policies import NO_CACHE
 
 from schemas.config import PipelineConfig
 from schemas.results import SampleResult
+from schemas.stages import Stage
 from stagetune import progress
 from stagetune.data.stage import run_sample_stage
 from stagetune.models import get_family
@@ -18,11 +19,11 @@ from stagetune.tracking.run_tree import RunTree
 def sample_data(config: PipelineConfig, run_dir: Path) -> SampleResult:
     """Load, split, preprocess and subsample the data; write the arrays under `run_dir`."""
     reporter = progress.current()
-    reporter.stage_started("sample", f"loading {config.data.source}")
-    result = run_sample_stage(config, run_dir / "sample")
+    reporter.stage_started(Stage.SAMPLE, f"loading {config.data.source}")
+    result = run_sample_stage(config, run_dir / Stage.SAMPLE)
     # The first point the example shape is known: a family that cannot take it is refused before any MLflow run.
     get_family(config.model.family).check_input_shape(result.input_shape)
-    reporter.stage_finished("sample", sample_summary(result))
+    reporter.stage_finished(Stage.SAMPLE, sample_summary(result))
     return result
 
 

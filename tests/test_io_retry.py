@@ -5,6 +5,7 @@ import http.server
 import json
 import logging
 import pickle
+import re
 import sqlite3
 import threading
 import time
@@ -22,6 +23,7 @@ from mlflow.exceptions import MlflowException, RestException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
 from mlflow.tracking import MlflowClient
 
+import stagetune
 from stagetune.errors import StoreError
 from stagetune.stack.procs import free_port
 from stagetune.tracking.faults import permanent_fault
@@ -424,3 +426,19 @@ def test_a_tracking_server_that_comes_back_is_reached_through_mlflows_own_http_s
     assert experiment is not None
     assert experiment.experiment_id == "7"
     assert len(fake_time.sleeps) == 3
+
+
+def test_every_mlflow_client_call_stagetune_makes_is_retried() -> None:
+    """A new `client.<method>(` in the package must be added to RetryingClient (or it runs unretried)."""
+
+    public = {name for name, member in vars(MlflowClient).items() if callable(member) and not name.startswith("_")}
+    package = Path(stagetune.__file__).parent.parent
+    sources = [
+        p.read_text(encoding="utf-8")
+        for folder in ("stagetune", "flows", "tasks")
+        for p in (package / folder).rglob("*.py")
+    ]
+    called = {name for name in public for text in sources if re.search(rf"\.{name}\(", text)}
+    retried = {name for name in public if name in vars(RetryingClient)}
+    assert called, "the scan found no MlflowClient call at all"
+    assert called <= retried, f"called but not retried: {sorted(called - retried)}"

@@ -24,7 +24,6 @@ from stagetune.report.advice import concrete_overrides
 from stagetune.report.build import build_report, write_report
 from stagetune.report.importance import rank_importances
 from stagetune.report.markup import Numbers, esc
-from stagetune.report.masking import MASK, mask_data, mask_text
 from stagetune.report.mlflow_io import load_run_config, trial_history
 from stagetune.report.sections_final import reproduce_section
 from stagetune.stages.search_summary import top_trials
@@ -255,13 +254,6 @@ def test_secrets_are_masked_in_the_reproduce_section(reported_run: ReportedRun) 
     assert "tuner:***@db" in section.html
     assert "alice:***@mlflow.example" in section.html
     assert "tcp://scheduler:8786" in section.html  # no credentials: left as is
-
-
-def test_masking_rules() -> None:
-    assert mask_text("s3://k:v@bucket/x and sqlite:///a.db") == f"s3://k:{MASK}@bucket/x and sqlite:///a.db"
-    assert mask_text("id AKIAEXAMPLEKEY here", ["AKIAEXAMPLEKEY"]) == f"id {MASK} here"
-    masked = mask_data({"aws_secret_access_key": "x", "password": "", "nested": [{"token": "t"}], "name": "n"})
-    assert masked == {"aws_secret_access_key": MASK, "password": "", "nested": [{"token": MASK}], "name": "n"}
 
 
 def test_rank_importances_find_the_parameter_that_drives_the_objective() -> None:

@@ -7,9 +7,7 @@ refused instead of executed. (A `custom` family still imports its factory by `im
 load checkpoints you trust to name code.)
 """
 
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -20,6 +18,7 @@ from torch import nn
 
 from schemas.final import TestMetrics
 from schemas.hyperparams import HyperParams
+from stagetune.atomic_file import atomic_binary_file
 from stagetune.models import build_model
 
 CHECKPOINT_FORMAT = 1
@@ -87,16 +86,8 @@ def save_checkpoint(
         "state_dict": {name: value.detach().to("cpu", copy=True) for name, value in model.state_dict().items()},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save(payload, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_binary_file(path) as stream:
+        torch.save(payload, stream)
 
 
 def read_model_args(path: Path) -> dict[str, Any]:

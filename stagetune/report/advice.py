@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from schemas.config import PipelineConfig
 from schemas.pipeline import PipelineResult, SearchStageResult
+from schemas.stages import Stage
 from stagetune.config_loading import parse_override, with_value
 from stagetune.diagnosis import (
     DEFAULT_SETTINGS,
@@ -61,7 +62,11 @@ CURVE_READING = (
     "finding is the verdict of its best trials (the ones the narrowing keeps) when a clear majority of them agree; "
     "a later, longer stage that reads the curves differently says why, and its advice replaces the earlier one."
 )
-_EPOCH_KEYS = {"coarse": "coarse.epochs", "refine": "refine.epochs", "final": "final.max_epochs"}
+_EPOCH_KEYS: dict[str, str] = {
+    Stage.COARSE: "coarse.epochs",
+    Stage.REFINE: "refine.epochs",
+    Stage.FINAL: "final.max_epochs",
+}
 
 
 @dataclass(frozen=True)
@@ -82,9 +87,9 @@ def findings(result: PipelineResult, config: Mapping[str, Any] | None) -> list[F
     sanity = result.sanity
     if sanity is not None:
         for d in sanity.diagnoses:
-            found.append(Finding("sanity", d.code, d.message, d.next_action, [], d.rule_source))
+            found.append(Finding(Stage.SANITY, d.code, d.message, d.next_action, [], d.rule_source))
         if not sanity.diagnoses:
-            found.append(Finding("sanity", "ok", "the gate passed", "nothing to change", [], SOURCE_NONE))
+            found.append(Finding(Stage.SANITY, "ok", "the gate passed", "nothing to change", [], SOURCE_NONE))
     verdicts: list[tuple[int, Finding, str]] = []  # (index in found, finding, what the stage ran on)
     for stage in (result.coarse, result.refine):
         if stage is not None:
@@ -96,8 +101,8 @@ def findings(result: PipelineResult, config: Mapping[str, Any] | None) -> list[F
         found.extend(_narrowing_findings(result))
     if result.final is not None:
         curve = result.final.diagnosis
-        overrides = concrete_overrides("final", curve.code, config)
-        finding = Finding("final", curve.code, curve.message, curve.next_action, overrides, curve.rule_source)
+        overrides = concrete_overrides(Stage.FINAL, curve.code, config)
+        finding = Finding(Stage.FINAL, curve.code, curve.message, curve.next_action, overrides, curve.rule_source)
         found.append(
             _reconcile(found, verdicts, finding, f"{result.final.epochs_run} epochs on the full training split")
         )

@@ -11,12 +11,12 @@ from schemas.pipeline import PipelineResult
 from stagetune.report.advice import findings
 from stagetune.report.importance import stage_importances, study_storage
 from stagetune.report.markup import Numbers, esc
-from stagetune.report.masking import mask_text, runtime_secrets
 from stagetune.report.mlflow_io import current_versions, load_run_config, recorded_versions
 from stagetune.report.model import Report
 from stagetune.report.sections_data import data_section, sanity_section
 from stagetune.report.sections_final import diagnosis_section, final_section, reproduce_section
 from stagetune.report.sections_search import coarse_section, narrowing_section, refine_section
+from stagetune.secret_masking import known_secrets, mask_text
 
 HTML_NAME, MARKDOWN_NAME, SUMMARY_NAME = "report.html", "report.md", "report_summary.json"
 
@@ -39,7 +39,7 @@ def build_report(result: PipelineResult, client: MlflowClient) -> Report:
     numbers = Numbers()
     run_id = result.mlflow_parent_run_id
     config = load_run_config(client, run_id)
-    secrets = runtime_secrets()
+    secrets = list(known_secrets())
     versions, versions_note = _versions(client, run_id)
     importances = stage_importances(result.refine, study_storage(config)) if result.refine is not None else None
     sections = [

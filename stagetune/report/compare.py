@@ -8,9 +8,10 @@ from typing import Any
 
 from schemas.config import TASK_CHAMPION_METRICS
 from schemas.pipeline import PipelineResult, SearchStageResult
+from schemas.stages import SEARCH_STAGES, Stage
 from stagetune.flat_keys import flat_hyperparams, flatten
 from stagetune.report.markup import esc, format_value, html_page, html_table, paragraph
-from stagetune.report.masking import mask_data
+from stagetune.secret_masking import mask_data
 
 
 @dataclass(frozen=True)
@@ -76,14 +77,15 @@ def compare_results(
 
 def _moves(a: PipelineResult, b: PipelineResult) -> list[StageMove]:
     moves = []
-    for stage in ("coarse", "refine"):
+    for stage in SEARCH_STAGES:
         sa, sb = getattr(a, stage), getattr(b, stage)
         if sa is not None and sb is not None and sa.objective == sb.objective:
             maximize = sa.direction == "maximize"
             moves.append(StageMove(stage, f"best {sa.objective}", _best(sa), _best(sb), maximize))
     metric = a.final.registry.metric_name if a.final is not None and a.final.registry is not None else "accuracy"
     higher = metric not in TASK_CHAMPION_METRICS["regression"] or not TASK_CHAMPION_METRICS["regression"][metric]
-    moves.append(StageMove("final", f"test {metric}", a.test_metrics.get(metric), b.test_metrics.get(metric), higher))
+    a_value, b_value = a.test_metrics.get(metric), b.test_metrics.get(metric)
+    moves.append(StageMove(Stage.FINAL, f"test {metric}", a_value, b_value, higher))
     return moves
 
 

@@ -5,8 +5,8 @@ import math
 from schemas.results import SampleResult, SanityResult
 from stagetune.report.figures import overfit_figure
 from stagetune.report.markup import Numbers, Scalar, esc, html_table, image, key_value_rows, md_table, paragraph
-from stagetune.report.masking import mask_text
 from stagetune.report.model import Section
+from stagetune.secret_masking import mask_text
 from stagetune.stages.sample_stage import class_distribution_figure
 from stagetune.tracking.plots import learning_curve_figure, lr_range_figure
 

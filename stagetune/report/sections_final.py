@@ -22,10 +22,10 @@ from stagetune.report.markup import (
     paragraph,
     svg_image,
 )
-from stagetune.report.masking import mask_data, mask_text
 from stagetune.report.mlflow_io import CONFIG_ARTIFACT
 from stagetune.report.model import Section
 from stagetune.report.regression_plots import predicted_vs_actual_svg, residual_histogram_svg
+from stagetune.secret_masking import mask_data, mask_text
 
 MAX_CLASS_ROWS = 50
 _TEST_METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "loss")

@@ -1,9 +1,9 @@
 """The report's objective-against-hyperparameter scatters, written as SVG text.
 
-The report draws one per sampled hyperparameter (9 for the digits config). With matplotlib each
-cost ~145 ms on 2 cores here, whatever the format (PNG at 72 or 100 dpi, SVG: the time is tick and
-text layout, not rasterising), ~1.3 s of a ~3.3 s report at the end of every run. Written as text
-they cost well under a millisecond each.
+The report draws one per sampled hyperparameter (9 for the digits config), at the end of every run.
+Drawn with matplotlib they were most of the report's time, whatever the output format: the cost is
+matplotlib's tick and text layout, not rasterising. Written as text they cost next to nothing
+(figures: bench/README.md, "Design notes moved from code").
 """
 
 import math

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from stagetune.atomic_file import atomic_binary_file, write_text_atomically
 from stagetune.data.images import ImageReader, decode_image
 from stagetune.errors import InputError
 
@@ -242,12 +243,9 @@ def serving_paths(data_path: str | Path) -> tuple[Path, Path]:
 def write_serving_files(data_path: Path, preprocessor: Preprocessor, raw_test_rows: pd.DataFrame) -> None:
     """Write the preprocessing state and the test split's raw rows next to Stage 1's npz (each atomically)."""
     state_path, rows_path = serving_paths(data_path)
-    temporary = state_path.with_name(f".{state_path.name}.tmp")
-    temporary.write_text(json.dumps(preprocessor.to_state(), indent=1))
-    temporary.replace(state_path)
-    temporary = rows_path.with_name(f".{rows_path.name}.tmp")
-    raw_test_rows.reset_index(drop=True).to_parquet(temporary, index=False)
-    temporary.replace(rows_path)
+    write_text_atomically(state_path, json.dumps(preprocessor.to_state(), indent=1), fsync=False)
+    with atomic_binary_file(rows_path, fsync=False) as stream:
+        raw_test_rows.reset_index(drop=True).to_parquet(stream, index=False)
 
 
 def raw_kinds(frame: pd.DataFrame) -> dict[str, str]:

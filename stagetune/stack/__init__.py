@@ -3,12 +3,13 @@
 Plain functions; `stagetune.cli_stack` is the thin command layer over them.
 """
 
+from schemas.urls import redact_url
 from stagetune.stack.auth import ServiceAuth, load_or_create_auth, read_auth
 from stagetune.stack.credentials import S3Credentials, load_or_create_credentials, read_credentials
 from stagetune.stack.health import StackError, ensure_bucket, http_ok, s3_client, s3_ok, wait_healthy
 from stagetune.stack.paths import StackPaths, resolve_paths
 from stagetune.stack.plan import StackOptions
-from stagetune.stack.postgres import drop_database, ensure_database, redact_url
+from stagetune.stack.postgres import drop_database, ensure_database
 from stagetune.stack.procs import ProcessRecord, is_running, read_record, stop_pid
 from stagetune.stack.services import (
     ARTIFACT_PREFIX,

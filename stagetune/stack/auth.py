@@ -10,16 +10,17 @@ import json
 import secrets
 from dataclasses import dataclass, field
 
+from stagetune.atomic_file import write_text_atomically
 from stagetune.stack.credentials import CredentialsError
-from stagetune.stack.paths import StackPaths, write_private
+from stagetune.stack.paths import StackPaths
 
 MLFLOW_ADMIN = "stagetune"
 PREFECT_USER = "stagetune"
 # Any account without a grant can do nothing; unauthenticated requests get 401 whatever this says.
 MLFLOW_DEFAULT_PERMISSION = "NO_PERMISSIONS"
 MLFLOW_AUTH_FUNCTION = "mlflow.server.auth:authenticate_request_basic_auth"
-# Without a cache the app checks the password hash (PBKDF2) on every request: ~0.6 s each here,
-# against ~0.02-0.035 s with it. One worker: a password changed through MLflow's API is seen at once.
+# Without a cache the app checks the password hash (PBKDF2) on every request, which makes each request
+# many times slower (bench/README.md). One worker: a password changed through MLflow's API is seen at once.
 MLFLOW_AUTH_CACHE_SECONDS = 300
 
 
@@ -55,7 +56,7 @@ def load_or_create_auth(paths: StackPaths) -> ServiceAuth:
         return _read_auth(path.read_text(encoding="utf-8"), str(path))
     auth = generate_auth()
     paths.mlflow_auth_db.unlink(missing_ok=True)  # its admin has a password nobody knows any more
-    write_private(path, json.dumps(_as_json(auth), indent=2))
+    write_text_atomically(path, json.dumps(_as_json(auth), indent=2), fsync=False, private=True)
     return auth
 
 
@@ -78,7 +79,7 @@ def write_mlflow_auth_config(paths: StackPaths, auth: ServiceAuth) -> None:
         f"authorization_function = {MLFLOW_AUTH_FUNCTION}\n"
         f"auth_cache_ttl_seconds = {MLFLOW_AUTH_CACHE_SECONDS}\n"
     )
-    write_private(paths.mlflow_auth_config, text)
+    write_text_atomically(paths.mlflow_auth_config, text, fsync=False, private=True)
 
 
 def _as_json(auth: ServiceAuth) -> dict[str, dict[str, str]]:

@@ -5,7 +5,8 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
-from stagetune.stack.paths import StackPaths, write_private
+from stagetune.atomic_file import write_text_atomically
+from stagetune.stack.paths import StackPaths
 
 IDENTITY_NAME = "stagetune"
 # Everything one owner of the bucket needs; SeaweedFS refuses any request not signed with these keys.
@@ -54,7 +55,7 @@ def load_or_create_credentials(paths: StackPaths) -> S3Credentials:
         path.chmod(0o600)
         return _read_identities(path.read_text(encoding="utf-8"), str(path))
     credentials = generate_credentials()
-    write_private(path, json.dumps(identities_config(credentials), indent=2))
+    write_text_atomically(path, json.dumps(identities_config(credentials), indent=2), fsync=False, private=True)
     return credentials
 
 

@@ -4,7 +4,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from stagetune.stack.paths import write_private
+from stagetune.atomic_file import write_text_atomically
 
 _SHELL_SAFE = re.compile(r"[A-Za-z0-9_@%+=:,./-]*")
 _HEADER = (
@@ -25,7 +25,7 @@ def format_env(values: Mapping[str, str]) -> str:
 
 def write_env_file(path: Path, values: Mapping[str, str]) -> None:
     """Write the settings file with mode 0600."""
-    write_private(path, format_env(values))
+    write_text_atomically(path, format_env(values), fsync=False, private=True)
 
 
 def read_env_file(path: Path) -> dict[str, str]:

@@ -106,19 +106,6 @@ def prepare_state(paths: StackPaths) -> None:
     paths.root.chmod(0o700)
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write `text` to `path` with mode 0600, via a temporary file so readers never see half of it."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    try:
-        with os.fdopen(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as out:
-            os.fchmod(out.fileno(), 0o600)
-            out.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
 def _enclosing_checkout(path: Path) -> Path | None:
     for folder in (path, *path.parents):
         if (folder / ".git").exists():

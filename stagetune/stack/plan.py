@@ -8,10 +8,12 @@ import json
 import re
 from dataclasses import asdict, dataclass
 
+from schemas.urls import redact_url
+from stagetune.atomic_file import write_text_atomically
 from stagetune.errors import InputError
 from stagetune.settings import load_settings
-from stagetune.stack.paths import StackPaths, write_private
-from stagetune.stack.postgres import SQL_SCHEMES, redact_url
+from stagetune.stack.paths import StackPaths
+from stagetune.stack.postgres import SQL_SCHEMES
 from stagetune.stack.procs import ProcessRecord, is_running, read_record, wait_port_free
 from stagetune.stack.services import DEFAULT_PORTS, MLFLOW, PREFECT, SEAWEED
 
@@ -99,7 +101,7 @@ def resolve_stores(paths: StackPaths, options: StackOptions) -> Stores:
 
 def save_stores(paths: StackPaths, stores: Stores) -> None:
     """Remember the stores for the next `up` (mode 0600)."""
-    write_private(paths.root / "options.json", json.dumps(asdict(stores), indent=2))
+    write_text_atomically(paths.root / "options.json", json.dumps(asdict(stores), indent=2), fsync=False, private=True)
 
 
 def plan_ports(paths: StackPaths, requested: dict[str, int | None]) -> dict[str, Plan]:

@@ -4,6 +4,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from schemas.urls import redact_url
 from stagetune.errors import InputError
 
 POSTGRES_SCHEMES = ("postgresql", "postgresql+psycopg", "postgresql+psycopg2")
@@ -34,15 +35,6 @@ class PostgresTarget:
 def is_postgres(url: str) -> bool:
     """Whether `url` is a PostgreSQL SQLAlchemy URL."""
     return urlsplit(url).scheme in POSTGRES_SCHEMES
-
-
-def redact_url(url: str) -> str:
-    """`url` with any password replaced by ***, for display and records."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
 
 
 def parse_postgres_url(url: str, field: str) -> PostgresTarget:

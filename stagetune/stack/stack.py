@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from schemas.urls import redact_url
 from stagetune.settings import (
     MLFLOW_PASSWORD_VARIABLE,
     MLFLOW_USERNAME_VARIABLE,
@@ -23,7 +24,7 @@ from stagetune.stack.envfile import write_env_file
 from stagetune.stack.health import StackError, ensure_bucket, wait_healthy
 from stagetune.stack.paths import StackPaths, prepare_state
 from stagetune.stack.plan import Plan, StackOptions, check_options, plan_ports, resolve_stores, save_stores
-from stagetune.stack.postgres import ensure_database, is_postgres, redact_url
+from stagetune.stack.postgres import ensure_database, is_postgres
 from stagetune.stack.procs import ProcessRecord, forget, is_running, read_record, stop_pid, stop_pids
 from stagetune.stack.services import (
     MLFLOW,
@@ -110,7 +111,7 @@ def stack_up(paths: StackPaths, options: StackOptions) -> StackInfo:
 def stack_down(paths: StackPaths, timeout_s: float = 15.0) -> list[ServiceStatus]:
     """Stop every recorded process by PID (all at once), remove the PID files and `stack.env`.
 
-    SeaweedFS takes up to ~12 s to stop gracefully once it has run a while; the others ~1-2 s.
+    SeaweedFS can take several seconds to stop gracefully once it has run a while, hence the timeout.
     Data, credentials and logs stay in the state folder.
     """
     records = [record for name in reversed(SERVICES) if (record := read_record(paths, name)) is not None]

@@ -9,6 +9,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from schemas.config import PipelineConfig
 from schemas.pipeline import PipelineResult
+from schemas.stages import Stage
 from stagetune.errors import InputError
 from stagetune.flat_keys import flat_hyperparams, flatten
 from stagetune.run_store import PipelineRun
@@ -115,7 +116,7 @@ def close_interrupted_stage_runs(tree: RunTree, stages_done: list[str]) -> list[
     closed = []
     for stage_run in client.search_runs([tree.experiment_id], filter_string=query):
         stage = stage_run.data.tags.get(STAGE_TAG)
-        redo = stage in ("sample", "sanity", "final") and stage not in stages_done
+        redo = stage in (Stage.SAMPLE, Stage.SANITY, Stage.FINAL) and stage not in stages_done
         if stage_run.info.status == "RUNNING" or (redo and stage_run.info.status == "FINISHED"):
             log_tags(client, stage_run.info.run_id, {"stagetune.interrupted": "true"})
             end_run(client, stage_run.info.run_id, "KILLED")

@@ -11,7 +11,7 @@ enqueues the points twice nor changes its mind because a new champion appeared m
 import json
 import logging
 import math
-from typing import Any, Literal
+from typing import Any
 
 import optuna
 from mlflow.exceptions import MlflowException
@@ -23,6 +23,7 @@ from schemas.hyperparams import HyperParams
 from schemas.pipeline import PipelineResult
 from schemas.search import ReusedTrial, TrialRecord
 from schemas.search_space import SearchSpace
+from schemas.stages import SearchStage
 from stagetune.models.registry import tuned_fields
 from stagetune.search.space import optuna_params, space_violations, user_param_name
 from stagetune.tracking.run_tree import PIPELINE_TAG, RunTree
@@ -193,7 +194,7 @@ def _best(records: list[TrialRecord], direction: str) -> list[TrialRecord]:
     return sorted(complete, key=lambda r: (sign * (r.value or 0.0), r.number))
 
 
-def _point(record: TrialRecord, stage: Literal["coarse", "refine"], run_id: str) -> ReusedTrial:
+def _point(record: TrialRecord, stage: SearchStage, run_id: str) -> ReusedTrial:
     return ReusedTrial(
         source="previous_run",
         label=f"run {run_id[:8]} {stage} trial {record.number}",

@@ -3,12 +3,13 @@
 from matplotlib.figure import Figure
 
 from schemas.results import SampleResult
+from schemas.stages import Stage
 from stagetune.tracking.run_tree import RunTree, end_run, log_metrics, log_model_json, log_params, log_tags
 
 
 def record_sample_stage(tree: RunTree, result: SampleResult, started_ms: int, ended_ms: int) -> str:
     """Create the `sample` stage run (timed as the stage ran) with params, counts and artifacts."""
-    run_id = tree.start_stage("sample", start_time_ms=started_ms)
+    run_id = tree.start_stage(Stage.SAMPLE, start_time_ms=started_ms)
     client = tree.client
     log_params(client, run_id, {"source": result.source, "rebalance": result.rebalance, "task": result.task})
     log_tags(client, run_id, {"stagetune.data_fingerprint": result.fingerprint})

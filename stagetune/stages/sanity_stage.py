@@ -7,6 +7,7 @@ from mlflow.tracking import MlflowClient
 
 from schemas.config import PipelineConfig
 from schemas.results import BaselineFit, EpochRecord, SampleResult, SanityResult
+from schemas.stages import Stage
 from stagetune import progress
 from stagetune.data.augment import build_augmenter, pixels_of
 from stagetune.data.stage import StageArrays, load_stage_arrays
@@ -35,8 +36,8 @@ def sanity_stage(config: PipelineConfig, sample: SampleResult, tree: RunTree) ->
     task = task_for(sample, config.training.loss)
     device = resolve_device(config.execution.device)
     reporter = progress.current()
-    with stage_run(tree, "sanity") as run_id:
-        reporter.stage_started("sanity", "initial loss, overfit test, LR range test")
+    with stage_run(tree, Stage.SANITY) as run_id:
+        reporter.stage_started(Stage.SANITY, "initial loss, overfit test, LR range test")
         result = run_sanity_gate(
             arrays.X_train_sampled,
             arrays.y_train_sampled,
@@ -50,7 +51,7 @@ def sanity_stage(config: PipelineConfig, sample: SampleResult, tree: RunTree) ->
             import_path=config.model.import_path,
             grad_clip_norm=config.training.grad_clip_norm,
             oversample_ratio=config.sample.oversample_ratio,
-            on_step=lambda phase, step, metrics: reporter.stage_advanced("sanity", f"{phase} step {step}"),
+            on_step=lambda phase, step, metrics: reporter.stage_advanced(Stage.SANITY, f"{phase} step {step}"),
         )
         if result.passed and config.sanity.baseline_epochs > 0:
             result = result.model_copy(update={"baseline": fit_baseline(config, arrays, sample, task)})
@@ -64,7 +65,7 @@ def sanity_stage(config: PipelineConfig, sample: SampleResult, tree: RunTree) ->
         summary += f", suggested lr {result.lr_suggestion:.2g}"
     if result.baseline is not None and result.baseline.history:
         summary += f", baseline {epoch_line(result.baseline.history[-1], skewed(sample))}"
-    reporter.stage_finished("sanity", ("passed: " if result.passed else "FAILED: ") + summary)
+    reporter.stage_finished(Stage.SANITY, ("passed: " if result.passed else "FAILED: ") + summary)
     return result
 
 

@@ -1,15 +1,14 @@
 """Tracking writes done in order on one background thread, off the critical path of the search loop.
 
 A trial's MLflow records (its run, params, metrics, tags, end, learning-curve plot) are several store
-round trips (~50 ms here with a local SQLite store; more against a server): done in line, with
-1-second trials, that is ~5% of the search's wall time. Queued, they overlap the next trial's
-training. The queue keeps the order in which calls were submitted (a run is created before it is
-logged to, logged to before it is ended), and `drain()` is the point where the caller knows
-everything queued so far is written.
+round trips: done in line they add to every trial's wall time, a visible share of short trials
+(bench/README.md). Queued, they overlap the next trial's training. The queue keeps the order in
+which calls were submitted (a run is created before it is logged to, logged to before it is ended),
+and `drain()` is the point where the caller knows everything queued so far is written.
 
 The work queued when a trial ends would compete for the GIL with the search loop's own critical path
-right then (telling Optuna, asking for and starting the next trial: measured 53 -> 113 ms per ask
-while it drew a matplotlib PNG). Such calls are submitted `held`: they wait until the loop calls
+right then (telling Optuna, asking for and starting the next trial: an ask took about twice as long
+while a matplotlib PNG was drawn beside it). Such calls are submitted `held`: they wait until the loop calls
 `release()` once the next trial is under way (or `HOLD_SECONDS` at most, or a drain).
 """
 

@@ -1,10 +1,13 @@
-"""Which MLflow store errors retrying cannot fix, and the one paragraph each becomes.
+"""Which MLflow store errors are outages that may pass (retried) and which retrying cannot fix.
 
-A read-only or unwritable database, file or folder, a full disk, a schema that does not match
-this MLflow, credentials the server refuses (HTTP 401/403): recognised by the errno of an
-`OSError`, the HTTP status of an answer, or what the database said, anywhere in the chain of
-exceptions MLflow raised (its SQL store wraps every `OperationalError` as TEMPORARILY_UNAVAILABLE,
-so the code alone cannot tell a locked database from a read-only one).
+Transient: connection refused or reset, timeouts, HTTP 429/5xx, botocore endpoint errors, SQLite's
+"database is locked", anywhere in the chain of exceptions MLflow raised.
+
+Permanent (each becomes one paragraph naming the fix): a read-only or unwritable database, file or
+folder, a full disk, a schema that does not match this MLflow, credentials the server refuses (HTTP
+401/403). Recognised by the errno of an `OSError`, the HTTP status of an answer, or what the
+database said, anywhere in the chain (MLflow's SQL store wraps every `OperationalError` as
+TEMPORARILY_UNAVAILABLE, so the code alone cannot tell a locked database from a read-only one).
 """
 
 import errno
@@ -13,8 +16,11 @@ import re
 from collections.abc import Iterator
 
 import requests
+import urllib3.exceptions
 from botocore.exceptions import ClientError as BotoClientError
-from mlflow.exceptions import RestException
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.exceptions import HTTPClientError as BotoHTTPClientError
+from mlflow.exceptions import MlflowException, RestException
 
 from stagetune.errors import StoreError
 
@@ -31,6 +37,10 @@ PERMANENT_TEXT = (
         ),
     ),
     ("credentials refused", re.compile(r"error code 40[13]\b|\b(401|403) (client error|unauthorized|forbidden)", re.I)),
+)
+_TRANSIENT_ERROR_CODES = frozenset({"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED"})
+_TRANSIENT_TEXT = re.compile(
+    r"database is locked|too many (429|5\d\d) error responses|connection (refused|reset|aborted)", re.IGNORECASE
 )
 PERMANENT_ERRNOS = {
     errno.EROFS: "read-only",
@@ -50,6 +60,11 @@ FIXES = {
     "credentials refused": "set the credentials the tracking server expects (MLFLOW_TRACKING_USERNAME / "
     "MLFLOW_TRACKING_PASSWORD, or the stack's STAGETUNE_SETTINGS_FILE)",
 }
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether `error`, or any exception it was raised from, is an outage that may pass."""
+    return permanent_fault(error) is None and any(_is_transient_link(link) for link in error_chain(error))
 
 
 def permanent_fault(error: BaseException) -> str | None:
@@ -134,3 +149,31 @@ def describe_error(error: BaseException) -> str:
         seen.add(id(deeper))
     text = " ".join(str(innermost).split())
     return f"{type(innermost).__name__}: {text[:200]}"
+
+
+def _is_transient_link(error: BaseException) -> bool:
+    if isinstance(error, requests.exceptions.SSLError):
+        return False
+    if isinstance(error, (ConnectionError, TimeoutError)):  # refused, reset, aborted, broken pipe, socket timeout
+        return True
+    if isinstance(
+        error,
+        (
+            requests.exceptions.ConnectionError,
+            requests.exceptions.Timeout,
+            requests.exceptions.RetryError,  # urllib3 gave up on 429/5xx answers
+            requests.exceptions.ChunkedEncodingError,
+            urllib3.exceptions.ProtocolError,
+            urllib3.exceptions.NewConnectionError,
+            urllib3.exceptions.TimeoutError,
+            BotoConnectionError,  # endpoint unreachable, connect timeout
+            BotoHTTPClientError,  # connection closed, read timeout
+        ),
+    ):
+        return True
+    status = http_status(error)
+    if status is not None and (status == 429 or status >= 500):
+        return True
+    if isinstance(error, MlflowException) and error.error_code in _TRANSIENT_ERROR_CODES:
+        return True
+    return bool(_TRANSIENT_TEXT.search(str(error)))

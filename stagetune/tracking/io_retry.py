@@ -1,22 +1,21 @@
 """MLflow calls that ride out a tracking server or object store being unreachable for a while.
 
-`RetryingClient` is an `MlflowClient` whose public calls are retried on transient failures
-(connection refused or reset, timeouts, HTTP 429/5xx, botocore endpoint errors, SQLite's
-"database is locked") with exponential backoff and jitter, for up to a time window; any other
-error (a bad parameter, a resource that exists or does not) is raised at once.
+`RetryingClient` is an `MlflowClient` whose calls that stagetune makes are retried on transient
+failures (`stagetune.tracking.faults.is_transient`) with exponential backoff and jitter, for up to a
+time window; any other error (a bad parameter, a resource that exists or does not) is raised at
+once. The retry loop is tenacity's; the rules (what is transient, the window, one warning per
+outage episode) are stagetune's.
 
 Two retry layers would multiply: MLflow's own HTTP layer retries each request with urllib3 on
-connection errors and 408/429/5xx (`MLFLOW_HTTP_REQUEST_MAX_RETRIES` 7, backoff factor 2: waits
-of 0, 4, 8, ... 120 s, each try with a 120 s timeout); an upload while S3 was down failed only
-after ~300 s there. This layer owns the time budget; `MLFLOW_HTTP_ENV` keeps MLflow's short
-(an upload then fails in ~3-16 s), so the window means what it says.
+connection errors and 408/429/5xx, by default for minutes. This layer owns the time budget;
+`MLFLOW_HTTP_ENV` keeps MLflow's short, so the window means what it says.
 
 Permanent faults are not retried: a read-only or unwritable database, file or folder, a full disk,
 a schema that does not match this MLflow, credentials the server refuses (HTTP 401/403). They
-raise `StoreError` at once, one paragraph naming the store, what failed and the fix; a store that
-turns read-only mid-run used to be retried for ~5 minutes, printing a traceback per try. While a
-transient outage lasts, one warning line is printed for the whole episode (not one per call or
-per thread), and MLflow's own per-error traceback of its SQL store is kept out of the terminal.
+raise `StoreError` at once, one paragraph naming the store, what failed and the fix, instead of
+retrying for the whole window. While a transient outage lasts, one warning line is printed for
+the whole episode (not one per call or per thread), and MLflow's own per-error traceback of its
+SQL store is kept out of the terminal.
 
 Retrying is only safe for idempotent calls. Params, tags, terminal states and artifacts are
 (the same value written twice); metrics are deduplicated by the store (same key, value, step and
@@ -24,59 +23,44 @@ timestamp). The two creators that are not get a client-made request id as a tag,
 first looks for what an attempt whose answer was lost already created: `create_run` and
 `create_model_version`. Creating an experiment or a registered model is retried too: a second
 attempt after a lost answer fails with RESOURCE_ALREADY_EXISTS, which callers handle. Other
-`create_*` calls are not retried.
+calls (including other `create_*`) are `MlflowClient`'s own, not retried.
 """
 
-import functools
 import itertools
 import logging
 import random
-import re
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Concatenate, Generic, ParamSpec, Self, TypeVar, overload
 
-import requests
-import urllib3.exceptions
-from botocore.exceptions import ConnectionError as BotoConnectionError
-from botocore.exceptions import HTTPClientError as BotoHTTPClientError
+import tenacity
 from mlflow.entities import Run, ViewType
 from mlflow.entities.model_registry import ModelVersion
-from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.tracking._model_registry import DEFAULT_AWAIT_MAX_SLEEP_SECONDS
 
 from schemas.urls import redact_url
+from stagetune.errors import StoreError
+from stagetune.runtime import MLFLOW_HTTP_ENV
 from stagetune.tracking.faults import (
     describe_error,
-    error_chain,
-    http_status,
+    is_transient,
     permanent_fault,
     quiet_mlflow_store_logs,
     store_error,
 )
 
+__all__ = ["DEFAULT_RETRY_SECONDS", "MLFLOW_HTTP_ENV", "REQUEST_TAG", "RetryPolicy", "RetryingClient"]
+__all__ += ["call_with_retry", "is_transient"]
+
 T = TypeVar("T")
+P = ParamSpec("P")
 
 DEFAULT_RETRY_SECONDS = 180.0
 REQUEST_TAG = "stagetune.request_id"
-# MLflow's own per-request retries, kept short (defaults for the pipeline's process): 2 quick
-# retries (after 0 s, then 2 s) and 60 s per try instead of 7 retries over ~4 min and 120 s. Two,
-# not none: a keep-alive connection the server dropped (it does after a failed upload) is retried at once.
-MLFLOW_HTTP_ENV = {
-    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
-    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
-}
-# Creators retried although not made idempotent here: a lost answer shows as RESOURCE_ALREADY_EXISTS.
-_UNIQUE_BY_NAME = frozenset({"create_experiment", "create_registered_model"})
-_TRANSIENT_ERROR_CODES = frozenset({"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED", "DEADLINE_EXCEEDED"})
-_TRANSIENT_TEXT = re.compile(
-    r"database is locked|too many (429|5\d\d) error responses|connection (refused|reset|aborted)", re.IGNORECASE
-)
 _logger = logging.getLogger(__name__)
 _inside_retry = threading.local()
 # One warning per outage episode (all calls and threads together): from the first retry until a retried
@@ -99,11 +83,6 @@ class RetryPolicy:
         return base * (0.5 + 0.5 * jitter)
 
 
-def is_transient(error: BaseException) -> bool:
-    """Whether `error`, or any exception it was raised from, is an outage that may pass."""
-    return permanent_fault(error) is None and any(_is_transient_link(link) for link in error_chain(error))
-
-
 def call_with_retry(
     call: Callable[[], T],
     what: str,
@@ -123,39 +102,54 @@ def call_with_retry(
     """
     started = clock()
     retries = 0
-    while True:
+
+    def attempt() -> T:
         try:
-            result = call()
+            return call()
         except Exception as error:
-            elapsed = clock() - started
             kind = permanent_fault(error)
             if kind is not None:
-                _end_episode()
                 raise store_error(error, what, store, kind) from error
-            if not is_transient(error):
-                raise
-            if elapsed >= policy.window_s:
-                _end_episode()
-                if retries:
-                    error.add_note(
-                        f"stagetune: {what} was retried for {elapsed:.0f} s ({retries + 1} attempts); "
-                        "a longer tracking.io_retry_seconds waits longer for the tracking server"
-                    )
-                raise
-            if retries == 0 and _start_episode():
-                _logger.warning(
-                    "MLflow unreachable (%s), retrying %s for up to %.0f s",
-                    describe_error(error),
-                    what,
-                    policy.window_s,
-                )
-            sleep(min(policy.delay(retries, jitter()), policy.window_s - elapsed))
-            retries += 1
-            continue
-        if retries:
+            raise
+
+    def before_retry(state: tenacity.RetryCallState) -> None:
+        nonlocal retries
+        error = state.outcome.exception() if state.outcome is not None else None
+        if retries == 0 and _start_episode():
+            described = describe_error(error) if error is not None else "?"
+            _logger.warning("MLflow unreachable (%s), retrying %s for up to %.0f s", described, what, policy.window_s)
+        retries += 1
+
+    def next_delay(state: tenacity.RetryCallState) -> float:
+        # The last wait is cut so the last attempt falls at the window's end, never past it.
+        return max(0.0, min(policy.delay(state.attempt_number - 1, jitter()), policy.window_s - (clock() - started)))
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception(lambda error: not isinstance(error, StoreError) and is_transient(error)),
+        stop=lambda _state: clock() - started >= policy.window_s,
+        wait=next_delay,
+        sleep=sleep,
+        before_sleep=before_retry,
+        reraise=True,
+    )
+    try:
+        result = retrying(attempt)
+    except StoreError:
+        _end_episode()
+        raise
+    except Exception as error:
+        if is_transient(error):  # the window ran out
             _end_episode()
-            _logger.info("%s went through after %d retries (%.1f s)", what, retries, clock() - started)
-        return result
+            if retries:
+                error.add_note(
+                    f"stagetune: {what} was retried for {clock() - started:.0f} s ({retries + 1} attempts); "
+                    "a longer tracking.io_retry_seconds waits longer for the tracking server"
+                )
+        raise
+    if retries:
+        _end_episode()
+        _logger.info("%s went through after %d retries (%.1f s)", what, retries, clock() - started)
+    return result
 
 
 def _start_episode() -> bool:
@@ -170,11 +164,42 @@ def _end_episode() -> None:
         _episode["open"] = False
 
 
+class _Retried(Generic[P, T]):
+    """A `RetryingClient` attribute: `MlflowClient.<name>` called through the client's retry, same signature.
+
+    `MlflowClient`'s method is looked up at call time, so one patched in tests (or by a plugin) is what runs.
+    """
+
+    def __init__(self, method: Callable[Concatenate[MlflowClient, P], T]) -> None:
+        self.name = method.__name__
+        self.__doc__ = f"`MlflowClient.{self.name}`, retried through outages (see `RetryingClient`)."
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        if name != self.name:
+            raise TypeError(f"{owner.__name__}.{name} would call MlflowClient.{self.name}: name it {self.name}")
+
+    @overload
+    def __get__(self, client: None, owner: type) -> Self: ...
+    @overload
+    def __get__(self, client: "RetryingClient", owner: type) -> Callable[P, T]: ...
+    def __get__(self, client: "RetryingClient | None", owner: type) -> "Self | Callable[P, T]":
+        if client is None:
+            return self
+        method = getattr(MlflowClient, self.name)
+
+        def retried(*args: P.args, **kwargs: P.kwargs) -> T:
+            return client._retry(self.name, lambda: method(client, *args, **kwargs))
+
+        return retried
+
+
 class RetryingClient(MlflowClient):
     """An `MlflowClient` whose calls retry transient failures for up to `retry_seconds` (0: never).
 
-    Calls made by a retried call (e.g. `log_figure` -> `log_artifact`) are not retried on their
-    own: the outer call is, as a whole, so the windows do not stack.
+    The retried calls are listed in the class body (the calls stagetune makes; a test fails when a
+    new one is not listed); any other method is `MlflowClient`'s own, tried once. Calls made by a
+    retried call (e.g. `log_figure` -> `log_artifact`) are not retried on their own: the outer call
+    is, as a whole, so the windows do not stack.
     """
 
     def __init__(
@@ -257,54 +282,29 @@ class RetryingClient(MlflowClient):
 
         return self._retry("create_model_version", create_once)
 
-
-def _retrying(method: Callable[..., Any]) -> Callable[..., Any]:
-    name = method.__name__
-
-    @functools.wraps(method)
-    def wrapper(self: RetryingClient, *args: Any, **kwargs: Any) -> Any:
-        # Looked up at call time, so MlflowClient patched in tests (or by plugins) is what runs.
-        return self._retry(name, lambda: getattr(MlflowClient, name)(self, *args, **kwargs))
-
-    return wrapper
-
-
-def _install_retries() -> None:
-    """Give `RetryingClient` a retrying override of every public `MlflowClient` method it does not define."""
-    for name, member in vars(MlflowClient).items():
-        if name.startswith("_") or not callable(member) or isinstance(member, (staticmethod, classmethod)):
-            continue
-        if name in vars(RetryingClient) or (name.startswith("create_") and name not in _UNIQUE_BY_NAME):
-            continue
-        setattr(RetryingClient, name, _retrying(member))
-
-
-_install_retries()
-
-
-def _is_transient_link(error: BaseException) -> bool:
-    if isinstance(error, requests.exceptions.SSLError):
-        return False
-    if isinstance(error, (ConnectionError, TimeoutError)):  # refused, reset, aborted, broken pipe, socket timeout
-        return True
-    if isinstance(
-        error,
-        (
-            requests.exceptions.ConnectionError,
-            requests.exceptions.Timeout,
-            requests.exceptions.RetryError,  # urllib3 gave up on 429/5xx answers
-            requests.exceptions.ChunkedEncodingError,
-            urllib3.exceptions.ProtocolError,
-            urllib3.exceptions.NewConnectionError,
-            urllib3.exceptions.TimeoutError,
-            BotoConnectionError,  # endpoint unreachable, connect timeout
-            BotoHTTPClientError,  # connection closed, read timeout
-        ),
-    ):
-        return True
-    status = http_status(error)
-    if status is not None and (status == 429 or status >= 500):
-        return True
-    if isinstance(error, MlflowException) and error.error_code in _TRANSIENT_ERROR_CODES:
-        return True
-    return bool(_TRANSIENT_TEXT.search(str(error)))
+    # The other calls stagetune makes: reads, and writes that are idempotent (see the module docstring).
+    create_experiment = _Retried(MlflowClient.create_experiment)  # a lost answer: RESOURCE_ALREADY_EXISTS
+    create_registered_model = _Retried(MlflowClient.create_registered_model)  # likewise
+    download_artifacts = _Retried(MlflowClient.download_artifacts)
+    get_experiment_by_name = _Retried(MlflowClient.get_experiment_by_name)
+    get_logged_model = _Retried(MlflowClient.get_logged_model)
+    get_metric_history = _Retried(MlflowClient.get_metric_history)
+    get_model_version = _Retried(MlflowClient.get_model_version)
+    get_model_version_by_alias = _Retried(MlflowClient.get_model_version_by_alias)
+    get_registered_model = _Retried(MlflowClient.get_registered_model)
+    get_run = _Retried(MlflowClient.get_run)
+    log_artifact = _Retried(MlflowClient.log_artifact)
+    log_batch = _Retried(MlflowClient.log_batch)
+    log_dict = _Retried(MlflowClient.log_dict)
+    log_figure = _Retried(MlflowClient.log_figure)
+    log_text = _Retried(MlflowClient.log_text)
+    search_model_versions = _Retried(MlflowClient.search_model_versions)
+    search_runs = _Retried(MlflowClient.search_runs)
+    set_experiment_tag = _Retried(MlflowClient.set_experiment_tag)
+    set_logged_model_tags = _Retried(MlflowClient.set_logged_model_tags)
+    set_model_version_tag = _Retried(MlflowClient.set_model_version_tag)
+    set_registered_model_alias = _Retried(MlflowClient.set_registered_model_alias)
+    set_tag = _Retried(MlflowClient.set_tag)
+    set_terminated = _Retried(MlflowClient.set_terminated)
+    update_model_version = _Retried(MlflowClient.update_model_version)
+    update_run = _Retried(MlflowClient.update_run)

@@ -1,8 +1,8 @@
 """Matplotlib figures logged as PNG artifacts (Agg backend: no display needed).
 
 Margins are fixed in inches instead of `layout="constrained"`: the constrained solver measures every
-tick label twice per draw and was half of a figure's ~400 ms of CPU here. These figures are drawn
-once per trial, so their cost is part of the search's overhead.
+tick label twice per draw, about half of a figure's CPU time (bench/README.md). These figures are
+drawn once per trial, so their cost is part of the search's overhead.
 """
 
 from collections.abc import Iterable, Sequence

@@ -2,7 +2,7 @@
 
 Everything goes through `MlflowClient` with explicit run ids: `mlflow.start_run(nested=True)` keeps
 its active-run stack per thread, so inside Prefect's worker threads it would create top-level runs.
-Metrics are sent with `log_batch` (one call per flush): per-metric calls are ~50x slower on a server.
+Metrics are sent with `log_batch` (one call per flush): a server round trip per metric is far slower.
 The tree's client retries transient failures (server or object store briefly unreachable) for up
 to `io_retry_seconds`: see `stagetune.tracking.io_retry`.
 """
@@ -22,9 +22,9 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from pydantic import BaseModel
 
 from schemas.results import EpochRecord
+from schemas.stages import Stage
 from stagetune.tracking.io_retry import DEFAULT_RETRY_SECONDS, RetryingClient
 
-Stage = Literal["sample", "sanity", "coarse", "refine", "final"]
 RunEnd = Literal["FINISHED", "FAILED", "KILLED"]
 
 STAGE_TAG = "stagetune.stage"

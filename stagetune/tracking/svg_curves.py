@@ -1,8 +1,8 @@
 """A trial's learning curves as a small SVG document (MLflow's artifact viewer shows SVG as an image).
 
-Every trial logs one; drawn with matplotlib and saved as PNG it cost ~0.1 s of CPU per trial (text
-layout and rasterisation), i.e. ~10% of a 1-second trial. Written as SVG text it costs well under a
-millisecond. Two panels, loss and accuracy against epoch, train and validation lines with markers.
+Every trial logs one; drawn with matplotlib and saved as PNG it was a noticeable share of a short
+trial (text layout and rasterisation; figures: bench/README.md). Written as SVG text it costs next
+to nothing. Two panels, loss and accuracy against epoch, train and validation lines with markers.
 """
 
 import math

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from stagetune.errors import InputError
-from stagetune.log_masking import known_secrets, mask_secrets
+from stagetune.secret_masking import known_secrets, mask_text
 from stagetune.settings import SETTINGS_FILE_VARIABLE, export_client_settings, load_settings
 from stagetune.stack import (
     StackPaths,
@@ -141,9 +141,9 @@ def test_the_settings_file_s_logins_reach_the_clients_environment_and_are_masked
     assert export_client_settings(settings, prefect_api_url=True) == []
     assert os.environ["PREFECT_API_URL"] == "http://elsewhere:4200/api"
     line = "login stagetune:prefect-token-0123456789 and mlflow-password-0123456789"
-    assert mask_secrets(line, known_secrets()) == "login *** and ***"
+    assert mask_text(line, known_secrets()) == "login *** and ***"
     monkeypatch.delenv(SETTINGS_FILE_VARIABLE)
-    assert mask_secrets(line, known_secrets()) == "login *** and ***"  # from the environment's names alone
+    assert mask_text(line, known_secrets()) == "login *** and ***"  # from the environment's names alone
 
 
 def test_urls_are_redacted_and_postgres_urls_checked() -> None:

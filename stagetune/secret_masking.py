@@ -1,11 +1,16 @@
-"""Secrets never reach a log line: every log record is masked when it is created.
+"""The one secret-masking policy: what log lines, error messages and reports never show.
 
-What is masked, with ***: any password inside a URL (`scheme://user:PASSWORD@host`) or a DSN
-(`password=...`), and the known secret values: the runtime settings' SecretStr fields (S3 keys),
-the passwords of their URLs, and the values of secret-named environment variables (…_PASSWORD,
-…_TOKEN, …_SECRET…, …_AUTH_STRING).
+Rules (each value becomes ***):
+- the password of any `scheme://user:PASSWORD@host` URL (`schemas.urls.redact_url`);
+- a DSN password (`password=...`, `passwd=`, `pwd=`);
+- in nested data (a config in a report), the value of every key whose name looks secret (`SECRET_NAME`);
+- the known secret values (`known_secrets`) wherever they appear. Values the user declared secret
+  (the runtime settings' SecretStr fields, URL passwords) are masked from `MIN_SECRET_LENGTH`
+  characters; values only guessed to be secret from a variable's name (…_TOKEN, …_KEY, …_PASSWORD)
+  from `MIN_GUESSED_SECRET_LENGTH`, because names mislead (TOKENIZERS_PARALLELISM=false) and masking
+  every "false" would shred ordinary text.
 
-Why the record factory: Prefect configures its handlers when it is imported (after a command
+Logs: why the record factory. Prefect configures its handlers when it is imported (after a command
 starts) and its loggers, like MLflow's, do not propagate to the root logger, so a filter on the
 root's handlers would miss them. A record made by the factory is masked before any logger, filter
 or handler sees it. A filter on the handlers that exist at install time also catches records
@@ -18,25 +23,47 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from schemas.urls import URL_PASSWORD, redact_url
 from stagetune.errors import InputError
 
 MASK = "***"
-MIN_SECRET_LENGTH = 6
-"""Shorter known values are not masked: replacing every "admin" or "true" would shred ordinary text."""
+MIN_SECRET_LENGTH = 4
+"""Shorter values are never masked, even when declared secret: every "abc" in the text would go."""
+MIN_GUESSED_SECRET_LENGTH = 6
+"""Values guessed from a secret-looking variable name: shorter ones are mostly flags and words."""
+SECRET_NAME = re.compile(
+    r"secret|password|passwd|token|credential|auth_string|access_?key|api_?key|(?:^|[_.-])key(?:$|[_.-])", re.IGNORECASE
+)
+"""A variable or key name whose value is a secret (AWS_SECRET_ACCESS_KEY, PGPASSWORD, mlflow_password, GPG_KEY).
 
-_URL_PASSWORD = re.compile(r"(?P<head>\b[A-Za-z][\w+.-]*://[^/@:\s]*:)(?P<password>[^/@\s]+)@")
+"key" counts as a word of the name only: `keypoints` or PIP_KEYRING_PROVIDER=import are not secrets, and
+masking every "import" in the logs would shred them."""
+
 _DSN_PASSWORD = re.compile(r"(?P<head>\b(?:password|passwd|pwd)\s*=\s*)(?P<password>[^\s&;,'\"]+)", re.IGNORECASE)
-_SECRET_VARIABLE = re.compile(r"SECRET|PASSWORD|PASSWD|TOKEN|ACCESS_KEY|API_KEY|CREDENTIAL|AUTH_STRING", re.IGNORECASE)
 
 
-def mask_secrets(text: str, secrets: Iterable[str] = ()) -> str:
-    """`text` with URL and DSN passwords and every one of `secrets` replaced by ***."""
-    masked = _URL_PASSWORD.sub(lambda m: f"{m.group('head')}{MASK}@", text)
-    masked = _DSN_PASSWORD.sub(lambda m: f"{m.group('head')}{MASK}", masked)
+def mask_text(text: str, secrets: Iterable[str] = ()) -> str:
+    """`text` with URL and DSN passwords and every one of `secrets` (from 4 characters) replaced by ***."""
+    masked = _DSN_PASSWORD.sub(lambda m: f"{m.group('head')}{MASK}", redact_url(text))
     for secret in secrets:
         if len(secret) >= MIN_SECRET_LENGTH:
             masked = masked.replace(secret, MASK)
     return masked
+
+
+def mask_data(data: Any, secrets: Iterable[str] = ()) -> Any:
+    """A copy of nested JSON data with secret-named keys' values masked and every string masked by `mask_text`."""
+    values = list(secrets)
+    if isinstance(data, Mapping):
+        return {
+            key: (MASK if SECRET_NAME.search(str(key)) and value not in (None, "") else mask_data(value, values))
+            for key, value in data.items()
+        }
+    if isinstance(data, list | tuple):
+        return [mask_data(item, values) for item in data]
+    if isinstance(data, str):
+        return mask_text(data, values)
+    return data
 
 
 def known_secrets(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
@@ -47,15 +74,16 @@ def known_secrets(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
     from stagetune.settings import load_settings  # deferred: settings import pydantic-settings and the schemas
 
     environ = dict(os.environ if environ is None else environ)
-    values = {value for name, value in environ.items() if _SECRET_VARIABLE.search(name) and value}
-    values |= {m.group("password") for value in environ.values() for m in _URL_PASSWORD.finditer(value)}
+    guessed = {v for name, v in environ.items() if SECRET_NAME.search(name) and len(v) >= MIN_GUESSED_SECRET_LENGTH}
+    declared = {m.group("password") for value in environ.values() for m in URL_PASSWORD.finditer(value)}
     try:
         settings = load_settings(environ)
     except InputError:  # bad settings are reported (exit 2) by the command that reads them
         pass
     else:
-        values |= {*settings.secrets(), *settings.url_passwords()}
-    return tuple(sorted((v for v in values if len(v) >= MIN_SECRET_LENGTH), key=len, reverse=True))
+        declared |= {*settings.secrets(), *settings.url_passwords()}
+    values = guessed | {v for v in declared if len(v) >= MIN_SECRET_LENGTH}
+    return tuple(sorted(values, key=len, reverse=True))
 
 
 def mask_record(record: logging.LogRecord, secrets: Iterable[str]) -> None:
@@ -67,20 +95,20 @@ def mask_record(record: logging.LogRecord, secrets: Iterable[str]) -> None:
         message = record.getMessage()
     except Exception:  # a malformed record: the handler reports it as it would have without us
         return
-    masked = mask_secrets(message, secrets)
+    masked = mask_text(message, secrets)
     if masked != message:
         record.msg, record.args = masked, ()
     if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
         text = logging.Formatter().formatException(record.exc_info)
-        masked_text = mask_secrets(text, secrets)
+        masked_text = mask_text(text, secrets)
         if masked_text != text:
             # Formatters print exc_text when it is set; dropping exc_info keeps handlers that render
             # the exception themselves (Rich's) from printing the secret anyway.
             record.exc_text, record.exc_info = masked_text, None
     elif record.exc_text:
-        record.exc_text = mask_secrets(record.exc_text, secrets)
+        record.exc_text = mask_text(record.exc_text, secrets)
     if record.stack_info:
-        record.stack_info = mask_secrets(record.stack_info, secrets)
+        record.stack_info = mask_text(record.stack_info, secrets)
 
 
 class SecretMaskingFilter(logging.Filter):
