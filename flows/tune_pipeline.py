@@ -16,6 +16,7 @@ from schemas.config import PipelineConfig
 from schemas.final import FinalResult
 from schemas.pipeline import PipelineResult, RegisteredModel, SearchStageResult
 from schemas.results import SampleResult, SanityResult
+from schemas.stages import Stage
 from stagetune import progress
 from stagetune.data.defaults import with_data_defaults
 from stagetune.errors import InputError
@@ -87,7 +88,7 @@ def _attempt(config: PipelineConfig, run: PipelineRun, sample: SampleResult | No
     try:
         if fresh_sample:
             record_sample(tree, sample, started, sample_ended)
-            run.save("sample", sample)
+            run.save(Stage.SAMPLE, sample)
         result = _stages(config, sample, tree, run)
     except BaseException as error:
         end_run(tree.client, tree.parent_run_id, "KILLED" if is_interruption(error) else "FAILED")
@@ -111,7 +112,7 @@ def _stages(config: PipelineConfig, sample: SampleResult, tree: RunTree, run: Pi
     _share_cpu_threads(config)  # from the sanity stage on: each stage's numbers then depend on the config alone
     sanity = None
     if config.sanity.enabled:
-        sanity = _stage(run, "sanity", SanityResult, lambda: sanity_check(config, sample, tree))
+        sanity = _stage(run, Stage.SANITY, SanityResult, lambda: sanity_check(config, sample, tree))
     stages = ["sample", "sanity"] if sanity is not None else ["sample"]
     if sanity is not None and not sanity.passed:
         message = "The sanity gate failed: " + " ".join(d.message for d in sanity.diagnoses)
@@ -120,19 +121,19 @@ def _stages(config: PipelineConfig, sample: SampleResult, tree: RunTree, run: Pi
     concurrency, run_name = config.execution.concurrency, run.dir.name
     coarse = _stage(
         run,
-        "coarse",
+        Stage.COARSE,
         SearchStageResult,
         lambda: run_search(open_coarse(config, sample, sanity, tree, run_name), concurrency),
     )
-    stages.append("coarse")
+    stages.append(Stage.COARSE)
     narrowed = narrow_space(config, coarse)  # a pure function of the coarse result: recomputed on resume
     refine = _stage(
         run,
-        "refine",
+        Stage.REFINE,
         SearchStageResult,
         lambda: run_search(open_refine(config, sample, tree, run_name, narrowed, coarse), concurrency),
     )
-    stages.append("refine")
+    stages.append(Stage.REFINE)
     best = _best_trial(refine, coarse)
     common = {**base, "sanity": sanity, "coarse": coarse, "refine": refine}
     common |= {"narrowed_space": narrowed[0], "narrowing": narrowed[1]}
@@ -140,7 +141,7 @@ def _stages(config: PipelineConfig, sample: SampleResult, tree: RunTree, run: Pi
         message = "No coarse or refinement trial completed: see the trials' fail reasons and diagnoses in MLflow."
         return PipelineResult(**common, status="search_failed", message=message, stages_completed=stages)
 
-    final = _stage(run, "final", FinalResult, lambda: train_final(config, sample, best.hyperparams, tree, run.dir))
+    final = _stage(run, Stage.FINAL, FinalResult, lambda: train_final(config, sample, best.hyperparams, tree, run.dir))
     stages.append("final")
     decision = final.registry
     registered = None
@@ -167,7 +168,7 @@ def _stages(config: PipelineConfig, sample: SampleResult, tree: RunTree, run: Pi
     )
 
 
-def _stage(run: PipelineRun, stage: str, model: type[M], compute: Callable[[], M]) -> M:
+def _stage(run: PipelineRun, stage: Stage, model: type[M], compute: Callable[[], M]) -> M:
     """The stage's stored result when an earlier attempt finished it, else computed now and stored."""
     stored = run.load(stage, model)
     if stored is not None:

@@ -14,6 +14,7 @@ from schemas.config import PipelineConfig
 from schemas.final import ChampionDecision, FinalResult, RegressionTestMetrics, TestMetrics
 from schemas.hyperparams import HyperParams
 from schemas.results import EpochRecord, SampleResult
+from schemas.stages import Stage
 from stagetune import progress
 from stagetune.data.augment import build_augmenter, pixels_of
 from stagetune.data.fingerprint import arrays_fingerprint
@@ -66,7 +67,7 @@ def final_stage(
     device = resolve_device(config.execution.device)
     final = config.final
     reporter = progress.current()
-    with stage_run(tree, "final") as run_id, _system_metrics(config, tree, run_id):
+    with stage_run(tree, Stage.FINAL) as run_id, _system_metrics(config, tree, run_id):
         log_params(
             tree.client,
             run_id,

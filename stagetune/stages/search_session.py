@@ -23,6 +23,7 @@ from schemas.pipeline import SearchStageResult, SharedStudyPlan
 from schemas.results import SampleResult
 from schemas.search import NarrowingReport, ReusedTrial, TrialRecord
 from schemas.search_space import SearchSpace
+from schemas.stages import SearchStage
 from stagetune.diagnosis import summarise_stage
 from stagetune.interruption import INTERRUPTED_REASON, clear_stop, request_stop
 from stagetune.search.budget import budget_lock, claim_trial, release_trial
@@ -48,7 +49,6 @@ from stagetune.tracking.background import TrackingQueue
 from stagetune.tracking.run_tree import RunTree, end_run, log_model_json, log_params, log_tags
 
 LOGGER = logging.getLogger(__name__)
-SearchStage = Literal["coarse", "refine"]
 # What the loop knows of a trial it started when the search stops: a call that waits for its record
 # (None: the trial raised), or None when the trial was asked but never started.
 Waiter = Callable[[], TrialRecord | None] | None

@@ -11,6 +11,7 @@ from schemas.config import PipelineConfig
 from schemas.pipeline import SearchStageResult
 from schemas.results import SampleResult, SanityResult
 from schemas.search_space import FloatParam, SearchSpace
+from schemas.stages import Stage
 from stagetune.data.augment import pixels_of
 from stagetune.data.sampling import stratified_subsample
 from stagetune.data.source import LoadOptions
@@ -43,7 +44,7 @@ def start_coarse(
     session = SearchSession.open(
         config,
         tree,
-        "coarse",
+        Stage.COARSE,
         f"{config.search.study_name or run_name}-coarse",
         make_sampler(config.coarse.sampler, config.seed),
         "none",
@@ -74,7 +75,7 @@ def start_refine(
     session = SearchSession.open(
         config,
         tree,
-        "refine",
+        Stage.REFINE,
         f"{config.search.study_name or run_name}-refine",
         make_sampler(config.refine.sampler, config.seed + 1, n_startup_trials=startup),
         config.refine.pruner,
