@@ -13,6 +13,7 @@ from schemas.pipeline import PipelineResult, SearchStageResult
 from schemas.results import EpochRecord
 from schemas.search import DiagnosisShiftSettings, NarrowingReport, NarrowingSettings, TrialRecord
 from schemas.search_space import FloatParam, IntParam, SearchSpace
+from stagetune.config_loading import load_config
 from stagetune.diagnosis import diagnose_curves, summarise_stage
 from stagetune.report.advice import findings
 from stagetune.report.markup import Numbers
@@ -267,3 +268,13 @@ def test_a_coarse_stage_not_converged_is_expected_and_asks_for_no_change() -> No
     assert found["coarse"].overrides == []
     assert found["coarse"].next_action.startswith("expected of a coarse stage (3 epochs per trial")
     assert found["refine"].overrides == ["refine.epochs=16"]  # the refinement is meant to converge
+
+
+def test_the_shift_is_off_by_default_and_switched_on_in_its_own_config_section() -> None:
+    trials = coarse_trials("underfitting")
+    narrowed, report = narrow(COARSE, trials, "minimize", NarrowingSettings())
+    default = PipelineConfig().refine.diagnosis_shift
+    assert shift_by_diagnosis(COARSE, narrowed, report, trials, default) == (narrowed, report)
+    switched = load_config(None, ["refine.diagnosis_shift.enabled=true", "refine.diagnosis_shift.fraction=0.25"])
+    space, _ = shift_by_diagnosis(COARSE, narrowed, report, trials, switched.refine.diagnosis_shift)
+    assert space != narrowed

@@ -9,7 +9,11 @@ linear), and pulls its other bound inward by the same amount, never past the bes
 best point stays reachable and the warm start still replays it. Nothing moves past the coarse range or the
 narrowed one, whichever reaches further (the boundary rule's widening stands; the hard limits were applied
 before). Verdicts without a range remedy (not converged: more epochs; diverged; collapsed) move nothing
-and say so. Whether this helps is measured in bench/diagnosis_shift.py; the result is in bench/README.md.
+and say so. Off by default (`refine.diagnosis_shift.enabled: false`): bench/diagnosis_shift.py found it did
+not help. On the embedded defaults the coarse top trials (3 epochs) are "not converged" and nothing moves;
+on glass with 8 coarse epochs they overfit, and moving dropout and weight decay up lost test balanced
+accuracy in 5 of 6 paired seeds: a rise the trial score already reads at its best epoch is not a call for
+more regularisation on 200 rows. Numbers in bench/README.md (issue 17, part B).
 """
 
 import math
