@@ -153,7 +153,12 @@ def run_trial(
         outcome_state, outcome.reason = "FAIL", "no finite validation value"
     if outcome_state == "PRUNED":
         value = objective_value(outcome.history[-1], config.search.resolved_objective) if outcome.history else None
-    diagnosis = diagnose_curves(outcome.history, outcome.status, reference_loss=reference_loss(context.data, hp))
+    diagnosis = diagnose_curves(
+        outcome.history,
+        outcome.status,
+        reference_loss=reference_loss(context.data, hp),
+        n_val=len(context.data.y_val),  # the noise band of a validation-loss rise or gap
+    )
     record = TrialRecord(
         number=number,
         state=outcome_state,
