@@ -6,9 +6,11 @@ costs the run its whole start (~6 s here) after the flow's imports (~6 s), and s
 thread of this process does not help: importing Prefect's server modules (~4.5 s) holds the GIL
 against the flow's own imports (measured: imports 5.9 s alone, 10.3 s beside that thread). Here the
 child process imports and starts the server itself, on another core, while this process imports
-the flow; `wait()` then points this process's Prefect settings at it. The child runs the server as
-Prefect's own temporary server does (`prefect.server.api.server:create_app` under uvicorn, UI off,
-marked ephemeral) and stops with this process (at exit, or by the kernel if this process is killed).
+the flow; `wait()` then points this process's Prefect settings at it. The child is started as soon
+as the config is valid, before the store check (whose SQLAlchemy import, ~1 s of CPU, overlaps the
+child's start). The child runs the server as Prefect's own temporary server does
+(`prefect.server.api.server:create_app` under uvicorn, UI off, marked ephemeral) and stops with this
+process (at exit, or by the kernel if this process is killed).
 """
 
 import atexit

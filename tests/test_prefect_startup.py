@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import subprocess_env
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 # A process that starts the server early, imports Prefect, waits, prints what its Prefect uses, then sleeps.
 SCRIPT = """

@@ -20,7 +20,7 @@ from stagetune.stages.lost_records import RECOVERED_TAG
 from stagetune.stages.trial import TrialContext
 from tests.conftest import tiny_config
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 STAGES = ("sample", "sanity", "coarse", "refine", "final")
 
 
