@@ -27,7 +27,8 @@ if __package__ in (None, ""):  # run as `python bench/startup_memory.py`: make `
 from bench.common import DEFAULT_OUT, REPO, format_table, prepare_process, write_results
 from bench.proc_monitor import TreeMemoryMonitor
 
-TARGET_FIRST_TRIAL_S = 10.0
+TARGET_FIRST_TRIAL_WARM_S = 8.0  # issue 18
+TARGET_FIRST_TRIAL_COLD_S = 15.0
 TARGET_PEAK_GIB = 2.0
 
 
@@ -124,9 +125,9 @@ def run_startup_memory(config: Path, warm_runs: int, overrides: Sequence[str] = 
     peak_gib = max(r.peak_tree_mib for r in runs) / 1024
     checks = [
         {
-            "target": f"time to first trial <= {TARGET_FIRST_TRIAL_S:g} s (warm median)",
+            "target": f"time to first trial <= {TARGET_FIRST_TRIAL_WARM_S:g} s (warm median)",
             "value": first_trial,
-            "met": first_trial <= TARGET_FIRST_TRIAL_S,
+            "met": first_trial <= TARGET_FIRST_TRIAL_WARM_S,
         },
         {
             "target": f"peak RSS <= {TARGET_PEAK_GIB:g} GiB (whole process tree, any run)",
@@ -134,9 +135,9 @@ def run_startup_memory(config: Path, warm_runs: int, overrides: Sequence[str] = 
             "met": peak_gib <= TARGET_PEAK_GIB,
         },
         {
-            "target": f"time to first trial <= {TARGET_FIRST_TRIAL_S:g} s (cold)",
+            "target": f"time to first trial <= {TARGET_FIRST_TRIAL_COLD_S:g} s (cold)",
             "value": runs[0].first_trial_s,
-            "met": runs[0].first_trial_s <= TARGET_FIRST_TRIAL_S,
+            "met": runs[0].first_trial_s <= TARGET_FIRST_TRIAL_COLD_S,
         },
     ]
     return {

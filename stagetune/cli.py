@@ -27,6 +27,7 @@ from stagetune.cli_stack import stack_app
 from stagetune.config_loading import check_environment, load_config, validate_config
 from stagetune.errors import InputError, StoreError
 from stagetune.interruption import set_resume_hint, stop_on_sigterm
+from stagetune.prefect_startup import EarlyApiServer, start_api_server_early  # stdlib only: cheap
 from stagetune.run_store import find_run, saved_config
 from stagetune.runtime import configure_process
 from stagetune.store_check import check_stores_writable
@@ -75,12 +76,22 @@ def run(
     configure_process(verbose)
     stop_on_sigterm()  # SIGTERM stops as Ctrl-C does: message, exit 143, stores consistent
     settings = guarded(console, lambda: _run_config(config, overrides or [], resume, new), verbose)
-    # Before Prefect starts (seconds): a read-only store is refused before anything is written.
-    guarded(console, lambda: check_stores_writable(settings), verbose)
-    if summary is not None:
-        guarded(console, lambda: _check_writable(summary), verbose)
+    # Prefect's temporary API server (when this run needs one) starts in a child process once the config is
+    # valid, before the store check, whose SQLAlchemy import (~1 s of CPU) the child's start then overlaps.
+    api_server = start_api_server_early()
+    try:
+        # Before the flow starts (seconds): a read-only store is refused before anything is written.
+        guarded(console, lambda: check_stores_writable(settings), verbose)
+        if summary is not None:
+            guarded(console, lambda: _check_writable(summary), verbose)
+    except BaseException:
+        api_server.stop()  # at once, not at exit: a caller running commands in-process (tests) would keep it
+        raise
     result = guarded(
-        console, lambda: _run_flow(settings, console, resume=resume, new=new), verbose, expected=(StoreError,)
+        console,
+        lambda: _run_flow(settings, console, api_server, resume=resume, new=new),
+        verbose,
+        expected=(StoreError,),
     )
     if summary is not None:
         write_text_atomically(summary, result.model_dump_json(indent=2), fsync=False)
@@ -192,13 +203,14 @@ def _run_config(config: Path | None, overrides: list[str], resume: str | None, n
 
 
 def _run_flow(
-    settings: PipelineConfig, console: Console, resume: str | None = None, new: bool = False
+    settings: PipelineConfig,
+    console: Console,
+    api_server: EarlyApiServer,
+    resume: str | None = None,
+    new: bool = False,
 ) -> PipelineResult:
-    from stagetune.prefect_startup import start_api_server_early
-
-    # Prefect's temporary API server starts in a child process while this one imports the flow's modules
-    # (imported here: Prefect reads its settings at import, after configure_process set them).
-    api_server = start_api_server_early()
+    # Prefect's temporary API server goes on starting in its child process while this one imports the
+    # flow's modules (imported here: Prefect reads its settings at import, after configure_process set them).
     from flows.runners import make_task_runner
     from flows.tune_pipeline import tune_pipeline
     from stagetune.progress import RichReporter, use

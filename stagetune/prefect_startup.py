@@ -6,9 +6,11 @@ the run waits for its whole start after the flow's imports, and starting it from
 process does not help: importing Prefect's server modules holds the GIL against the flow's own
 imports, which then take about twice as long (figures: bench/README.md). Here the child process
 imports and starts the server itself, on another core, while this process imports the flow;
-`wait()` then points this process's Prefect settings at it. The child runs the server as Prefect's
-own temporary server does (`prefect.server.api.server:create_app` under uvicorn, UI off, marked
-ephemeral) and stops with this process (at exit, or by the kernel if this process is killed).
+`wait()` then points this process's Prefect settings at it. The child is started as soon as the
+config is valid, before the store check (whose SQLAlchemy import overlaps the child's start). The
+child runs the server as Prefect's own temporary server does (`prefect.server.api.server:create_app`
+under uvicorn, UI off, marked ephemeral) and stops with this process (at exit, or by the kernel if
+this process is killed).
 """
 
 import atexit

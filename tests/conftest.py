@@ -4,13 +4,19 @@ The suite runs on two pytest-xdist workers (`addopts` in pyproject.toml). Each w
 session: its own Prefect test server, temporary folders (per-worker basetemp), stacks on free ports
 and PostgreSQL databases with random names. Tests that share a module- or session-scoped fixture
 are sent to one worker together (see `pytest_collection_modifyitems`) so that fixture is made once.
+
+Markers: `slow` for end-to-end runs (seconds each), `integration` for every test that uses a real server
+(Prefect's API, SeaweedFS, an MLflow server, PostgreSQL, `mlflow models serve`, Chromium). A fixture
+that starts or connects to one is decorated with `uses_a_server`; a test that uses such a fixture
+without the `integration` marker fails at set-up, before the server starts (`pytest_runtest_setup`),
+so `-m "not slow and not integration"` (the fast lane, README) never starts a server.
 """
 
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -38,6 +44,40 @@ TINY_OVERRIDES = (
     "final.max_epochs=3",
     "tracking.report=false",  # the report tests switch it on
 )
+
+
+FixtureFunction = TypeVar("FixtureFunction", bound=Callable[..., Any])
+
+
+def uses_a_server(function: FixtureFunction) -> FixtureFunction:
+    """Mark a fixture function (below `@pytest.fixture`) as starting or using a real server: the tests
+    that use it must carry the `integration` marker."""
+    function.stagetune_uses_a_server = True  # type: ignore[attr-defined]
+    return function
+
+
+def server_fixtures(item: pytest.Item) -> list[str]:
+    """The fixtures of `item` (its own and those they depend on) that start or use a real server."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return []
+    return [
+        name
+        for name in sorted(getattr(item, "fixturenames", ()))
+        if any(getattr(d.func, "stagetune_uses_a_server", False) for d in info.name2fixturedefs.get(name, ()))
+    ]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Fail a test that uses a server fixture without the `integration` marker, before the fixture runs."""
+    servers = server_fixtures(item)
+    if servers and item.get_closest_marker("integration") is None:
+        pytest.fail(
+            f"{item.nodeid} uses {', '.join(servers)}, which start(s) or use(s) a real server: mark the test "
+            "`@pytest.mark.integration` (or its module: `pytestmark`) so the fast lane leaves it out",
+            pytrace=False,
+        )
 
 
 # Shared fixtures that are cheap to make on each worker: sharing only these does not tie tests together.
@@ -126,6 +166,7 @@ def _client_logins_do_not_leak() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
+@uses_a_server
 def prefect_server() -> Iterator[str]:
     """One temporary Prefect API (and database) for every flow run of the session; yields its URL."""
     from prefect.settings import PREFECT_API_URL

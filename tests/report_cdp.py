@@ -8,6 +8,7 @@ which errors were logged. No third-party driver: `websockets` (already installed
 import base64
 import io
 import json
+import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,7 +21,9 @@ from PIL import Image
 from websockets.sync.client import connect
 from websockets.sync.connection import Connection
 
-CHROMIUM = Path("/usr/bin/chromium")
+# Debian's Chromium (.ci/run installs it); STAGETUNE_CHROMIUM names another Chromium-based browser speaking
+# the same protocol, e.g. the Google Chrome of a hosted CI runner (.github/workflows/ci.yml).
+CHROMIUM = Path(os.environ.get("STAGETUNE_CHROMIUM") or "/usr/bin/chromium")
 FLAGS = (
     "--headless",
     "--no-sandbox",

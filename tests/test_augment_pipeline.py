@@ -14,7 +14,7 @@ from stagetune.cli import app
 from tests.conftest import tiny_config
 from tests.test_bad_input import assert_rejected, base_settings
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 
 
 @pytest.fixture

@@ -540,6 +540,7 @@ def quick_flow_runs(prefect_server: str) -> Iterator[None]:
         yield
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.usefixtures("quick_flow_runs")
 @settings(SLOW, max_examples=EXPECTED["data"])
@@ -561,6 +562,7 @@ def regression_csv(root: Path, target: object = None, n: int = 40) -> Path:
     return path
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.usefixtures("quick_flow_runs")
 @pytest.mark.parametrize(
@@ -609,6 +611,7 @@ def test_config_that_used_to_fail_after_validation(
     assert field in validated.output
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.usefixtures("quick_flow_runs")
 @pytest.mark.parametrize("case", ["parquet list column", "s3 endpoint refused"])

@@ -65,6 +65,7 @@ def test_table_and_json_results(tmp_path: Path) -> None:
     assert document["machine"]["cores"] >= 1
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_server", "_ray_shut_down_after")
 def test_search_efficiency_has_every_method_with_finite_numbers() -> None:
@@ -95,6 +96,7 @@ def test_search_efficiency_has_every_method_with_finite_numbers() -> None:
     assert "| digits (acc) | stagetune" in results["table"]
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_server", "_ray_shut_down_after")
 def test_overhead_measures_training_and_overhead_per_tool_and_store() -> None:
@@ -114,6 +116,7 @@ def test_overhead_measures_training_and_overhead_per_tool_and_store() -> None:
     assert results["targets"]
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_server")
 def test_overhead_split_accounts_for_the_whole_search_overhead() -> None:
@@ -130,6 +133,7 @@ def test_overhead_split_accounts_for_the_whole_search_overhead() -> None:
     assert "off the critical path" in results["table"]
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_startup_memory_reads_milestones_of_a_real_cli_run() -> None:
     overrides = [*TINY_OVERRIDES, "coarse.n_trials=2", "refine.n_trials=2"]
@@ -154,6 +158,7 @@ def test_gpu_benchmark_says_skipped_without_cuda() -> None:
 
 
 @pytest.mark.gpu
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_server", "_ray_shut_down_after")
 def test_gpu_benchmark_reports_trials_per_hour() -> None:

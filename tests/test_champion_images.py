@@ -53,6 +53,7 @@ with warnings.catch_warnings():
 """
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_server")
 def test_an_image_champion_predicts_paths_and_base64_in_a_fresh_process(tmp_path: Path) -> None:

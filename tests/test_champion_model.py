@@ -30,7 +30,7 @@ from stagetune.task import full_task_for
 from tests.conftest import subprocess_env, tiny_config
 from tests.test_regression_pipeline import house_prices
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 
 FAST = (
     "sanity.enabled=false",

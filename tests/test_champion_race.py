@@ -60,6 +60,7 @@ print(json.dumps({"alias": decision.alias, "version": decision.version, "writes"
 """
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_two_registrations_at_once_leave_one_champion_and_one_challenger(tmp_path: Path) -> None:
     uri, experiment_id, checkpoint = make_store(tmp_path)

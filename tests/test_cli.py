@@ -65,6 +65,7 @@ def test_run_refuses_a_summary_path_in_a_missing_folder(tmp_path: Path) -> None:
     assert "--summary" in result.output
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_run_end_to_end_writes_the_summary(tmp_path: Path) -> None:
     # Prefect in ephemeral mode, as the README's first command runs it.
@@ -87,6 +88,7 @@ def test_run_end_to_end_writes_the_summary(tmp_path: Path) -> None:
     assert (tmp_path / "stagetune-runs" / "mlflow.db").is_file()
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_run_exits_3_with_a_diagnosis_when_the_gate_fails(tmp_path: Path, prefect_server: str) -> None:
     broken = ["--set", "model.family=custom", "--set", "model.import_path=tests.broken_models:nan_output"]
@@ -97,6 +99,7 @@ def test_run_exits_3_with_a_diagnosis_when_the_gate_fails(tmp_path: Path, prefec
     assert json.loads((tmp_path / "s.json").read_text())["status"] == "sanity_failed"
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_run_exits_2_on_bad_data_without_traceback_or_runs(tmp_path: Path, prefect_server: str) -> None:
     (tmp_path / "one-class.csv").write_text("x,y\n" + "".join(f"{i},a\n" for i in range(30)))

@@ -14,7 +14,7 @@ from stagetune.registry.checkpoint import load_checkpoint
 from stagetune.search.space import hyperparams_from_params
 from tests.conftest import tiny_config
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples/custom_model/config.yaml"
 OWN = ("params.blocks", "params.hidden_size", "params.norm")
 

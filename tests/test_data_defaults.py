@@ -198,6 +198,7 @@ def test_a_trial_curve_is_the_mean_of_the_folds() -> None:
     assert result.fit.history[-1].metrics["val/acc"] > 0.8
 
 
+@pytest.mark.slow
 def test_final_epochs_come_from_the_folds_and_the_model_trains_on_every_row() -> None:
     x, y = _blobs(60)
     hp = HyperParams(depth=1, width=16, batch_size=32, learning_rate=1e-2)
@@ -236,6 +237,7 @@ def test_the_default_space_reaches_a_linear_model_and_strong_weight_decay(tmp_pa
     assert space.weight_decay.high == pytest.approx(0.1)  # type: ignore[union-attr]
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_server")
 def test_a_skewed_run_resolves_a_balanced_objective_end_to_end(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ from stagetune.config_loading import load_config, validate_config
 from stagetune.deploy import config_with_overrides, deployment_parameters
 from stagetune.errors import InputError
 from stagetune.stages.pipeline_run import resolve_tracking
-from tests.conftest import REPO, TINY_OVERRIDES, subprocess_env, tiny_config
+from tests.conftest import REPO, TINY_OVERRIDES, subprocess_env, tiny_config, uses_a_server
 
 CRON = "0 3 * * 1"
 DIGITS = REPO / "configs" / "digits.yaml"
@@ -167,6 +167,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
+@uses_a_server
 def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `prefect server start` on a free loopback port with its own PREFECT_HOME and an auth string
     (AUTH_STRING); yields its API URL."""
@@ -242,6 +243,7 @@ def _read_deployment(url: str, name: str, waiting_for: subprocess.Popen[bytes] |
                 time.sleep(0.5)
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_served_deployment_has_its_cron_schedule_and_a_triggered_run_completes(
     prefect_api: str, tmp_path: Path
@@ -306,6 +308,7 @@ def test_served_deployment_has_its_cron_schedule_and_a_triggered_run_completes(
     assert server.returncode == 0, (tmp_path / "serve.log").read_text()[-3000:]  # SIGTERM: a clean stop
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_prefect_deploy_registers_the_prefect_yaml_deployment(prefect_api: str, tmp_path: Path) -> None:
     from prefect import get_client

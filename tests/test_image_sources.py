@@ -238,6 +238,7 @@ def test_example_data_is_deterministic_in_its_seed(tmp_path: Path) -> None:
     assert values.max() <= 1
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_server")
 def test_an_image_folder_tunes_a_cnn_end_to_end(shapes: Path, tmp_path: Path) -> None:
@@ -262,6 +263,7 @@ def test_an_image_folder_tunes_a_cnn_end_to_end(shapes: Path, tmp_path: Path) ->
     assert result.final.test.n_samples == result.sample.n_test
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_server")
 def test_a_dataset_factory_source_end_to_end(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import pytest
 from tests.conftest import subprocess_env
 from tests.kill_resume import REGISTERED, run_campaign
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_a_run_killed_in_every_stage_completes_with_nothing_lost_or_repeated(

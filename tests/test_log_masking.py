@@ -136,6 +136,7 @@ def leaky_mlp(hp: HyperParams, input_shape: Sequence[int], num_classes: int) -> 
     return MLP(hp, int(torch.tensor(input_shape).prod()), num_classes)
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_server")
 def test_a_pipeline_run_logs_no_secret_to_mlflow_or_prefect(

@@ -12,7 +12,7 @@ from stagetune.errors import InputError
 from stagetune.stages.pipeline_run import resolve_tracking
 from tests.conftest import tiny_config
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 
 
 def _runs(tracking_uri: str, experiment_id: str) -> list[Run]:

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import subprocess_env
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 # A process that starts the server early, imports Prefect, waits, prints what its Prefect uses, then sleeps.
 SCRIPT = """
@@ -80,3 +80,32 @@ def test_an_api_url_in_the_prefect_profile_is_used_and_no_server_is_kept(tmp_pat
     finally:
         process.kill()
         process.wait()
+
+
+# `stagetune run` refused after the server was started (here: --summary in a missing folder), in-process as
+# the tests run commands: the server must be stopped when `run` returns, not when the process exits.
+REFUSED = """
+import json, os, sys
+from typer.testing import CliRunner
+from stagetune import cli
+started = []
+def spy():
+    server = cli_start()
+    started.append(server.process.pid if server.process else None)
+    return server
+cli_start, cli.start_api_server_early = cli.start_api_server_early, spy
+result = CliRunner().invoke(cli.app, ["run", "--set", "execution.workdir=" + sys.argv[1], "--summary", sys.argv[2]])
+alive = [pid for pid in started if pid is not None and os.path.exists(f"/proc/{pid}")]
+print(json.dumps({"exit_code": result.exit_code, "started": started, "alive": alive}), flush=True)
+"""
+
+
+def test_a_run_refused_after_the_server_started_stops_it_before_returning(tmp_path: Path) -> None:
+    summary = tmp_path / "no" / "such" / "out.json"
+    command = [sys.executable, "-c", REFUSED, str(tmp_path / "work"), str(summary)]
+    done = subprocess.run(command, env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=300)
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["exit_code"] == 2, done.stderr
+    [pid] = seen["started"]
+    assert isinstance(pid, int)  # no Prefect API in the environment: a server was started
+    assert seen["alive"] == []  # and stopped (and reaped) when `run` refused the input

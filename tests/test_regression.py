@@ -220,6 +220,7 @@ def _gate(data: tuple[np.ndarray, np.ndarray, RegressionTask], **kwargs: object)
     )
 
 
+@pytest.mark.slow
 def test_sanity_gate_passes_a_correct_regressor(friedman: tuple[np.ndarray, np.ndarray, RegressionTask]) -> None:
     result = _gate(friedman, family="mlp")
     assert result.passed, result.diagnoses
@@ -231,6 +232,7 @@ def test_sanity_gate_passes_a_correct_regressor(friedman: tuple[np.ndarray, np.n
     assert result.lr_suggestion is not None
 
 
+@pytest.mark.slow
 def test_sanity_gate_fails_a_regressor_that_ignores_its_input(
     friedman: tuple[np.ndarray, np.ndarray, RegressionTask],
 ) -> None:
@@ -241,6 +243,7 @@ def test_sanity_gate_fails_a_regressor_that_ignores_its_input(
     assert "train R²" in result.diagnoses[0].message
 
 
+@pytest.mark.slow
 def test_sanity_gate_fails_a_scaled_regression_head(friedman: tuple[np.ndarray, np.ndarray, RegressionTask]) -> None:
     result = _gate(friedman, family="custom", import_path="tests.broken_models:scaled_logits")
     assert "initial_loss_off" in {d.code for d in result.diagnoses}

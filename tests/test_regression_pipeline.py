@@ -14,7 +14,7 @@ from flows.tune_pipeline import tune_pipeline
 from schemas.final import RegressionTestMetrics
 from tests.conftest import TINY_OVERRIDES, subprocess_env, tiny_config
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 # The embedded defaults run 40 trials (~2-4 minutes here). The test is about the data side set by
 # data.source and data.target alone, so every data, sample and final-training setting stays at its

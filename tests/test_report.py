@@ -46,6 +46,7 @@ def _section_html(run: ReportedRun, section_id: str) -> str:
     return match.group(1)
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_report_has_the_eight_sections_in_order(reported_run: ReportedRun) -> None:
     summary = reported_run.summary
@@ -59,6 +60,7 @@ def test_report_has_the_eight_sections_in_order(reported_run: ReportedRun) -> No
     assert reported_run.result.message in markdown
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_every_key_number_is_shown_in_the_html_as_recorded(reported_run: ReportedRun) -> None:
     html = reported_run.html
@@ -68,6 +70,7 @@ def test_every_key_number_is_shown_in_the_html_as_recorded(reported_run: Reporte
         assert f'data-key="{key}">{text}</span>' in html.replace("&#x27;", "'"), key
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_data_section_matches_the_sample_result(reported_run: ReportedRun) -> None:
     numbers, sample = _numbers(reported_run), reported_run.result.sample
@@ -83,6 +86,7 @@ def test_data_section_matches_the_sample_result(reported_run: ReportedRun) -> No
     assert _section_html(reported_run, "data").count("<img") == 1  # the class-distribution chart
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_sanity_section_matches_the_sanity_result(reported_run: ReportedRun) -> None:
     numbers, sanity = _numbers(reported_run), reported_run.result.sanity
@@ -111,6 +115,7 @@ def _check_search_numbers(numbers: dict[str, Any], stage: SearchStageResult) -> 
         assert numbers[f"{prefix}.top.{rank}.value"] == trial.value
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_coarse_section_matches_the_coarse_result(reported_run: ReportedRun) -> None:
     coarse = reported_run.result.coarse
@@ -126,6 +131,7 @@ def test_coarse_section_matches_the_coarse_result(reported_run: ReportedRun) -> 
     assert "learning curves of the best 3 trials" in html
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_learning_curves_are_the_trials_own_mlflow_histories(reported_run: ReportedRun) -> None:
     result = reported_run.result
@@ -139,6 +145,7 @@ def test_learning_curves_are_the_trials_own_mlflow_histories(reported_run: Repor
             assert min(r.val_loss for r in history if r.val_loss is not None) == pytest.approx(trial.value)
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_narrowing_section_matches_the_narrowing_report(reported_run: ReportedRun) -> None:
     numbers, narrowing = _numbers(reported_run), reported_run.result.narrowing
@@ -156,6 +163,7 @@ def test_narrowing_section_matches_the_narrowing_report(reported_run: ReportedRu
     assert html.count("<img") == 1
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_refine_section_matches_the_refine_result(reported_run: ReportedRun) -> None:
     numbers, refine = _numbers(reported_run), reported_run.result.refine
@@ -176,6 +184,7 @@ def test_refine_section_matches_the_refine_result(reported_run: ReportedRun) -> 
         assert f'alt="{alt}"' in html
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_final_section_matches_the_final_result(reported_run: ReportedRun) -> None:
     numbers, final = _numbers(reported_run), reported_run.result.final
@@ -203,6 +212,7 @@ def test_final_section_matches_the_final_result(reported_run: ReportedRun) -> No
     assert 'alt="confusion matrix on the test split"' in html
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_diagnosis_section_names_each_stage_finding_and_a_valid_next_change(reported_run: ReportedRun) -> None:
     numbers, result = _numbers(reported_run), reported_run.result
@@ -224,6 +234,7 @@ def test_diagnosis_section_names_each_stage_finding_and_a_valid_next_change(repo
     load_config(None, overrides)  # every suggested override is a valid setting
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_reproduce_section_has_command_seed_fingerprint_and_versions(reported_run: ReportedRun) -> None:
     numbers, result = _numbers(reported_run), reported_run.result
@@ -237,6 +248,7 @@ def test_reproduce_section_has_command_seed_fingerprint_and_versions(reported_ru
     assert "stagetune run pipeline_config.json" in html
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_secrets_are_masked_in_the_reproduce_section(reported_run: ReportedRun) -> None:
     result = reported_run.result
@@ -317,6 +329,7 @@ def test_numbers_are_shown_as_recorded() -> None:
         numbers.put("n", 8)
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_server")
 def test_a_run_stopped_by_the_gate_gets_a_report_of_why(tmp_path: Path) -> None:
@@ -340,6 +353,7 @@ def test_a_run_stopped_by_the_gate_gets_a_report_of_why(tmp_path: Path) -> None:
         assert esc(diagnosis.next_action) in html
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_report_is_attached_to_the_parent_mlflow_run(reported_run: ReportedRun) -> None:
     client = MlflowClient(reported_run.result.tracking_uri)
@@ -351,6 +365,7 @@ def test_report_is_attached_to_the_parent_mlflow_run(reported_run: ReportedRun) 
     assert "http://" not in reported_run.html.split("<main>")[0]  # nothing remote in the head
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_flow_publishes_the_report_in_mlflow_and_as_a_prefect_artifact(reported_run: ReportedRun) -> None:
     from prefect.client.orchestration import get_client
@@ -379,6 +394,7 @@ def test_flow_publishes_the_report_in_mlflow_and_as_a_prefect_artifact(reported_
     assert f"{result.test_metrics['accuracy']:.4g}" in markdown
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_report_command_rejects_an_unknown_run(reported_run: ReportedRun, tmp_path: Path) -> None:
     outcome = run_cli("report", "0" * 32, "--out", str(tmp_path), "--tracking-uri", reported_run.result.tracking_uri)
@@ -387,6 +403,7 @@ def test_report_command_rejects_an_unknown_run(reported_run: ReportedRun, tmp_pa
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_hundreds_of_trials_give_a_small_report(reported_run: ReportedRun, tmp_path: Path) -> None:
     result = reported_run.result
@@ -412,6 +429,7 @@ def second_run(reported_run: ReportedRun) -> PipelineResult:
     return tune_pipeline(tiny_config(reported_run.workdir, "coarse.n_trials=3", "tracking.report=true"))
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_compare_shows_config_diff_params_metrics_and_the_stage_that_moved(
     reported_run: ReportedRun, second_run: PipelineResult, tmp_path: Path

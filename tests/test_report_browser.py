@@ -1,6 +1,7 @@
 """The report and the MLflow UI in headless Chromium, driven over the DevTools protocol.
 
-Needs Debian's `chromium` (/usr/bin/chromium); skipped with the install command when it is absent.
+Needs Debian's `chromium` (/usr/bin/chromium, or the browser named by STAGETUNE_CHROMIUM); skipped with the
+install command when it is absent.
 """
 
 import base64
@@ -22,15 +23,18 @@ from PIL import Image
 
 from stagetune.ci_summary import mlflow_run_page, mlflow_version_url
 from stagetune.cli import closing_lines
+from tests.conftest import uses_a_server
 from tests.report_cdp import CHROMIUM, Page, chromium_page, console_errors, is_blank, requested_urls
 from tests.report_fixtures import ReportedRun, reported_regression_run, reported_run
 
 pytestmark = [
+    pytest.mark.integration,
     pytest.mark.slow,
     pytest.mark.usefixtures("prefect_server"),
     pytest.mark.skipif(
         not CHROMIUM.exists(),
-        reason=f"no {CHROMIUM}: install Debian's browser with `apt-get install -y chromium chromium-driver`",
+        reason=f"no {CHROMIUM}: install Debian's browser with `apt-get install -y chromium chromium-driver` "
+        "or name a Chromium-based browser in STAGETUNE_CHROMIUM",
     ),
 ]
 __all__ = ["reported_regression_run", "reported_run"]  # the shared session fixtures, imported for pytest
@@ -64,6 +68,7 @@ VERSION_FIELDS = """Object.fromEntries([...document.querySelectorAll('[data-test
 
 
 @pytest.fixture(scope="module")
+@uses_a_server
 def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
     """One headless Chromium page for the module."""
     with chromium_page(tmp_path_factory.mktemp("chromium-profile"), width=1280, height=1800) as opened:
@@ -120,6 +125,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
+@uses_a_server
 def mlflow_ui(reported_run: ReportedRun, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real `mlflow server` (lean: no job workers, one process) on the tiny run's store; yields its URL."""
     folder = tmp_path_factory.mktemp("mlflow-server")

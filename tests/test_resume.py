@@ -20,7 +20,7 @@ from stagetune.stages.search_session import SearchSession
 from stagetune.stages.trial import TrialContext, trial_seed
 from tests.conftest import tiny_config
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 STAGES = ("sample", "sanity", "coarse", "refine", "final")
 
 

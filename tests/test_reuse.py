@@ -93,6 +93,7 @@ def test_hyperparams_round_trip_through_logged_params(tmp_path: Path) -> None:
     assert hyperparams_from_logged({k: v for k, v in params.items() if k != "width"}, ModelConfig()) is None
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_server")
 def test_a_retune_starts_from_the_champion_and_the_last_run(tmp_path: Path) -> None:

@@ -115,6 +115,7 @@ def _visible_devices() -> str:
     return os.environ.get("CUDA_VISIBLE_DEVICES", "")
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_server")
 def test_gpu_cluster_workers_own_their_devices_and_trials_carry_the_gpu_annotation() -> None:
@@ -201,6 +202,7 @@ def _executed_tasks(dask_worker: Any) -> int:
     return int(dask_worker.state.executed_count)
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 @pytest.mark.usefixtures("prefect_server")
 def test_dask_local_cluster_records_the_same_mlflow_tree_as_the_thread_pool(tmp_path: Path) -> None:

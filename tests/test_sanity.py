@@ -50,6 +50,7 @@ def gate(
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["mlp", "cnn"])
 def test_a_correct_model_passes_every_check(digits: tuple[np.ndarray, np.ndarray], family: str) -> None:
     cfg = SanityConfig()
@@ -72,6 +73,7 @@ def test_a_correct_model_passes_every_check(digits: tuple[np.ndarray, np.ndarray
     assert result.seconds > 0
 
 
+@pytest.mark.slow
 def test_the_gate_is_seeded_and_leaves_global_random_state_alone(digits: tuple[np.ndarray, np.ndarray]) -> None:
     before = torch.get_rng_state()
     first, second = gate(digits), gate(digits)
@@ -79,6 +81,7 @@ def test_the_gate_is_seeded_and_leaves_global_random_state_alone(digits: tuple[n
     assert first.model_copy(update={"seconds": 0}) == second.model_copy(update={"seconds": 0})
 
 
+@pytest.mark.slow
 def test_output_that_ignores_the_input_fails_with_flat_loss(digits: tuple[np.ndarray, np.ndarray]) -> None:
     result = gate(digits, family="custom", import_path="tests.broken_models:input_ignoring")
     assert not result.passed
@@ -89,6 +92,7 @@ def test_output_that_ignores_the_input_fails_with_flat_loss(digits: tuple[np.nda
     assert "inputs reach the output" in result.diagnoses[0].next_action
 
 
+@pytest.mark.slow
 def test_flat_loss_is_judged_against_the_label_prior_on_imbalanced_data() -> None:
     # On a 95/5 set a model blind to its inputs still lowers its loss from ln 2 towards the 0.2 of
     # predicting the class frequencies: a clear fall, yet never better than those frequencies.
@@ -112,6 +116,7 @@ def test_nan_output_fails_with_nan_loss_and_the_result_survives_json(digits: tup
     assert math.isnan(reread.initial_loss)
 
 
+@pytest.mark.slow
 def test_scaled_logits_fail_the_initial_loss_check(digits: tuple[np.ndarray, np.ndarray]) -> None:
     result = gate(digits, family="custom", import_path="tests.broken_models:scaled_logits")
     assert not result.passed
@@ -140,12 +145,14 @@ def test_wrong_number_of_outputs_is_an_input_error(digits: tuple[np.ndarray, np.
     assert caught.value.field == "model.import_path"
 
 
+@pytest.mark.slow
 def test_lr_range_test_can_be_skipped(digits: tuple[np.ndarray, np.ndarray]) -> None:
     result = gate(digits, QUICK.model_copy(update={"lr_range_test": False}))
     assert result.passed
     assert (result.lr_suggestion, result.lr_range) == (None, [])
 
 
+@pytest.mark.slow
 def test_lr_range_test_stops_when_the_loss_blows_up(digits: tuple[np.ndarray, np.ndarray]) -> None:
     cfg = QUICK.model_copy(update={"lr_range_max": 10.0, "lr_range_steps": 60})
     x, y = digits

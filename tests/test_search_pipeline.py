@@ -11,7 +11,7 @@ from schemas.pipeline import PipelineResult
 from schemas.search_space import CategoricalParam, FloatParam, IntParam
 from tests.conftest import tiny_config
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 
 
 @pytest.fixture(scope="module")

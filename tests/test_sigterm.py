@@ -77,6 +77,7 @@ def _mlflow_runs(workdir: Path) -> list:  # type: ignore[type-arg]
     return client.search_runs([experiment.experiment_id], max_results=1000)
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_sigterm_leaves_the_stores_consistent_and_the_run_resumes(tmp_path: Path, prefect_server: str) -> None:
     env = subprocess_env(tmp_path, PREFECT_API_URL=prefect_server)

@@ -50,6 +50,7 @@ def runs_in(database: Path) -> int:
         return int(connection.execute("SELECT COUNT(*) FROM runs").fetchone()[0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["read-only database file", "new database in a read-only folder"])
 def test_a_read_only_tracking_store_is_refused_in_seconds_before_anything_is_written(tmp_path: Path, case: str) -> None:
     store = tmp_path / "store"
@@ -114,6 +115,7 @@ except StoreError as error:
 """
 
 
+@pytest.mark.slow
 def test_a_store_turning_read_only_mid_run_stops_at_once_with_one_paragraph(tmp_path: Path) -> None:
     folder = tmp_path / "store"
     folder.mkdir()

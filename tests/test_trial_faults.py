@@ -18,7 +18,7 @@ from schemas.pipeline import PipelineResult
 from stagetune.stages import trial
 from tests.conftest import tiny_config
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 
 OOM = "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 15.78 GiB total capacity; 14.90 GiB already allocated)"
 

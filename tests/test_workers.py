@@ -14,13 +14,14 @@ from mlflow.tracking import MlflowClient
 
 from flows.tune_pipeline import tune_pipeline
 from stagetune.stages.shared_study import WORKER_ID
-from tests.conftest import REPO, TINY_OVERRIDES, subprocess_env, tiny_config
+from tests.conftest import REPO, TINY_OVERRIDES, subprocess_env, tiny_config, uses_a_server
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 @pytest.fixture
+@uses_a_server
 def postgres_storage() -> Iterator[str]:
     """A fresh PostgreSQL database for one test, dropped afterwards."""
     name = f"stagetune_test_{uuid.uuid4().hex[:10]}"

@@ -222,6 +222,7 @@ def pipeline_result(tmp_path_factory: pytest.TempPathFactory, prefect_server: st
     return PipelineResult.model_validate_json(tune_pipeline(config).model_dump_json())
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_summary_shows_best_params_metrics_champion_and_mlflow_run(pipeline_result: PipelineResult) -> None:
     result = pipeline_result
@@ -241,6 +242,7 @@ def test_summary_shows_best_params_metrics_champion_and_mlflow_run(pipeline_resu
     assert "Registered: `stagetune` version 1 (`champion`); `mlflow ui --backend-store-uri" in markdown
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_summary_links_the_run_on_a_server_without_its_credentials(pipeline_result: PipelineResult) -> None:
     markdown = summary_markdown(pipeline_result, "https://ci:s3cr3t@mlflow.example.com:8443/")
@@ -257,6 +259,7 @@ def test_summary_links_the_run_on_a_server_without_its_credentials(pipeline_resu
     assert mlflow_version_url("sqlite:///x.db", "m", 1) is None
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_ci_summary_command_prints_the_markdown(pipeline_result: PipelineResult, tmp_path: Path) -> None:
     summary = tmp_path / "summary.json"
@@ -279,6 +282,7 @@ def test_ci_summary_command_refuses_a_file_that_is_not_a_result(tmp_path: Path) 
     assert main([str(tmp_path / "missing.json")]) == 2
 
 
+@pytest.mark.integration
 @pytest.mark.slow
 def test_retune_step_runs_each_config_with_the_overrides_and_writes_the_summaries(
     pipeline_result: PipelineResult, tmp_path: Path

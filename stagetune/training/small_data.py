@@ -21,7 +21,6 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
-from sklearn.model_selection import KFold, StratifiedKFold
 from torch import nn
 
 from schemas.config import PipelineConfig
@@ -66,6 +65,10 @@ class FoldsResult:
 
 def fold_indices(strata: np.ndarray, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """(train, validation) row indices of `folds` folds, stratified when every stratum has `folds` rows."""
+    # Imported here: with it, the training core (loop, loaders, this module) imports no scikit-learn, whose
+    # import (~1 s, with SciPy) only the callers that split data pay.
+    from sklearn.model_selection import KFold, StratifiedKFold
+
     _, counts = np.unique(strata, return_counts=True)
     splitter = StratifiedKFold if counts.min() >= folds else KFold
     rows = np.zeros((len(strata), 1))

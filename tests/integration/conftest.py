@@ -20,7 +20,7 @@ from schemas.pipeline import PipelineResult
 from stagetune.settings import SETTINGS_FILE_VARIABLE
 from stagetune.stack import StackInfo, StackOptions, StackPaths, stack_down, stack_up
 from stagetune.stack.procs import free_ports
-from tests.conftest import tiny_config
+from tests.conftest import tiny_config, uses_a_server
 from tests.integration.helpers import FOREIGN_SETTINGS, SMALL
 
 
@@ -105,6 +105,7 @@ def scratch() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="session")
+@uses_a_server
 def stack(scratch: Path) -> Iterator[StackInfo]:
     """SeaweedFS + MLflow (SQLite backend store) + a Prefect server for the whole session."""
     info = start_stack(scratch / "stack", prefect=True)

@@ -27,7 +27,7 @@ from mlflow.tracking import MlflowClient
 from stagetune.stack import MLFLOW, SEAWEED, StackInfo, StackOptions, stack_down, stack_up
 from stagetune.tracking.io_retry import MLFLOW_HTTP_ENV, RetryingClient
 from stagetune.tracking.run_tree import STAGE_TAG, TRIAL_TAG, end_run, log_metrics
-from tests.conftest import TINY_OVERRIDES, subprocess_env
+from tests.conftest import TINY_OVERRIDES, subprocess_env, uses_a_server
 from tests.integration.conftest import start_stack
 from tests.integration.helpers import (
     FOREIGN_SETTINGS,
@@ -59,6 +59,7 @@ FAULT_OVERRIDES = (
 
 
 @pytest.fixture(scope="module")
+@uses_a_server
 def fault_stack(scratch: Path) -> Iterator[StackInfo]:
     """A stack of its own: stopping its S3 must not disturb the session's stack."""
     info = start_stack(scratch / "fault-stack", prefect=True)

@@ -16,7 +16,7 @@ from stagetune.stack.procs import free_port, free_ports
 from stagetune.stack.services import seaweed_sockets
 from tests.integration.helpers import processes_in
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _stack(state: Path, *args: str) -> tuple[int, str, str]:

@@ -19,7 +19,7 @@ from tests.integration.helpers import (
     walk_artifacts,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_every_artifact_of_every_run_is_an_object_in_the_bucket(pipeline_run: PipelineRun) -> None:

@@ -15,6 +15,7 @@ import pytest
 
 from stagetune.stack import drop_database, ensure_database, redact_url, stack_down
 from stagetune.stack.postgres import parse_postgres_url
+from tests.conftest import uses_a_server
 from tests.integration.conftest import PipelineRun, PrefectApi, run_pipeline, start_stack
 from tests.integration.helpers import (
     all_runs,
@@ -26,7 +27,7 @@ from tests.integration.helpers import (
     stack_client,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class PostgresRun:
 
 
 @pytest.fixture(scope="module")
+@uses_a_server
 def postgres_run(scratch: Path, prefect_api: PrefectApi) -> Iterator[PostgresRun]:
     suffix, password = secrets.token_hex(4), "pw" + secrets.token_hex(10)
     base = f"postgresql+psycopg://postgres:{password}@127.0.0.1:5432/stagetune_it"

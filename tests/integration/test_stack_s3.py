@@ -10,7 +10,7 @@ from stagetune.errors import InputError
 from stagetune.stack import S3Credentials, StackInfo, s3_client
 from tests.integration.helpers import listening_sockets
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 BUCKET = "stagetune"
 
 
