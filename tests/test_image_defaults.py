@@ -30,10 +30,10 @@ SHAPES_FLAGS = ["data.source=/tmp/no-such-folder-needed/", "model.family=cnn"]
 
 def _sample(input_shape: list[int], source_kind: str = "image_folder", n_train: int = 840) -> SampleResult:
     """A Stage 1 result as an image folder of 4 balanced classes would store it (no files behind it)."""
-    counts = {name: n_train // 4 for name in "abcd"}
+    counts = dict.fromkeys("abcd", n_train // 4)
     return SampleResult(
         source="x",
-        source_kind=source_kind,  # type: ignore[arg-type]
+        source_kind=source_kind,
         data_path="x.npz",
         fingerprint="f",
         sampled_fingerprint="s",
@@ -127,8 +127,10 @@ def test_a_range_given_in_part_counts_as_given(tmp_path: Path) -> None:
     path = tmp_path / "images.yaml"
     path.write_text("space:\n  depth: {low: 1, high: 2}\nmodel:\n  baseline: {batch_size: 128}\n")
     config = load_config(path, SHAPES_FLAGS)
-    assert is_user_set(config, "space.depth") and is_user_set(config, "model.baseline.batch_size")
-    assert not is_user_set(config, "model.baseline.depth") and not is_user_set(config, "coarse.epochs")
+    assert is_user_set(config, "space.depth")
+    assert is_user_set(config, "model.baseline.batch_size")
+    assert not is_user_set(config, "model.baseline.depth")
+    assert not is_user_set(config, "coarse.epochs")
     resolved = with_data_defaults(config, _sample([3, 32, 32]))
     assert resolved.space.depth == IntParam(low=1, high=2)
     assert resolved.model.baseline.batch_size == 128
@@ -141,7 +143,8 @@ def test_load_config_remembers_what_was_given_and_changes_no_value(tmp_path: Pat
     overrides = ["space.learning_rate.adam.low=1e-4", "coarse.epochs=4", "model.family=cnn"]
     config = load_config("configs/shapes.yaml", overrides)
     assert config.coarse.model_fields_set == {"n_trials", "epochs", "sampler"}
-    assert "learning_rate" in config.space.model_fields_set and "weight_decay" not in config.space.model_fields_set
+    assert "learning_rate" in config.space.model_fields_set
+    assert "weight_decay" not in config.space.model_fields_set
     assert config.space.learning_rate["adam"].low == 1e-4  # merged into the default ranges
     assert set(config.space.learning_rate) == {"adam", "adamw", "sgd"}
     assert config.model_dump() == PipelineConfig.model_validate(config.model_dump()).model_dump()

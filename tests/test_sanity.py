@@ -196,7 +196,8 @@ def test_suggest_lr_says_nothing_when_the_loss_never_really_falls() -> None:
     # The same noise over a real fall (ln 4 -> 0.4 between 1e-4 and 1e-2) gives a learning rate in the fall.
     falling = math.log(4) - (math.log(4) - 0.4) * (np.tanh(2 * (np.log10(lrs) + 3)) + 1) / 2
     suggestion = suggest_lr(_smoothed_points(lrs, falling + noise))
-    assert suggestion is not None and 1e-4 < suggestion < 1e-2
+    assert suggestion is not None
+    assert 1e-4 < suggestion < 1e-2
 
 
 def test_suggest_lr_picks_before_the_lowest_point_not_in_the_blow_up() -> None:

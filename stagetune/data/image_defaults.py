@@ -30,12 +30,13 @@ fields were given (pydantic's `model_fields_set`, kept by `stagetune.config_load
 """
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel
 
 from schemas.config import PipelineConfig
+from schemas.search_space import CategoricalParam, IntParam
 
 COARSE_STEPS = 150
 """Optimizer steps every coarse trial gets at least: past the ~55-160 steps the shapes CNNs sat at chance."""
@@ -118,9 +119,9 @@ def resolve_image_defaults(
         f"at least {MIN_STEPS_PER_EPOCH} steps per epoch of the {rows} sampled rows (a CNN from scratch learns by "
         f"steps; {RULES} batch size: too small hurts BatchNorm, so 16 at least)",
     )
-    batch_choices = _batch_choices(config, settings)
-    if not is_user_set(config, "model.baseline.batch_size") and config.model.baseline.batch_size not in batch_choices:
-        choose("model.baseline.batch_size", batch_choices[-1], "the largest of space.batch_size")
+    batch_choices = sizes if "space.batch_size" in settings else _choices(config.space.batch_size)
+    if "space.batch_size" in settings and config.model.baseline.batch_size not in sizes:
+        choose("model.baseline.batch_size", sizes[-1], "the largest of space.batch_size")
     choose(
         "coarse.train_fraction",
         1.0,
@@ -143,11 +144,14 @@ def resolve_image_defaults(
         f"{REFINE_EPOCHS_FACTOR}x the coarse epochs ({RULES} coarse to fine: narrow range, more epochs)",
     )
     if device_type == "cpu":
-        _cpu_budget(config, choose)
+        _cpu_budget(config, settings, choose)
     return settings, reasons
 
 
-def _cpu_budget(config: PipelineConfig, choose: Any) -> None:
+Choose = Callable[[str, Any, str], None]
+
+
+def _cpu_budget(config: PipelineConfig, settings: Mapping[str, Any], choose: Choose) -> None:
     panda = f"{RULES} panda vs caviar: choose by compute available"
     narrowing = config.refine.narrowing.top_k
     coarse_trials = max(CPU_COARSE_TRIALS, narrowing, config.refine.warm_start)
@@ -158,16 +162,15 @@ def _cpu_budget(config: PipelineConfig, choose: Any) -> None:
         f"image trials on CPU cost far more than table trials ({panda})",
     )
     choose("space.channels", {"kind": "categorical", "choices": CPU_CHANNELS}, f"small CNNs on CPU ({panda})")
-    if not is_user_set(config, "model.baseline.channels") and config.model.baseline.channels not in CPU_CHANNELS:
+    if "space.channels" in settings and config.model.baseline.channels not in CPU_CHANNELS:
         choose("model.baseline.channels", CPU_CHANNELS[-1], "the largest of space.channels")
 
 
-def _batch_choices(config: PipelineConfig, settings: Mapping[str, Any]) -> list[int]:
-    chosen = settings.get("space.batch_size")
-    if chosen is not None:
-        return list(chosen["choices"])
-    param = config.space.batch_size
-    return [int(c) for c in param.choices] if hasattr(param, "choices") else [param.low, param.high]  # type: ignore[union-attr]
+def _choices(param: IntParam | CategoricalParam) -> list[int]:
+    """The batch sizes a configured space.batch_size can sample (its two ends for a range)."""
+    if isinstance(param, CategoricalParam):
+        return [int(choice) for choice in param.choices]
+    return [param.low, param.high]
 
 
 def is_user_set(config: PipelineConfig, key: str) -> bool:
