@@ -70,7 +70,7 @@ def test_batch_sizes_leave_every_epoch_enough_steps() -> None:
 
 
 def test_an_image_folder_on_embedded_defaults_gets_cnn_budgets() -> None:
-    config = load_config(None, SHAPES_FLAGS)
+    config = load_config(None, [*SHAPES_FLAGS, "execution.device=cpu"])
     resolved = with_data_defaults(config, _sample([3, 32, 32]))
     assert resolved.space.depth == IntParam(low=3, high=4)
     assert resolved.model.baseline.depth == 3
@@ -79,13 +79,19 @@ def test_an_image_folder_on_embedded_defaults_gets_cnn_budgets() -> None:
     assert resolved.coarse.train_fraction == 1.0
     assert resolved.coarse.epochs * 27 >= COARSE_STEPS  # 840 rows / 32 = 27 steps per epoch
     assert resolved.refine.epochs == 2 * resolved.coarse.epochs
-    # On CPU (execution.device auto on this machine: tests run without CUDA) the trial counts shrink.
+    # On CPU the trial counts and channel counts shrink.
     assert (resolved.coarse.n_trials, resolved.refine.n_trials) == (8, 4)
     assert resolved.space.channels == CategoricalParam(choices=[16, 32])
     assert resolved.refine.narrowing.top_k <= resolved.coarse.n_trials
     # The tabular settings the images do not touch stay as they were.
     assert resolved.space.learning_rate == config.space.learning_rate
     assert resolved.final == config.final.model_copy(update={"champion_metric": "accuracy"})
+
+
+def test_on_cuda_the_trial_counts_and_channels_stay() -> None:
+    settings, _ = resolve_image_defaults(load_config(None, SHAPES_FLAGS), [3, 32, 32], "image_folder", 840, "cuda")
+    assert {"coarse.epochs", "space.depth"} <= set(settings)
+    assert not {"coarse.n_trials", "refine.n_trials", "space.channels"} & set(settings)
 
 
 def test_every_chosen_setting_comes_with_its_reason_and_is_stored() -> None:
