@@ -4,7 +4,7 @@ The embedded defaults are sized for tables: 3 coarse epochs on half of the sampl
 to 256, depth 0-3. On an image folder of 1,200 32x32 images (840 training rows) that gave a coarse
 trial 6-40 optimizer steps, and a CNN trained from scratch does not leave its initial plateau (loss ln C)
 that fast: measured here on `stagetune make-example shapes` (32 px, 840 rows, batch 32, lr 3e-3), a
-depth-3 CNN sat at chance for 2 epochs with batch norm and 5-6 epochs without (~55-160 steps), then
+depth-3 CNN sat at chance for 1-2 epochs with batch norm and 5-6 epochs without (~30-160 steps), then
 reached 0.94-0.99 validation accuracy by epoch 15; a depth-2 one was still below 0.65 after 15 epochs
 (its 10-pixel receptive field cannot see a whole shape). All 20 coarse trials of the embedded defaults
 scored ~ln 4 (chance), so the search had nothing to narrow on. Image data (samples of shape [C, H, W]
@@ -39,7 +39,7 @@ from schemas.config import PipelineConfig
 from schemas.search_space import CategoricalParam, IntParam
 
 COARSE_STEPS = 150
-"""Optimizer steps every coarse trial gets at least: past the ~55-160 steps the shapes CNNs sat at chance."""
+"""Optimizer steps every coarse trial gets at least: past the ~30-160 steps the shapes CNNs sat at chance."""
 REFINE_EPOCHS_FACTOR = 2
 MIN_STEPS_PER_EPOCH = 20
 BATCH_SIZES = (16, 32, 64, 128, 256)
@@ -135,7 +135,7 @@ def resolve_image_defaults(
         "coarse.epochs",
         coarse_epochs,
         f"at least {COARSE_STEPS} optimizer steps per trial at batch size {max(batch_choices)} ({steps_per_epoch} "
-        "steps per epoch): CNNs trained from scratch sat at chance for ~55-160 steps on the shapes example",
+        "steps per epoch): CNNs trained from scratch sat at chance for ~30-160 steps on the shapes example",
     )
     coarse_epochs = settings.get("coarse.epochs", config.coarse.epochs)
     choose(

@@ -73,7 +73,7 @@ def suggest_lr(
     The first `skip_start` and last `skip_end` points are ignored: the start is dominated by the
     smoothing warm-up and the end by the blow-up. None when too few points remain, or when the smoothed
     loss never falls by `min_fall` of its starting value: then the curve is noise around the initial loss
-    (a model that needs more steps than the test has, e.g. a CNN from scratch on images: ~55-160 steps
+    (a model that needs more steps than the test has, e.g. a CNN from scratch on images: ~30-160 steps
     at chance on the shapes example) and its steepest wiggle would be a learning rate picked at random -
     typically one at the very start of the range (5e-6 on both image configs before this check).
     """
