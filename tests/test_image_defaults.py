@@ -72,7 +72,7 @@ def test_batch_sizes_leave_every_epoch_enough_steps() -> None:
 def test_an_image_folder_on_embedded_defaults_gets_cnn_budgets() -> None:
     config = load_config(None, [*SHAPES_FLAGS, "execution.device=cpu"])
     resolved = with_data_defaults(config, _sample([3, 32, 32]))
-    assert resolved.space.depth == IntParam(low=3, high=4)
+    assert resolved.space.depth == CategoricalParam(choices=[0, 3, 4])  # a linear model, or CNNs that see the image
     assert resolved.model.baseline.depth == 3
     assert resolved.space.batch_size == CategoricalParam(choices=[16, 32])
     assert resolved.model.baseline.batch_size == 32
@@ -179,5 +179,5 @@ def test_stage_one_of_an_image_folder_stores_the_image_defaults(tmp_path: Path) 
     config = load_config(None, [f"data.source={folder}/", "model.family=cnn", "execution.device=cpu"])
     sample = run_sample_stage(config, tmp_path / "out")
     assert sample.defaults is not None
-    assert sample.defaults.settings["space.depth"] == {"kind": "int", "low": 2, "high": 3, "scale": "linear"}
+    assert sample.defaults.settings["space.depth"] == {"kind": "categorical", "choices": [0, 2, 3]}
     assert sample.defaults.settings["coarse.train_fraction"] == 1.0

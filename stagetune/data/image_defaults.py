@@ -11,10 +11,11 @@ scored ~ln 4 (chance), so the search had nothing to narrow on. Image data (sampl
 read from an image folder, an image CSV or a py: factory) therefore get, for every field the config does
 not set:
 
-- space.depth from the image size: from the least depth whose receptive field (3x3 convolutions, 2x2
-  pooling) spans half the image to the depth that pools it down to 2x2; model.baseline.depth its low end.
-  TUNING-RULES.md "depth / width" (3x3 filters, channels 2^n); the receptive-field rule is general
-  practice, not from the five texts.
+- space.depth from the image size: 0 (a linear model on the pixels, which position-coded images need:
+  "a search space should be able to reach" the linear baseline, TUNING-RULES.md), then from the least
+  depth whose receptive field (3x3 convolutions, 2x2 pooling) spans half the image to the depth that
+  pools it down to 2x2; model.baseline.depth that least CNN depth. TUNING-RULES.md "depth / width" (3x3
+  filters, channels 2^n); the receptive-field rule is general practice, not from the five texts.
 - space.batch_size: the powers of two from 16 to 256 that give an epoch of the sampled rows at least
   MIN_STEPS_PER_EPOCH steps (at least the two smallest).
 - coarse.train_fraction 1.0: Stage 1's sampling (sample.max_rows) already reduced the problem
@@ -103,14 +104,14 @@ def resolve_image_defaults(
     low, high = depth_range(height, width)
     choose(
         "space.depth",
-        {"kind": "int", "low": low, "high": high, "scale": "linear"},
-        f"{height}x{width} images: from the least depth whose receptive field ({receptive_field(low)} px) spans half "
-        f"the image to the depth that pools it to 2x2 (3x3 filters, {RULES} depth / width; receptive field: general "
-        "practice); a linear model on pixels or a shallow CNN cannot see a whole object",
+        {"kind": "categorical", "choices": [0, *range(low, high + 1)]},
+        f"{height}x{width} images: 0 (a linear model on the pixels: {RULES}, a search space should reach the first "
+        f"baseline a practitioner checks), then from the least depth whose receptive field ({receptive_field(low)} "
+        "px) spans half the image to the depth that pools it to 2x2 (3x3 filters, "
+        f"{RULES} depth / width; receptive field: general practice): shallower CNNs cannot see a whole object",
     )
-    depth = settings.get("space.depth", {}).get("low")
-    if depth is not None:
-        choose("model.baseline.depth", depth, "the low end of space.depth, so the baseline is a point of the space")
+    if "space.depth" in settings:
+        choose("model.baseline.depth", low, "the shallowest CNN of space.depth")
     rows = n_train_sampled
     sizes = image_batch_sizes(rows)
     choose(
