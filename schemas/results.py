@@ -84,6 +84,11 @@ class DataDefaults(StrictModel):
         default=None, description="model.baseline.rebalance set for skewed data (None: as configured)."
     )
     cv_folds: int = Field(default=1, ge=1, description="search.cv_folds after resolving auto (1: one split).")
+    settings: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Image data: the settings the config left unset that Stage 1 chose (budgets, ranges), by dotted "
+        "key (stagetune.data.image_defaults).",
+    )
     reasons: list[str] = Field(default_factory=list, description="One line per resolved setting.")
 
 

@@ -23,13 +23,43 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Pipel
     The config is then checked against this machine (`check_environment`), so that nothing starts
     (no run folder, no MLflow run) before every input a command gets has been checked.
     """
-    raw = merge(PipelineConfig().model_dump(mode="json"), read_config_file(Path(path)) if path else {})
+    given = read_config_file(Path(path)) if path else {}
+    raw = merge(PipelineConfig().model_dump(mode="json"), given)
     for override in overrides:
         key, value = parse_override(override)
         raw = with_value(raw, key.split("."), value)
-    config = validate_config(raw)
+        given = with_value(given, key.split("."), value)
+    config = remember_given(validate_config(raw), raw, given)
     check_environment(config)
     return config
+
+
+def remember_given(config: PipelineConfig, raw: Mapping[str, Any], given: Mapping[str, Any]) -> PipelineConfig:
+    """The same config, validated from the settings the file and the --set overrides gave only, so that each
+    section's `model_fields_set` names what the user set: defaults derived from the data (image budgets,
+    `stagetune.data.image_defaults`) fill only the rest. Falls back to `config` should the two differ."""
+    try:
+        restricted = PipelineConfig.model_validate(_given_part(raw, given, PipelineConfig))
+    except ValidationError:
+        return config
+    return restricted if restricted == config else config
+
+
+def _given_part(raw: Mapping[str, Any], given: Mapping[str, Any], model: type[BaseModel]) -> dict[str, Any]:
+    # Sections recurse; any other field (a search range, a dict of ranges, a list) is taken whole from `raw`,
+    # where the defaults it merged into are filled in.
+    part: dict[str, Any] = {}
+    for key, value in given.items():
+        if key not in raw:
+            continue
+        field = model.model_fields.get(key)
+        annotation = field.annotation if field is not None else None
+        section = isinstance(annotation, type) and issubclass(annotation, BaseModel)
+        if section and isinstance(value, Mapping) and isinstance(raw[key], Mapping):
+            part[key] = _given_part(raw[key], value, annotation)  # type: ignore[arg-type]
+        else:
+            part[key] = raw[key]
+    return part
 
 
 def check_environment(config: PipelineConfig) -> None:

@@ -11,7 +11,7 @@ from schemas.stages import Stage
 from stagetune import progress
 from stagetune.data.stage import run_sample_stage
 from stagetune.models import get_family
-from stagetune.stages.sample_stage import record_sample_stage, sample_summary
+from stagetune.stages.sample_stage import image_defaults_summary, record_sample_stage, sample_summary
 from stagetune.tracking.run_tree import RunTree
 
 
@@ -24,6 +24,9 @@ def sample_data(config: PipelineConfig, run_dir: Path) -> SampleResult:
     # The first point the example shape is known: a family that cannot take it is refused before any MLflow run.
     get_family(config.model.family).check_input_shape(result.input_shape)
     reporter.stage_finished(Stage.SAMPLE, sample_summary(result))
+    if result.defaults is not None and result.defaults.settings:
+        reporter.stage_started("defaults", "image data")
+        reporter.stage_finished("defaults", image_defaults_summary(result.defaults))
     return result
 
 

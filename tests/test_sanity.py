@@ -184,6 +184,38 @@ def test_suggest_lr_picks_the_steepest_fall_of_the_smoothed_loss() -> None:
     assert suggest_lr(rising) is None
 
 
+def _smoothed_points(lrs: np.ndarray, losses: np.ndarray, beta: float = 0.98) -> list[LrRangePoint]:
+    # The same bias-corrected smoothing as lr_range_test.
+    points, average = [], 0.0
+    for step, (lr, loss) in enumerate(zip(lrs, losses, strict=True)):
+        average = beta * average + (1 - beta) * loss
+        points.append(LrRangePoint(lr=lr, loss=loss, smoothed_loss=average / (1 - beta ** (step + 1))))
+    return points
+
+
+def test_suggest_lr_says_nothing_when_the_loss_never_really_falls() -> None:
+    # A CNN from scratch on images within 100 steps (measured on the shapes example): raw losses ln 4 +- noise;
+    # the smoothed curve wiggles by < 1%, and its steepest wiggle sat at the start of the range (~5e-6).
+    lrs = np.logspace(-6, 0, 100)
+    noise = np.random.default_rng(0).normal(0.0, 0.02, 100)
+    flat = _smoothed_points(lrs, math.log(4) + noise - np.linspace(0, 0.01, 100))
+    assert suggest_lr(flat) is None
+    # The same noise over a real fall (ln 4 -> 0.4 between 1e-4 and 1e-2) gives a learning rate in the fall.
+    falling = math.log(4) - (math.log(4) - 0.4) * (np.tanh(2 * (np.log10(lrs) + 3)) + 1) / 2
+    suggestion = suggest_lr(_smoothed_points(lrs, falling + noise))
+    assert suggestion is not None
+    assert 1e-4 < suggestion < 1e-2
+
+
+def test_suggest_lr_picks_before_the_lowest_point_not_in_the_blow_up() -> None:
+    lrs = np.logspace(-5, 0, 41)
+    smoothed = 2.0 - np.tanh(4 * (np.log10(lrs) + 3))  # falls fastest at 1e-3 (index 16), ~1.0 from 1e-2 on
+    smoothed[26:] = 1.0 + 0.8 * np.arange(15)  # then blows up, with one drop steeper than the real fall:
+    smoothed[30] = 1.5  # (a steepest-slope pick over the whole curve lands here, at 10**-1.25)
+    points = [LrRangePoint(lr=lr, loss=s, smoothed_loss=s) for lr, s in zip(lrs, smoothed, strict=True)]
+    assert suggest_lr(points) == pytest.approx(1e-3)
+
+
 def _outcome(losses: list[float], nonfinite_step: int | None = None) -> OverfitOutcome:
     return OverfitOutcome(
         samples=100,

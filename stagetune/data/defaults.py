@@ -26,6 +26,10 @@ trial scores and the final epoch count (stagetune.training.small_data).
 
 Balanced data: val_loss (plain), accuracy and no rebalancing, as before. Regression: val_loss, or val_rmse when
 space.loss tunes the loss (losses of different kinds do not compare); rmse as champion metric.
+
+Image data (an image folder, image CSV or py: factory of [C, H, W] samples) also get budgets and ranges
+sized for CNNs for every field the config leaves unset (stagetune.data.image_defaults); they are stored
+in `DataDefaults.settings` with their reasons, so a resumed run or a joining worker uses the same.
 """
 
 from collections.abc import Mapping
@@ -33,6 +37,7 @@ from collections.abc import Mapping
 from schemas.config import PipelineConfig
 from schemas.results import DataDefaults, SampleResult
 from schemas.search_space import CategoricalParam
+from stagetune.data.image_defaults import apply_settings, resolve_image_defaults
 
 SKEWED_REBALANCE = "class_weights"
 SMALL_DATA_FOLDS = 5
@@ -142,10 +147,23 @@ def apply_data_defaults(config: PipelineConfig, defaults: DataDefaults) -> Pipel
     if defaults.baseline_rebalance is not None:
         baseline = config.model.baseline.model_copy(update={"rebalance": defaults.baseline_rebalance})
         update["model"] = config.model.model_copy(update={"baseline": baseline})
-    return config.model_copy(update=update)
+    return apply_settings(config.model_copy(update=update), defaults.settings)
+
+
+def resolve_sample_defaults(config: PipelineConfig, sample: SampleResult) -> DataDefaults:
+    """Everything Stage 1 resolves for `sample`: the settings from its labels and, for image data, the budgets
+    and ranges the config left unset (each with its reason)."""
+    from stagetune.training.device import resolve_device  # deferred: it imports torch
+
+    defaults = resolve_data_defaults(config, sample.task, sample.class_counts_train, sample.n_train)
+    device = resolve_device(config.execution.device).type
+    settings, reasons = resolve_image_defaults(
+        config, sample.input_shape, sample.source_kind, sample.n_train_sampled, device
+    )
+    return defaults.model_copy(update={"settings": settings, "reasons": [*defaults.reasons, *reasons]})
 
 
 def with_data_defaults(config: PipelineConfig, sample: SampleResult) -> PipelineConfig:
     """The config every stage after Stage 1 runs under (a result stored without defaults: resolved now)."""
-    defaults = sample.defaults or resolve_data_defaults(config, sample.task, sample.class_counts_train, sample.n_train)
+    defaults = sample.defaults or resolve_sample_defaults(config, sample)
     return apply_data_defaults(config, defaults)

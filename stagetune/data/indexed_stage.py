@@ -17,6 +17,7 @@ import pandas as pd
 from schemas.config import PipelineConfig
 from schemas.results import SampleResult
 from stagetune.data.cleaning import MIN_ROWS_PER_CLASS
+from stagetune.data.defaults import resolve_sample_defaults
 from stagetune.data.fingerprint import arrays_fingerprint, dataset_fingerprint
 from stagetune.data.images import ImageReader, channel_stats
 from stagetune.data.preprocess import stratified_split
@@ -127,7 +128,7 @@ def run_indexed_sample_stage(config: PipelineConfig, out_dir: Path) -> SampleRes
     if image_stats:
         _write_image_serving_files(path, config, source, splits["test"][0], rows["test"], image_stats)
     write_npz_atomic(path, arrays)
-    return SampleResult(
+    result = SampleResult(
         source=config.data.source,
         source_kind=source.kind,
         manifest_path=str(manifest_path),
@@ -151,6 +152,7 @@ def run_indexed_sample_stage(config: PipelineConfig, out_dir: Path) -> SampleRes
         **image_stats,
         warnings=list(source.warnings),
     )
+    return result.model_copy(update={"defaults": resolve_sample_defaults(config, result)})
 
 
 def _write_image_serving_files(

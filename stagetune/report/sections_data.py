@@ -44,7 +44,12 @@ def data_section(sample: SampleResult, numbers: Numbers) -> Section:
         notes.append(f"{sample.dropped_label_rows} rows dropped for a missing label (target), never imputed")
     notes += sample.warnings
     if sample.defaults is not None:
-        notes += [f"resolved from the labels: {reason}" for reason in sample.defaults.reasons]
+        chosen = sample.defaults.settings
+        notes += [
+            f"{'image data, left unset' if reason.split(' -> ', 1)[0] in chosen else 'resolved from the labels'}: "
+            f"{reason}"
+            for reason in sample.defaults.reasons
+        ]
     if sample.task == "regression":
         sizes.pop("num_classes", None)
         target_rows = [

@@ -60,18 +60,33 @@ def lr_range_test(
     return points
 
 
-def suggest_lr(points: list[LrRangePoint], skip_start: int = 10, skip_end: int = 5) -> float | None:
-    """The learning rate where the smoothed loss falls fastest against log(lr) (steepest descent).
+MIN_FALL = 0.1
+"""The smoothed loss must fall by this share of its starting value for the test to suggest anything."""
+
+
+def suggest_lr(
+    points: list[LrRangePoint], skip_start: int = 10, skip_end: int = 5, min_fall: float = MIN_FALL
+) -> float | None:
+    """The learning rate where the smoothed loss falls fastest against log(lr) (steepest descent), before
+    its lowest point.
 
     The first `skip_start` and last `skip_end` points are ignored: the start is dominated by the
-    smoothing warm-up and the end by the blow-up. None when too few points remain or the loss never falls.
+    smoothing warm-up and the end by the blow-up. None when too few points remain, or when the smoothed
+    loss never falls by `min_fall` of its starting value: then the curve is noise around the initial loss
+    (a model that needs more steps than the test has, e.g. a CNN from scratch on images: ~30-160 steps
+    at chance on the shapes example) and its steepest wiggle would be a learning rate picked at random -
+    typically one at the very start of the range (5e-6 on both image configs before this check).
     """
     kept = points[skip_start : len(points) - skip_end]
     if len(kept) < 3:
         return None
     log_lr = np.log10([p.lr for p in kept])
     smoothed = np.array([p.smoothed_loss for p in kept])
-    slopes = np.gradient(smoothed, log_lr)
+    lowest = int(np.argmin(smoothed))
+    start = float(smoothed[0])
+    if lowest < 2 or start - smoothed[lowest] < min_fall * abs(start):
+        return None
+    slopes = np.gradient(smoothed[: lowest + 1], log_lr[: lowest + 1])
     steepest = int(np.argmin(slopes))
     if slopes[steepest] >= 0:
         return None

@@ -2,7 +2,7 @@
 
 from matplotlib.figure import Figure
 
-from schemas.results import SampleResult
+from schemas.results import DataDefaults, SampleResult
 from schemas.stages import Stage
 from stagetune.tracking.run_tree import RunTree, end_run, log_metrics, log_model_json, log_params, log_tags
 
@@ -44,6 +44,12 @@ def sample_summary(result: SampleResult) -> str:
         f"tuning on {result.n_train_sampled} rows of {len(result.sampled_class_names)} classes, "
         f"rebalance={result.rebalance}"
     )
+
+
+def image_defaults_summary(defaults: DataDefaults) -> str:
+    """The settings chosen for image data, one reason per line (the config left them unset)."""
+    lines = [reason for reason in defaults.reasons if reason.split(" -> ", 1)[0] in defaults.settings]
+    return "image data, settings the config leaves unset:\n  " + "\n  ".join(lines)
 
 
 def class_distribution_figure(result: SampleResult) -> Figure:

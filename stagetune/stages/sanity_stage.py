@@ -63,6 +63,8 @@ def sanity_stage(config: PipelineConfig, sample: SampleResult, tree: RunTree) ->
     )
     if result.lr_suggestion is not None:
         summary += f", suggested lr {result.lr_suggestion:.2g}"
+    elif result.lr_range:
+        summary += f", no lr suggestion (the loss did not fall within the {len(result.lr_range)}-step LR range test)"
     if result.baseline is not None and result.baseline.history:
         summary += f", baseline {epoch_line(result.baseline.history[-1], skewed(sample))}"
     reporter.stage_finished(Stage.SANITY, ("passed: " if result.passed else "FAILED: ") + summary)

@@ -10,6 +10,7 @@ flight are in memory. Both yield the same (inputs, targets) batches and take the
 """
 
 import signal
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -127,7 +128,7 @@ class LazyBatches:
             pin_memory=rows.options.pin_memory,
             persistent_workers=workers > 0,
             prefetch_factor=2 if workers > 0 else None,
-            worker_init_fn=_worker_signals if workers > 0 else None,
+            worker_init_fn=_worker_init if workers > 0 else None,
             generator=generator,
         )
 
@@ -138,12 +139,22 @@ class LazyBatches:
         yield from self.loader
 
 
-def _worker_signals(worker_id: int) -> None:
-    # A forked worker inherits the CLI's SIGTERM handler (stop_on_sigterm), which turns the SIGTERM the
-    # DataLoader sends a slow worker at shutdown into an exception (exit 1, "worker exited unexpectedly").
-    # Workers end as the DataLoader tells them; Ctrl-C is the main process's to handle.
+def _worker_init(worker_id: int) -> None:
+    """Undo in a forked DataLoader worker what it inherits from the training process but must not run."""
+    # The CLI's SIGTERM handler (stop_on_sigterm) would turn the SIGTERM the DataLoader sends a slow
+    # worker at shutdown into an exception. Workers end as the DataLoader tells them; Ctrl-C is the main
+    # process's to handle.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Prefect's queue services (events, logs) register thread-exit hooks in the training process. A forked
+    # worker inherits the list but not the services' threads, so at its exit the hook fails (an
+    # AssertionError in the service's drain), the worker ends with code 1, and the DataLoader prints
+    # "worker exited unexpectedly with exit code 1" from `__del__` when the loader is collected. The
+    # hooks belong to the parent's threads: a worker has none to drain. (CPython keeps the list in
+    # threading._threading_atexits since 3.9; without it there is nothing to clear.)
+    hooks = getattr(threading, "_threading_atexits", None)
+    if isinstance(hooks, list):
+        hooks.clear()
 
 
 def to_dataset(x: np.ndarray, y: np.ndarray, task: Task | None = None) -> TensorDataset:
