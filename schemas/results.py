@@ -221,6 +221,11 @@ class SanityResult(StrictModel):
     overfit_steps: int
     overfit_train_acc: float = Field(description="Score reached on the overfit subset: accuracy, or R² (regression).")
     overfit_ok: bool
+    overfit_target: float | None = Field(
+        default=None,
+        description="The score that counted as memorised: sanity.overfit_target_acc, lowered by the task when "
+        "identical inputs carry different targets (None: results written before it was recorded).",
+    )
     overfit_losses: list[float] = Field(description="Training loss per step of the overfit test.")
     lr_suggestion: float | None = None
     lr_range: list[LrRangePoint] = Field(default_factory=list)

@@ -125,6 +125,9 @@ def sanity_section(sanity: SanityResult | None, numbers: Numbers) -> Section:
         "overfit_ok": ("overfit test passed", sanity.overfit_ok),
         "lr_suggestion": ("LR range test suggestion", sanity.lr_suggestion),
     }
+    if sanity.overfit_target is not None:
+        # Lower than sanity.overfit_target_acc when identical inputs carry different targets.
+        facts["overfit_target"] = ("overfit target (share of what memorising can reach)", sanity.overfit_target)
     rows = key_value_rows(numbers, "sanity", facts)
     deviation = "|initial - expected| / expected" if regression else "|initial - ln C| / ln C"
     rows.insert(3, [esc(deviation), esc(f"{relative:.1%}" if math.isfinite(relative) else "n/a")])

@@ -115,6 +115,7 @@ def run_sanity_gate(
         overfit_steps=overfit.steps,
         overfit_train_acc=overfit.train_acc,
         overfit_ok=overfit.reached,
+        overfit_target=overfit.target,
         overfit_losses=overfit.losses,
         lr_suggestion=suggest_lr(lr_points) if lr_points else None,
         lr_range=lr_points,

@@ -40,7 +40,9 @@ class OverfitOutcome:
     nonfinite_step: int | None = None
     score_name: str = "train accuracy"
     ceiling: float = 1.0
-    """The best score reachable on the subset (regression: below 1 when identical inputs have different targets)."""
+    """The best score reachable on the subset (below 1 when identical inputs have different targets)."""
+    target: float | None = None
+    """The score that counted as memorised (sanity.overfit_target_acc applied to the ceiling by the task)."""
 
 
 def overfit_hyperparams(family: str, hp: HyperParams, cfg: SanityConfig) -> HyperParams:
@@ -101,7 +103,7 @@ def overfit_tiny_subset(
     prior = task.prior_loss(y_small)
     # Duplicate inputs with different targets cap what memorising can reach: aim at that share of the cap.
     ceiling = task.overfit_ceiling(x_small, y_small)
-    target = cfg.overfit_target_acc * ceiling
+    target = task.overfit_target(cfg.overfit_target_acc, ceiling)
     losses: list[float] = []
     accuracy = 0.0
     step = 0
@@ -133,7 +135,9 @@ def overfit_tiny_subset(
         if _memorised(task, accuracy, losses, target):
             break
     reached = _memorised(task, accuracy, losses, target)
-    return OverfitOutcome(len(rows), step, accuracy, reached, losses, prior, score_name=score_name, ceiling=ceiling)
+    return OverfitOutcome(
+        len(rows), step, accuracy, reached, losses, prior, score_name=score_name, ceiling=ceiling, target=target
+    )
 
 
 def _memorised(task: Task, score: float, losses: list[float], target: float) -> bool:

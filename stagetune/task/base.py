@@ -77,6 +77,11 @@ class Task(ABC):
         """The best overfit score any model can reach on these rows (1.0 unless the task knows better)."""
         return 1.0
 
+    def overfit_target(self, target: float, ceiling: float) -> float:
+        """The overfit score that counts as memorised: `target` (sanity.overfit_target_acc) as a share of the
+        reachable `ceiling`."""
+        return target * ceiling
+
     @abstractmethod
     def prior_loss(self, targets: np.ndarray) -> float:
         """The best loss without looking at the inputs (the flat-loss floor of the overfit check)."""
