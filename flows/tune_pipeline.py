@@ -17,6 +17,7 @@ from schemas.config import PipelineConfig
 from schemas.final import FinalResult
 from schemas.pipeline import PipelineResult, RegisteredModel, SearchStageResult
 from schemas.results import SampleResult, SanityResult
+from schemas.stages import Stage
 from stagetune import progress
 from stagetune.data.defaults import with_data_defaults
 from stagetune.errors import InputError
@@ -79,14 +80,14 @@ def _attempt(config: PipelineConfig, run: PipelineRun, sample: SampleResult | No
     if sample is None:
         sample = sample_data(config, run.dir)
     else:
-        _restored("sample", run)
+        _restored(Stage.SAMPLE, run)
     sample_ended = now_ms()
     config = with_data_defaults(config, sample)  # auto objective, champion metric, rebalancing: from the labels
     tree = open_tracking(config, run)
     try:
         if fresh_sample:
             record_sample(tree, sample, started, sample_ended)
-            run.save("sample", sample)
+            run.save(Stage.SAMPLE, sample)
         result = _stages(config, sample, tree, run)
     except BaseException as error:
         end_run(tree.client, tree.parent_run_id, "KILLED" if is_interruption(error) else "FAILED")
@@ -109,8 +110,8 @@ def _stages(config: PipelineConfig, sample: SampleResult, tree: RunTree, run: Pi
     }
     sanity = None
     if config.sanity.enabled:
-        sanity = _stage(run, "sanity", SanityResult, lambda: sanity_check(config, sample, tree))
-    stages = ["sample", "sanity"] if sanity is not None else ["sample"]
+        sanity = _stage(run, Stage.SANITY, SanityResult, lambda: sanity_check(config, sample, tree))
+    stages = [Stage.SAMPLE, Stage.SANITY] if sanity is not None else [Stage.SAMPLE]
     if sanity is not None and not sanity.passed:
         message = "The sanity gate failed: " + " ".join(d.message for d in sanity.diagnoses)
         return PipelineResult(**base, status="sanity_failed", message=message, stages_completed=stages, sanity=sanity)
@@ -119,19 +120,19 @@ def _stages(config: PipelineConfig, sample: SampleResult, tree: RunTree, run: Pi
     concurrency, run_name = config.execution.concurrency, run.dir.name
     coarse = _stage(
         run,
-        "coarse",
+        Stage.COARSE,
         SearchStageResult,
         lambda: run_search(open_coarse(config, sample, sanity, tree, run_name), concurrency),
     )
-    stages.append("coarse")
+    stages.append(Stage.COARSE)
     narrowed = narrow_space(config, coarse)  # a pure function of the coarse result: recomputed on resume
     refine = _stage(
         run,
-        "refine",
+        Stage.REFINE,
         SearchStageResult,
         lambda: run_search(open_refine(config, sample, tree, run_name, narrowed, coarse), concurrency),
     )
-    stages.append("refine")
+    stages.append(Stage.REFINE)
     best = _best_trial(refine, coarse)
     common = {**base, "sanity": sanity, "coarse": coarse, "refine": refine}
     common |= {"narrowed_space": narrowed[0], "narrowing": narrowed[1]}
@@ -139,8 +140,8 @@ def _stages(config: PipelineConfig, sample: SampleResult, tree: RunTree, run: Pi
         message = "No coarse or refinement trial completed: see the trials' fail reasons and diagnoses in MLflow."
         return PipelineResult(**common, status="search_failed", message=message, stages_completed=stages)
 
-    final = _stage(run, "final", FinalResult, lambda: train_final(config, sample, best.hyperparams, tree, run.dir))
-    stages.append("final")
+    final = _stage(run, Stage.FINAL, FinalResult, lambda: train_final(config, sample, best.hyperparams, tree, run.dir))
+    stages.append(Stage.FINAL)
     decision = final.registry
     registered = None
     if decision is not None:
@@ -166,7 +167,7 @@ def _stages(config: PipelineConfig, sample: SampleResult, tree: RunTree, run: Pi
     )
 
 
-def _stage(run: PipelineRun, stage: str, model: type[M], compute: Callable[[], M]) -> M:
+def _stage(run: PipelineRun, stage: Stage, model: type[M], compute: Callable[[], M]) -> M:
     """The stage's stored result when an earlier attempt finished it, else computed now and stored."""
     stored = run.load(stage, model)
     if stored is not None:
@@ -183,7 +184,7 @@ def _announce(text: str) -> None:
     reporter.stage_finished("run", text)
 
 
-def _restored(stage: str, run: PipelineRun) -> None:
+def _restored(stage: Stage, run: PipelineRun) -> None:
     reporter = progress.current()
     reporter.stage_started(stage, "stored result")
     reporter.stage_finished(stage, f"done in an earlier attempt of run {run.dir.name}: not run again")

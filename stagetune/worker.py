@@ -17,6 +17,7 @@ from schemas.config import PipelineConfig
 from schemas.pipeline import SharedStudyPlan
 from schemas.results import SampleResult
 from schemas.search import TrialRecord
+from schemas.stages import SEARCH_STAGES
 from stagetune import progress
 from stagetune.data.defaults import with_data_defaults
 from stagetune.data.stage import run_sample_stage
@@ -29,8 +30,6 @@ from stagetune.stages.shared_study import read_plan
 from stagetune.stages.trial import TrialContext, run_trial
 from stagetune.tracking.run_tree import RunTree
 from stagetune.training.loaders import load_options
-
-STAGES = ("coarse", "refine")
 
 
 @dataclass
@@ -54,7 +53,7 @@ def run_worker(
     config = with_data_defaults(config, sample)
     summary = WorkerSummary()
     reporter = progress.current()
-    for stage in STAGES:
+    for stage in SEARCH_STAGES:
         loaded = _wait_for_study(f"{study}-{stage}", storage, liveness_of(config), wait_seconds, poll_seconds)
         if loaded is None:
             break

@@ -10,7 +10,6 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import optuna
@@ -24,6 +23,7 @@ from schemas.pipeline import SearchStageResult
 from schemas.results import SampleResult, SanityResult
 from schemas.search import NarrowingReport, ReusedTrial, TrialRecord
 from schemas.search_space import FloatParam, SearchSpace
+from schemas.stages import SearchStage, Stage
 from stagetune.data.augment import pixels_of
 from stagetune.data.sampling import stratified_subsample
 from stagetune.data.source import LoadOptions
@@ -53,7 +53,6 @@ from stagetune.tracking.study_plots import history_figure, importances_figure, p
 from stagetune.training.loaders import load_options
 
 LOGGER = logging.getLogger(__name__)
-SearchStage = Literal["coarse", "refine"]
 
 
 @dataclass
@@ -97,7 +96,7 @@ def start_coarse(
     study = open_study(
         name, storage_url(config), config.search.direction, sampler, make_pruner("none", 1), liveness_of(config)
     )
-    plan = _plan(config, tree, "coarse", study, space, config.coarse.n_trials, config.coarse.epochs, data, "none")
+    plan = _plan(config, tree, Stage.COARSE, study, space, config.coarse.n_trials, config.coarse.epochs, data, "none")
     reuse_last_run(plan, tree)
     publish_plan(plan, sample, config.coarse.train_fraction, False, config.coarse.sampler)
     return plan
@@ -140,7 +139,15 @@ def start_refine(
     name = f"{config.search.study_name or run_name}-refine"
     study = open_study(name, storage_url(config), config.search.direction, sampler, pruner, liveness_of(config))
     plan = _plan(
-        config, tree, "refine", study, space, config.refine.n_trials, config.refine.epochs, data, config.refine.pruner
+        config,
+        tree,
+        Stage.REFINE,
+        study,
+        space,
+        config.refine.n_trials,
+        config.refine.epochs,
+        data,
+        config.refine.pruner,
     )
     # A seed outside the narrowed space (e.g. a range clipped at a hard limit) is not enqueued.
     seeds = [r for r in seeds if not space_violations(r.hyperparams, space, config.model)]
