@@ -81,7 +81,7 @@ def _attempt(config: PipelineConfig, run: PipelineRun, sample: SampleResult | No
     if sample is None:
         sample = sample_data(config, run.dir)
     else:
-        _restored("sample", run)
+        _restored(Stage.SAMPLE, run)
     sample_ended = now_ms()
     config = with_data_defaults(config, sample)  # auto objective, champion metric, rebalancing: from the labels
     tree = open_tracking(config, run)
@@ -113,7 +113,7 @@ def _stages(config: PipelineConfig, sample: SampleResult, tree: RunTree, run: Pi
     sanity = None
     if config.sanity.enabled:
         sanity = _stage(run, Stage.SANITY, SanityResult, lambda: sanity_check(config, sample, tree))
-    stages = ["sample", "sanity"] if sanity is not None else ["sample"]
+    stages = [Stage.SAMPLE, Stage.SANITY] if sanity is not None else [Stage.SAMPLE]
     if sanity is not None and not sanity.passed:
         message = "The sanity gate failed: " + " ".join(d.message for d in sanity.diagnoses)
         return PipelineResult(**base, status="sanity_failed", message=message, stages_completed=stages, sanity=sanity)
@@ -142,7 +142,7 @@ def _stages(config: PipelineConfig, sample: SampleResult, tree: RunTree, run: Pi
         return PipelineResult(**common, status="search_failed", message=message, stages_completed=stages)
 
     final = _stage(run, Stage.FINAL, FinalResult, lambda: train_final(config, sample, best.hyperparams, tree, run.dir))
-    stages.append("final")
+    stages.append(Stage.FINAL)
     decision = final.registry
     registered = None
     if decision is not None:
@@ -185,7 +185,7 @@ def _announce(text: str) -> None:
     reporter.stage_finished("run", text)
 
 
-def _restored(stage: str, run: PipelineRun) -> None:
+def _restored(stage: Stage, run: PipelineRun) -> None:
     reporter = progress.current()
     reporter.stage_started(stage, "stored result")
     reporter.stage_finished(stage, f"done in an earlier attempt of run {run.dir.name}: not run again")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from schemas.config import PipelineConfig
 from schemas.search import TrialRecord
+from schemas.stages import SEARCH_STAGES
 from stagetune import progress
 from stagetune.data.defaults import with_data_defaults
 from stagetune.data.stage import run_sample_stage
@@ -22,8 +23,6 @@ from stagetune.stages.search_session import SearchSession
 from stagetune.stages.search_stage import trial_data
 from stagetune.stages.shared_study import wait_for_published_study
 from stagetune.training.loaders import load_options
-
-STAGES = ("coarse", "refine")
 
 
 @dataclass
@@ -48,7 +47,7 @@ def run_worker(
     config = with_data_defaults(config, sample)
     summary = WorkerSummary()
     reporter = progress.current()
-    for stage in STAGES:
+    for stage in SEARCH_STAGES:
         name = f"{study}-{stage}"
         loaded = wait_for_published_study(name, storage, liveness_of(config), wait_seconds, poll_seconds)
         if loaded is None:

@@ -6,8 +6,6 @@ stages the same `StageArrays` the table path gives them, with `LazyRows` in plac
 """
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ import pandas as pd
 
 from schemas.config import PipelineConfig
 from schemas.results import SampleResult
+from stagetune.atomic_file import write_text_atomically
 from stagetune.data.cleaning import MIN_ROWS_PER_CLASS
 from stagetune.data.defaults import resolve_sample_defaults
 from stagetune.data.fingerprint import arrays_fingerprint, dataset_fingerprint
@@ -218,11 +217,4 @@ def load_indexed_arrays(result: SampleResult, options: LoadOptions | None = None
 
 
 def _write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    write_text_atomically(path, json.dumps(payload), fsync=False)

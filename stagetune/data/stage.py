@@ -1,7 +1,5 @@
 """Stage 1, sample & rebalance: load, split, preprocess and subsample the data; store the arrays in one npz."""
 
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -12,6 +10,7 @@ import numpy as np
 from schemas.config import TASK_CHAMPION_METRICS, TASK_OBJECTIVES, PipelineConfig
 from schemas.results import SampleResult
 from schemas.search_space import CategoricalParam
+from stagetune.atomic_file import atomic_binary_file
 from stagetune.data.augment import check_augment_settings, per_pixel_warning, pixel_scaling
 from stagetune.data.defaults import resolve_data_defaults
 from stagetune.data.fingerprint import arrays_fingerprint, dataset_fingerprint
@@ -283,17 +282,9 @@ def load_stage_arrays(result: SampleResult, options: LoadOptions | None = None) 
 
 def write_npz_atomic(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     """Write an uncompressed npz so readers see either the old file or the whole new one, never a part."""
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            payload: dict[str, Any] = dict(arrays)  # numpy's stubs confuse **arrays with allow_pickle
-            np.savez(handle, **payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    payload: dict[str, Any] = dict(arrays)  # numpy's stubs confuse **arrays with allow_pickle
+    with atomic_binary_file(path) as handle:
+        np.savez(handle, **payload)
 
 
 def _sampled_fingerprint(arrays: StageArrays) -> str:

@@ -84,7 +84,7 @@ def final_stage(
         # the global generator is seeded for randomness in a custom model's own forward only.
         seed_global_generator(config.seed)
         reporter.stage_started(
-            "final", f"up to {final.max_epochs} epochs on {len(arrays.y_train)} rows", total=final.max_epochs
+            Stage.FINAL, f"up to {final.max_epochs} epochs on {len(arrays.y_train)} rows", total=final.max_epochs
         )
         folds, rule = config.search.resolved_cv_folds, None
         if folds > 1:  # small data: epochs from the folds, then train+val without early stopping
@@ -94,7 +94,7 @@ def final_stage(
             model, outcome, rule = final_fit_from_folds(
                 build, x, y, hp, task,
                 final.max_epochs, device, folds=folds, seed=config.seed, patience=final.early_stopping_patience,
-                options=FitOptions.of(config), on_epoch=lambda r: reporter.stage_advanced("final", epoch_line(r)),
+                options=FitOptions.of(config), on_epoch=lambda r: reporter.stage_advanced(Stage.FINAL, epoch_line(r)),
             )  # fmt: skip
         else:
             progress_line = partial(epoch_line, balanced=skewed(sample))
@@ -106,7 +106,7 @@ def final_stage(
         test_fingerprint = arrays_fingerprint(
             {**features_fingerprint_parts("X_test", arrays.X_test), "y_test": arrays.y_test}
         )
-        checkpoint = run_dir / "final" / "checkpoint.pt"
+        checkpoint = run_dir / Stage.FINAL / "checkpoint.pt"
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         save_checkpoint(
             checkpoint,
@@ -148,7 +148,7 @@ def final_stage(
         )
         _record(tree, run_id, result)
     reporter.stage_finished(
-        "final",
+        Stage.FINAL,
         f"{result.epochs_run} epochs ({result.stopped}); test {test_line(test)}; {decision.model_name} "
         f"v{decision.version} -> {decision.alias}",
     )
@@ -233,7 +233,7 @@ def _fit_on_validation(
         hp,
         final.max_epochs,
         device,
-        on_epoch=lambda r: progress.current().stage_advanced("final", line(r)),
+        on_epoch=lambda r: progress.current().stage_advanced(Stage.FINAL, line(r)),
         grad_clip_norm=config.training.grad_clip_norm,
         amp_bf16=config.execution.amp_bf16,
         lr_plateau_patience=final.lr_plateau_patience,

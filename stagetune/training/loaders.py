@@ -1,8 +1,8 @@
 """Seeded batches, with the class rebalancing strategy of HyperParams applied, over one of two inputs.
 
 In-memory arrays (tables, digits): the data are tensors in memory, so a batch is one indexing
-operation (`x[rows]`), not a DataLoader fetching and collating row by row: that cost ~2 ms per batch
-of 128 here (about half of a small model's step) and ran in every trial's every epoch.
+operation (`x[rows]`), not a DataLoader fetching and collating row by row, which cost about as much
+as a small model's step and ran in every trial's every epoch (figures: bench/README.md).
 
 Lazily read rows (`LazyRows`: image folders, image CSVs, py: factories): a torch DataLoader with
 `num_workers` worker processes reads and collates each batch (`LazyBatches`), so only the batches in
