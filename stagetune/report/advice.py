@@ -154,7 +154,7 @@ def _search_finding(stage: SearchStageResult, config: Mapping[str, Any] | None) 
     next_action = NEXT_ACTIONS.get(code, MIXED_ACTION if code == "mixed" else NEXT_ACTIONS["ok"])
     source = RULE_SOURCES.get(code, SOURCE_NONE)
     overrides = concrete_overrides(stage.stage, code, config)
-    if stage.stage == "coarse" and code == "not_converged":
+    if stage.stage == Stage.COARSE and code == "not_converged":
         # Short on purpose: the coarse stage ranks settings, the later stages train them longer.
         next_action = COARSE_SHORT_ACTION.format(epochs=stage.epochs)
         overrides = []
