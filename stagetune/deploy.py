@@ -29,8 +29,9 @@ CODE_PREFIXES = {"data.source": ("py:",)}
 
 
 def deployment_parameters(config: PipelineConfig) -> dict[str, Any]:
-    """The flow's parameters for a deployment: its own config (validated, defaults filled in), no overrides."""
-    return {"config": config.model_dump(mode="json"), "overrides": {}}
+    """The flow's parameters for a deployment: its own config (validated; the settings its file and overrides
+    gave, so that defaults derived from the data, such as image budgets, still fill the rest), no overrides."""
+    return {"config": config.model_dump(mode="json", exclude_unset=True), "overrides": {}}
 
 
 def nest_overrides(overrides: Mapping[str, Any]) -> dict[str, Any]:

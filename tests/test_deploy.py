@@ -102,6 +102,17 @@ def _digits() -> dict[str, Any]:
     return deployment_parameters(load_config(DIGITS))["config"]
 
 
+def test_a_deployment_stores_the_settings_it_was_given_so_data_derived_defaults_still_apply() -> None:
+    stored = deployment_parameters(load_config(None, ["data.source=/data/images/", "model.family=cnn"]))["config"]
+    assert stored == {"data": {"source": "/data/images/"}, "model": {"family": "cnn"}}
+    run_config = config_with_overrides(stored, {"coarse.n_trials": 8})
+    assert run_config.data.source == "/data/images/"
+    assert run_config.coarse.n_trials == 8
+    # Unset budgets stay unset, so the image defaults (stagetune.data.image_defaults) may fill them.
+    assert "epochs" not in run_config.coarse.model_fields_set
+    assert "depth" not in run_config.space.model_fields_set
+
+
 @pytest.mark.parametrize(
     "overrides",
     [{"coarse": {"n_trials": 4}}, {"coarse.n_trials": 4}, {"coarse.n_trials": 4, "refine": {"epochs": 3}}],

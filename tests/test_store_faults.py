@@ -13,7 +13,6 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -64,8 +63,9 @@ def test_a_read_only_tracking_store_is_refused_in_seconds_before_anything_is_wri
     workdir = tmp_path / "work"
     command = [sys.executable, "-m", "stagetune", "run", "--set", f"tracking.uri={uri}"]
     command += ["--set", f"execution.workdir={workdir}"]
-    started = time.monotonic()
     try:
+        # Refused before Prefect or MLflow start: a run that retried the store instead would hold MLflow's
+        # retry window (minutes) and the timeout would fail the test.
         done = subprocess.run(
             unprivileged(command),
             cwd=tmp_path,
@@ -76,9 +76,7 @@ def test_a_read_only_tracking_store_is_refused_in_seconds_before_anything_is_wri
         )
     finally:
         store.chmod(0o755)
-    seconds = time.monotonic() - started
     assert done.returncode == 2, done.stderr
-    assert seconds < 30, seconds  # ~3 s here: refused before Prefect or MLflow start (was ~2 min of retries)
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("error in tracking.uri: ")
@@ -91,7 +89,7 @@ def test_a_read_only_tracking_store_is_refused_in_seconds_before_anything_is_wri
 
 
 MID_RUN = """
-import sys, time
+import sys
 from pathlib import Path
 from stagetune.runtime import configure_process
 configure_process()
@@ -100,17 +98,15 @@ from stagetune.tracking.io_retry import RetryingClient
 from stagetune.tracking.run_tree import ensure_experiment, log_metrics
 
 folder = Path(sys.argv[1])
-client = RetryingClient(f"sqlite:///{folder / 'mlflow.db'}", retry_seconds=180)
+client = RetryingClient(f"sqlite:///{folder / 'mlflow.db'}", retry_seconds=600)
 experiment = ensure_experiment(client, "t", (folder / "artifacts").as_uri())
 run_id = client.create_run(experiment).info.run_id
 log_metrics(client, run_id, [("loss", 1.0, 0)])
 (folder / "mlflow.db").chmod(0o444)  # the store turns read-only while the run is going
 folder.chmod(0o555)
-started = time.monotonic()
 try:
     log_metrics(client, run_id, [("loss", 0.5, 1)])
 except StoreError as error:
-    print(f"{time.monotonic() - started:.2f}")
     print(error)
 """
 
@@ -129,13 +125,12 @@ def test_a_store_turning_read_only_mid_run_stops_at_once_with_one_paragraph(tmp_
             env=env,
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=120,  # a retried call would hold its 600 s window: not retried, or the test times out
         )
     finally:
         folder.chmod(0o755)
     assert done.returncode == 0, done.stderr
-    seconds, message = done.stdout.strip().split("\n")
-    assert float(seconds) < 2  # not retried (was: a 180 s window per call, a traceback per try)
+    message = done.stdout.strip()
     assert message.startswith(f"the MLflow store sqlite:///{folder / 'mlflow.db'} failed permanently (read-only)")
     assert "attempt to write a readonly database" in message
     assert "make the store writable" in message
