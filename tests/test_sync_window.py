@@ -1,6 +1,7 @@
 """Trials decided in sync windows: trial n's sampler and pruner see exactly the trials numbered below
 (n // window) * window, whatever else the study holds when it is asked."""
 
+import pickle
 from pathlib import Path
 
 import optuna
@@ -145,3 +146,11 @@ def test_the_next_trial_waits_for_its_window_s_past(tmp_path: Path) -> None:
     assert next_number(study.get_trials()) == 3
     assert unfinished_before(study.get_trials(), 2) == []
     assert claim_trial(study, url, 3, sync_window=2) is None  # the budget is checked first
+
+
+def test_the_windowed_pruner_travels_to_a_dask_worker() -> None:
+    """A pruning reporter carries the study's pruner to the process that trains (pickled)."""
+    copy = pickle.loads(pickle.dumps(make_pruner("hyperband", 9, sync_window=4)))
+    assert isinstance(copy, WindowedPruner)
+    assert isinstance(copy.pruner, HyperbandPruner)
+    assert copy.window == 4
