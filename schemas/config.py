@@ -426,6 +426,18 @@ class SearchConfig(StrictModel):
     max_retries: int = Field(
         default=2, ge=0, le=100, description="Retries of a trial whose process died (a diverged trial is not retried)."
     )
+    sync_window: int = Field(
+        default=4,
+        ge=1,
+        le=1024,
+        description="Trials are decided in windows of this many: the sampler and the pruner of trial n see exactly "
+        "the trials numbered below (n // sync_window) * sync_window, and trial n is not started before all of those "
+        "have finished. What a model-based sampler (TPE, GP) draws and what the pruner decides then no longer "
+        "depend on which trials happened to finish first, so the same config and seed give the same trials at any "
+        "execution.concurrency (and with stagetune workers). The cost: a barrier every sync_window trials, where "
+        "the last trial of a window keeps the others waiting. 1: every trial sees all earlier ones (trials run one "
+        "at a time). Concurrency above sync_window is capped by it (at most sync_window trials can run at once).",
+    )
 
     @model_validator(mode="after")
     def _check_heartbeat(self) -> Self:

@@ -61,6 +61,9 @@ class SharedStudyPlan(StrictModel):
     # are seeded per trial number, so it never repeats the pipeline's). None: published by an older version.
     sampler_seed: int | None = None
     n_startup_trials: int | None = Field(default=None, ge=1)
+    # search.sync_window of the stage: a worker decides and waits for trials in the same windows. None:
+    # published by an older version (then 1: every trial waits for all earlier ones).
+    sync_window: int | None = Field(default=None, ge=1)
 
 
 class RegisteredModel(StrictModel):

@@ -180,3 +180,14 @@ def test_system_metrics_cost_measures_a_reading_and_a_short_trial() -> None:
     assert result["readings"] == 5
     assert 0 < result["ms_per_reading"] < 1000
     assert 0 < result["ms_per_short_trial"] < 1000
+
+
+def test_sync_window_cost_runs_every_arm_through_the_real_barrier() -> None:
+    from bench.sync_window_cost import measure
+
+    rows = measure(n_trials=6, concurrency=2, median=0.01, sigma=0.5, rounds=1, windows=[1, 2])
+    assert [r["window"] for r in rows] == ["off", 1, 2]
+    assert rows[0]["held_back_asks"] == 0  # no window, no barrier
+    assert rows[1]["held_back_asks"] == 0  # window 1 caps concurrency at 1: nothing is asked ahead
+    assert rows[2]["held_back_asks"] > 0  # trial 2 is asked while trial 1 still runs: held back
+    assert all(math.isfinite(r["x_off"]) and r["wall_s"]["n"] == 1 for r in rows)

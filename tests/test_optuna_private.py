@@ -13,6 +13,8 @@ from pathlib import Path
 
 import optuna
 import pytest
+from optuna.samplers import GPSampler, TPESampler
+from optuna.search_space import IntersectionSearchSpace
 from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
@@ -32,6 +34,10 @@ PRIVATE_ATTRIBUTES = {
     "_get_trials",
     "_get_stale_trial_ids",
     "_cached_frozen_trial",
+    "_pruners",
+    "_try_initialization",
+    "_get_bracket_id",
+    "_create_bracket_study",
 }
 
 
@@ -128,6 +134,42 @@ def test_a_local_dead_trial_is_failed_through_study_tell(tmp_path: Path) -> None
         ValueError, match="Cannot tell a FAIL trial"
     ):  # telling a finished trial again is refused (what the loop relies on)
         study.tell(trial.number, state=TrialState.FAIL)
+
+
+def test_samplers_read_trials_through_the_private_get_trials_the_view_filters() -> None:
+    """The sync window's view (`study_view`) filters `Study._get_trials`: it must keep its signature, and
+    TPE, GP and the intersection search space must still read trials through it (not the storage)."""
+    assert list(inspect.signature(optuna.Study._get_trials).parameters) == ["self", "deepcopy", "states", "use_cache"]
+    assert list(inspect.signature(optuna.Study.get_trials).parameters) == ["self", "deepcopy", "states"]
+    for reader in (TPESampler._sample_relative, TPESampler.sample_independent, TPESampler._sample):
+        assert "study._get_trials(" in inspect.getsource(reader), f"{reader.__qualname__} reads trials elsewhere"
+    assert "study._get_trials(" in inspect.getsource(GPSampler.sample_relative)
+    assert "study._get_trials(" in inspect.getsource(IntersectionSearchSpace.calculate)
+    assert "study._storage" not in inspect.getsource(TPESampler._sample)  # no read past the view
+    study = optuna.create_study()
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=3)
+    view = optuna_private.study_view(study, 2)
+    assert [t.number for t in view._get_trials(deepcopy=False, use_cache=False)] == [0, 1]
+    assert [t.number for t in view.get_trials(deepcopy=False)] == [0, 1]
+
+
+def test_hyperband_s_brackets_are_reached_as_prune_in_bracket_reaches_them() -> None:
+    """`prune_in_bracket` replaces `HyperbandPruner.prune` (whose bracket study reads the storage past a view)
+    with its own pieces: the bracket pruners, their lazy initialisation and the bracket of a trial."""
+    pruner = optuna.pruners.HyperbandPruner(min_resource=1, max_resource=9, reduction_factor=3)
+    assert pruner._pruners == []
+    study = optuna.create_study(study_name="hb", pruner=pruner)
+    trial = study.ask()
+    trial.report(1.0, 0)
+    frozen = study.get_trials(deepcopy=False)[0]
+    assert not optuna_private.prune_in_bracket(pruner, optuna_private.study_view(study, 0), frozen)
+    assert len(pruner._pruners) == 3  # floor(log3(9 / 1)) + 1 brackets, built on first use
+    assert all(isinstance(p, optuna.pruners.SuccessiveHalvingPruner) for p in pruner._pruners)
+    assert pruner._get_bracket_id(study, frozen) in range(3)
+    hyperband_source = inspect.getsource(optuna.pruners.HyperbandPruner.prune)
+    # Optuna's own prune still goes through the bracket study this module steps around.
+    assert "_create_bracket_study" in hyperband_source
+    assert "_get_bracket_id" in hyperband_source
 
 
 def test_no_other_module_uses_optuna_s_private_api() -> None:

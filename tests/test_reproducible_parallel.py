@@ -2,11 +2,11 @@
 run), twice, and at concurrency 1 with as many torch threads per trial — the whole pipeline on tiny
 digits, CPU.
 
-The refinement runs its 2 warm-start trials only, side by side at concurrency 2, so that every trial's
-parameters are fixed by the seed alone: a model-based draw (TPE after its start-up trials) sees the
-trials finished when it is asked, which at concurrency 2 depends on timing and at concurrency 1 differs
-by design (README, "Reproducibility"). What is compared here is what the trials' own random streams
-decide: their values, states and epochs, and the final model's test metrics.
+The refinement runs TPE past its start-up trials with the median pruner on: 8 trials, 2 of them
+start-up (its 2 warm-start points), in sync windows of 4 (`search.sync_window`'s default). Trials 4-7
+are drawn by TPE's model and judged by the pruner from trials 0-3 whichever finished first, so the
+points, values, states and epochs must agree across runs and concurrency, as must the final model's
+test metrics.
 """
 
 from pathlib import Path
@@ -14,19 +14,22 @@ from pathlib import Path
 import pytest
 
 from flows.tune_pipeline import tune_pipeline
-from schemas.config import ExecutionConfig
+from schemas.config import ExecutionConfig, SearchConfig
 from schemas.pipeline import PipelineResult, SearchStageResult
 from stagetune.training.reproducibility import cpu_threads
 from tests.conftest import REPO, tiny_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
+REFINE_TRIALS = 8
 
 
 def digits_run(workdir: Path, concurrency: int, *overrides: str) -> PipelineResult:
     config = tiny_config(
         workdir,
         f"execution.concurrency={concurrency}",
-        "refine.n_trials=2",
+        f"refine.n_trials={REFINE_TRIALS}",
+        "refine.sampler=tpe",
+        "refine.pruner=median",
         *overrides,
         config_file=REPO / "configs/digits.yaml",
     )
@@ -63,6 +66,10 @@ def test_two_runs_at_concurrency_two_give_identical_trial_values_and_test_metric
     # The race the streams remove was there to lose: trials with dropout ran two at a time.
     assert first.refine is not None
     assert sum(t.hyperparams.dropout > 0 for t in first.refine.trials) >= 2
+    # TPE's model drew some of them: more trials than its start-up trials, with a window's past to learn from.
+    assert first.refine.sampler == "TPESampler"
+    assert len(first.refine.trials) == REFINE_TRIALS
+    assert SearchConfig().sync_window * 2 <= REFINE_TRIALS  # a second window, decided from the first
     assert first.best_hyperparams == second.best_hyperparams
     assert first.test_metrics == second.test_metrics
 

@@ -8,6 +8,9 @@ from typing import Any
 import pytest
 
 from schemas.search import TrialRecord
+from stagetune.search.budget import Blocked
+from stagetune.search.sync_window import cutoff
+from stagetune.stages import search_loop
 from stagetune.stages.search_loop import InlineTrial, InlineTrials, run_trials
 
 
@@ -28,6 +31,7 @@ class FakeSession:
     told: list[int] = field(default_factory=list)
     abandoned: dict[int, Any] | None = None
     others_asked: int = 0
+    sync_window: int | None = None
 
     def ask(self) -> tuple[FakeTrial, object, dict[str, object]] | None:
         if len(self.asked) >= self.n_trials:
@@ -108,3 +112,44 @@ def test_a_stop_during_a_trial_hands_the_session_each_trial_in_flight() -> None:
     assert waiter() is None  # it raised: left RUNNING for the dead-trial search
     assert session.abandoned[1] is None  # asked, never started: the session fails and retries it
     assert runner.trained == [0]  # settling never trains a trial
+
+
+@dataclass
+class WindowedSession(FakeSession):
+    """Answers `Blocked` while a trial below the next trial's window start is untold (as `claim_trial` does),
+    or for the first `held_elsewhere` asks (trials of another process still running)."""
+
+    held_elsewhere: int = 0
+    in_flight: list[int] = field(default_factory=list)  # trials asked and not told, at each ask
+    blocked: int = 0
+
+    def ask(self) -> Any:
+        assert self.sync_window is not None
+        following = len(self.asked)
+        untold = [n for n in range(cutoff(following, self.sync_window)) if n not in self.told]
+        if self.held_elsewhere or (untold and following < self.n_trials):
+            self.held_elsewhere = max(0, self.held_elsewhere - 1)
+            self.blocked += 1
+            return Blocked(untold)
+        asked = super().ask()
+        self.in_flight.append(len(self.asked) - len(self.told))
+        return asked
+
+
+def test_the_next_window_is_asked_once_every_trial_before_it_is_told() -> None:
+    session = WindowedSession(n_trials=5, sync_window=2)
+    runner = ScriptedTrials(_record)
+    run_trials(session, runner, concurrency=3)  # type: ignore[arg-type]
+    assert session.told == [0, 1, 2, 3, 4]
+    assert session.blocked >= 2  # trials 2 and 4 waited for their window's past
+    assert max(session.in_flight) == 2  # concurrency capped at the window
+
+
+def test_a_loop_with_nothing_in_flight_polls_until_other_processes_finish_the_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(search_loop, "POLL_SECONDS", 0.0)
+    session = WindowedSession(n_trials=2, sync_window=4, held_elsewhere=3)
+    run_trials(session, ScriptedTrials(_record), concurrency=2, wait_for_others=False)  # type: ignore[arg-type]
+    assert session.blocked == 3
+    assert session.told == [0, 1]

@@ -11,6 +11,7 @@ import hashlib
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from stagetune.search.liveness import keeper_for, mark_owner
 from stagetune.search.optuna_private import trial_id
+from stagetune.search.sync_window import unfinished_before
 
 
 @contextmanager
@@ -53,10 +55,25 @@ def used_budget(trials: Sequence[FrozenTrial]) -> int:
     return sum(trial.state in _STARTED and trial.number not in replaced for trial in trials)
 
 
+@dataclass(frozen=True)
+class Blocked:
+    """The next trial may not be asked yet: the trials of its sync window's past are still running."""
+
+    waiting_for: list[int]
+
+
 def claim_trial(
-    study: optuna.Study, storage: str, n_trials: int, heartbeat_seconds: float | None = None
-) -> optuna.Trial | None:
+    study: optuna.Study,
+    storage: str,
+    n_trials: int,
+    heartbeat_seconds: float | None = None,
+    sync_window: int | None = None,
+) -> optuna.Trial | Blocked | None:
     """The study's next trial if fewer than `n_trials` have started (in any process), else None.
+
+    With `sync_window`, `Blocked` while a trial numbered below the next trial's cutoff has not finished
+    (`stagetune.search.sync_window`): decided under the lock, where every process numbers its trials,
+    so the wait holds across workers too. The caller waits without the lock and asks again.
 
     Enqueued and retried (WAITING) trials are not counted: `ask` hands them out first, without
     creating one. With `heartbeat_seconds`, this process records the trial's first heartbeat and
@@ -64,8 +81,13 @@ def claim_trial(
     without an owner that can be found dead.
     """
     with budget_lock(storage, study.study_name):
-        if used_budget(study.get_trials(deepcopy=False)) >= n_trials:
+        trials = study.get_trials(deepcopy=False)
+        if used_budget(trials) >= n_trials:
             return None
+        if sync_window is not None:
+            unfinished = unfinished_before(trials, sync_window)
+            if unfinished:
+                return Blocked(unfinished)
         with warnings.catch_warnings():
             # "Heartbeat of storage is supposed to be used with Study.optimize": here the heartbeat
             # is recorded by this process's keeper instead.

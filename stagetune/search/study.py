@@ -15,6 +15,7 @@ from stagetune.search.budget import budget_lock
 from stagetune.search.dead_trials import RetryDeadTrial
 from stagetune.search.liveness import Liveness
 from stagetune.search.seeding import TrialSeededSampler
+from stagetune.search.sync_window import WindowedPruner
 from stagetune.settings import load_settings
 
 SamplerKind = Literal["random", "qmc", "tpe", "gp"]
@@ -31,25 +32,32 @@ def storage_url(config: PipelineConfig) -> str:
     return f"sqlite:///{workdir / 'optuna.db'}"
 
 
-def make_sampler(kind: SamplerKind, seed: int, n_startup_trials: int = 10) -> TrialSeededSampler:
+def make_sampler(
+    kind: SamplerKind, seed: int, n_startup_trials: int = 10, sync_window: int | None = None
+) -> TrialSeededSampler:
     """A seeded sampler: random / Sobol QMC for the coarse stage, multivariate TPE / GP for refinement.
 
     Its random draws are seeded per trial from (seed, trial number) (`TrialSeededSampler`): a resumed
     study or a second process never replays the draws of earlier trials, and a fresh run with the same
     seed draws the same points. The Sobol sequence itself keeps `seed`: QMCSampler takes the next
     point's index from a counter stored in the study, so every attempt and process continues one sequence.
+    With `sync_window` (`search.sync_window`), trial n samples from the trials numbered below its window's
+    start only (`stagetune.search.sync_window`).
     """
     if kind == "random":
-        return TrialSeededSampler(lambda s: RandomSampler(seed=s), seed, "RandomSampler")
+        return TrialSeededSampler(lambda s: RandomSampler(seed=s), seed, "RandomSampler", sync_window=sync_window)
     if kind == "qmc":
-        return TrialSeededSampler(lambda s: _sobol(seed, s), seed, "QMCSampler")
+        return TrialSeededSampler(lambda s: _sobol(seed, s), seed, "QMCSampler", sync_window=sync_window)
     if kind == "tpe":
-        return TrialSeededSampler(lambda s: _tpe(s, n_startup_trials), seed, "TPESampler", n_startup_trials)
+        return TrialSeededSampler(
+            lambda s: _tpe(s, n_startup_trials), seed, "TPESampler", n_startup_trials, sync_window
+        )
     return TrialSeededSampler(
         lambda s: GPSampler(seed=s, n_startup_trials=n_startup_trials, warn_independent_sampling=False),
         seed,
         "GPSampler",
         n_startup_trials,
+        sync_window,
     )
 
 
@@ -73,13 +81,20 @@ def _tpe(seed: int, n_startup_trials: int) -> BaseSampler:
         return TPESampler(seed=seed, multivariate=True, group=True, n_startup_trials=n_startup_trials)
 
 
-def make_pruner(kind: PrunerKind, max_epochs: int) -> BasePruner:
-    """Pruning on per-epoch validation: median rule, Hyperband, or none."""
+def make_pruner(kind: PrunerKind, max_epochs: int, sync_window: int | None = None) -> BasePruner:
+    """Pruning on per-epoch validation: median rule, Hyperband, or none.
+
+    With `sync_window` (`search.sync_window`), trial n is compared with the trials numbered below its
+    window's start only (`WindowedPruner`): its verdict does not depend on what the others reported so far.
+    """
+    pruner: BasePruner
     if kind == "median":
-        return MedianPruner(n_startup_trials=4, n_warmup_steps=1)
-    if kind == "hyperband":
-        return HyperbandPruner(min_resource=1, max_resource=max_epochs, reduction_factor=3)
-    return NopPruner()
+        pruner = MedianPruner(n_startup_trials=4, n_warmup_steps=1)
+    elif kind == "hyperband":
+        pruner = HyperbandPruner(min_resource=1, max_resource=max_epochs, reduction_factor=3)
+    else:
+        return NopPruner()
+    return pruner if sync_window is None else WindowedPruner(pruner, sync_window)
 
 
 @cache

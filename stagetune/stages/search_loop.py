@@ -16,6 +16,8 @@ from schemas.hyperparams import HyperParams
 from schemas.search import TrialRecord
 from stagetune import progress
 from stagetune.interruption import signals_deferred
+from stagetune.search.budget import Blocked
+from stagetune.search.sync_window import effective_concurrency
 from stagetune.stages.search_session import SearchSession, Waiter
 from stagetune.stages.trial import Reporter, TrialContext, run_trial
 
@@ -51,6 +53,10 @@ def run_trials(
 ) -> None:
     """Ask the study for trials, run up to `concurrency` at once, tell it each outcome, until its budget is used.
 
+    With the session's sync window, trial n is asked only once every trial numbered below its window's
+    start has finished (here or in another process): meanwhile this loop waits for its own trials, or
+    polls the storage when it runs none. At most `sync_window` trials then run at once.
+
     The budget is shared with every process on the study's storage: exactly `session.n_trials` trials
     are created between them, never more. A trial whose process died is marked FAIL and retried with
     the same parameters. With `wait_for_others`, the loop ends only once no process runs or waits to
@@ -58,6 +64,8 @@ def run_trials(
     used up and this process's trials are told (a worker).
     """
     pending: dict[Handle, optuna.Trial] = {}
+    if session.sync_window is not None:
+        concurrency = effective_concurrency(concurrency, session.sync_window, session.stage)
     try:
         _ask_and_tell(session, runner, concurrency, wait_for_others, pending)
     except BaseException:
@@ -77,6 +85,7 @@ def _ask_and_tell(
     reporter = progress.current()
     exhausted = False
     while True:
+        blocked = False
         while not exhausted and len(pending) < concurrency:
             # A stop (Ctrl-C, SIGTERM) lands before the trial is asked or once it is in `pending`: never
             # between, where `abandon` would not know whether it trains.
@@ -85,10 +94,16 @@ def _ask_and_tell(
                 if asked is None:
                     exhausted = True
                     break
+                if isinstance(asked, Blocked):
+                    blocked = True  # the sync window's past still runs: wait for a trial to finish
+                    break
                 trial, hp, params = asked
                 report = session.pruning_reporter(trial)
                 pending[runner.submit(session.context, trial.number, hp, params, report)] = trial
         session.trials_started()
+        if not pending and blocked:
+            time.sleep(POLL_SECONDS)  # only other processes' trials hold the next one back (polled in `ask`)
+            continue
         if not pending:
             # Nothing of ours in flight: done, unless another process still runs trials, or one of
             # them died and its trial was put back for a retry (then ask again).

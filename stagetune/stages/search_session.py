@@ -26,7 +26,7 @@ from schemas.search_space import SearchSpace
 from schemas.stages import SearchStage
 from stagetune.diagnosis import summarise_stage
 from stagetune.interruption import INTERRUPTED_REASON, clear_stop, request_stop
-from stagetune.search.budget import budget_lock, claim_trial, release_trial
+from stagetune.search.budget import Blocked, budget_lock, claim_trial, release_trial
 from stagetune.search.dead_trials import enqueue_retry, fail_dead_trials
 from stagetune.search.liveness import Liveness
 from stagetune.search.pruning_reporter import PruningReporter, pruning_reporter
@@ -67,6 +67,9 @@ class SearchSession:
     pruner: str
     storage: str
     liveness: Liveness = field(default_factory=Liveness)
+    # search.sync_window: trial n is asked once the trials below (n // window) * window have finished, and
+    # its sampler and pruner see only those (`stagetune.search.sync_window`). None: no window (tests).
+    sync_window: int | None = None
     # False for a worker that joined a pipeline's stage: the stage's MLflow run is the pipeline's to end.
     owns_stage_run: bool = True
     enqueued: list[int] = field(default_factory=list)
@@ -93,7 +96,10 @@ class SearchSession:
         """Create the stage's study and MLflow run, or resume both (same study name and storage): a
         restarted pipeline continues where it stopped. A study of another pipeline run is refused."""
         storage, liveness = storage_url(config), liveness_of(config)
-        study = open_study(study_name, storage, config.search.direction, sampler, make_pruner(pruner, epochs), liveness)
+        window = config.search.sync_window
+        study = open_study(
+            study_name, storage, config.search.direction, sampler, make_pruner(pruner, epochs, window), liveness
+        )
         run_id = resumed_stage_run(study, tree)
         if run_id is None:
             run_id = tree.start_stage(stage)
@@ -104,7 +110,7 @@ class SearchSession:
         clear_stop(run_id)  # a stage resumed in this process after a stop runs its trials again
         # The pipeline's own trials record themselves on a background thread (drained in `finish`/`abandon`).
         context = TrialContext(config, tree, stage, run_id, study_name, epochs, data, TrackingQueue())
-        return cls(stage, study, space, n_trials, context, sampler.name, pruner, storage, liveness)
+        return cls(stage, study, space, n_trials, context, sampler.name, pruner, storage, liveness, window)
 
     @classmethod
     def join(
@@ -125,6 +131,7 @@ class SearchSession:
             shared.pruner,
             storage_url(config),
             liveness_of(config),
+            shared.sync_window or 1,
             owns_stage_run=False,
         )
 
@@ -175,19 +182,21 @@ class SearchSession:
             stage_run_id=self.context.stage_run_id,
             sample_fingerprint=sample.fingerprint,
             sampled_fingerprint=sample.sampled_fingerprint,
+            sync_window=self.sync_window,
         )
         publish_plan(self.study, shared)
 
-    def ask(self) -> tuple[optuna.Trial, HyperParams, dict[str, object]] | None:
+    def ask(self) -> tuple[optuna.Trial, HyperParams, dict[str, object]] | Blocked | None:
         """The next trial and its typed hyperparameters (enqueued points first); None once the study's
-        budget is used up, counting every process's trials."""
+        budget is used up, counting every process's trials; `Blocked` while trials of the next trial's
+        sync window's past still run (in this process or another): finish or wait for them, then ask again."""
         # Reading every running trial at each ask costs ~7 ms; a dead process is found within a heartbeat
         # interval instead (its trials are retried, whenever they are found).
         if time.monotonic() - self.dead_checked >= self.liveness.heartbeat_seconds:
             self.fail_dead()
-        trial = claim_trial(self.study, self.storage, self.n_trials, self.liveness.heartbeat_seconds)
-        if trial is None:
-            return None
+        trial = claim_trial(self.study, self.storage, self.n_trials, self.liveness.heartbeat_seconds, self.sync_window)
+        if trial is None or isinstance(trial, Blocked):
+            return trial
         self.asked[trial.number] = trial
         hp = suggest_hyperparams(trial, self.space, self.context.config.model)
         return trial, hp, dict(trial.params)

@@ -62,8 +62,9 @@ def wait_for_published_study(
             # proposes what the pipeline or another worker drew, and Sobol points continue one sequence.
             seed = os.getpid() if shared.sampler_seed is None else shared.sampler_seed
             startup = shared.n_startup_trials or 10
-            sampler = make_sampler(shared.sampler, seed=seed, n_startup_trials=startup)  # type: ignore[arg-type]
-            pruner = make_pruner(shared.pruner, shared.epochs)  # type: ignore[arg-type]
+            window = shared.sync_window or 1
+            sampler = make_sampler(shared.sampler, seed, startup, window)  # type: ignore[arg-type]
+            pruner = make_pruner(shared.pruner, shared.epochs, window)  # type: ignore[arg-type]
             loaded = optuna.load_study(
                 study_name=name, storage=rdb_storage(storage, liveness), sampler=sampler, pruner=pruner
             )
