@@ -19,7 +19,7 @@ from schemas.pipeline import PipelineResult, SearchStageResult
 from stagetune.training.reproducibility import cpu_threads
 from tests.conftest import REPO, tiny_config
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.usefixtures("prefect_server")]
 REFINE_TRIALS = 8
 
 
