@@ -70,6 +70,15 @@ def test_a_signal_inside_a_deferred_block_is_delivered_when_it_ends() -> None:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _training(workdir: Path) -> bool:
+    """Whether a coarse trial is running and has reported an epoch (it is training, not just asked)."""
+    study = _studies(workdir).get("coarse")
+    if study is None:
+        return False
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return any(t.intermediate_values for t in running)
+
+
 def _mlflow_runs(workdir: Path) -> list:  # type: ignore[type-arg]
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("stagetune")
@@ -98,7 +107,11 @@ def test_sigterm_leaves_the_stores_consistent_and_the_run_resumes(tmp_path: Path
 
     with _attempt(config_path, workdir, env, workdir / "attempt-1.log") as process:
         deadline = time.monotonic() + 300
-        while _n_finished(workdir, "coarse") < 2 and process.poll() is None and time.monotonic() < deadline:
+        # Two trials finished and one in training (an epoch reported): trials 0 and 1 may finish within a
+        # moment of each other, and a signal then would find their successors asked but not yet started.
+        while not (_n_finished(workdir, "coarse") >= 2 and _training(workdir)):
+            if process.poll() is not None or time.monotonic() > deadline:
+                break
             time.sleep(0.05)
         assert process.poll() is None, "the run ended before it could be stopped"
         process.send_signal(signal.SIGTERM)  # the process alone, as `kill PID` or a supervisor does
