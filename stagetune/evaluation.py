@@ -10,7 +10,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from matplotlib.figure import Figure
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 from torch import nn
 
@@ -22,7 +21,6 @@ from stagetune.training.loaders import make_eval_loader
 from stagetune.training.loop import evaluate
 
 # Cells whose row share is above this get white text (the colour map is dark there).
-_DARK_CELL = 0.5
 
 
 def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
@@ -105,36 +103,3 @@ def classification_test_metrics(
         class_names=names,
         n_samples=len(labels),
     )
-
-
-def confusion_matrix_figure(metrics: TestMetrics) -> Figure:
-    """The confusion matrix with counts in the cells, coloured by share of the true class (row).
-
-    Built on `matplotlib.figure.Figure` directly (no pyplot state), so it is safe from worker threads.
-    """
-    counts = np.asarray(metrics.confusion_matrix, dtype=np.int64)
-    row_totals = counts.sum(axis=1, keepdims=True)
-    shares = np.divide(counts, row_totals, out=np.zeros(counts.shape), where=row_totals > 0)
-    size = len(metrics.class_names)
-    side = min(max(4.0, 0.6 * size + 2.5), 16.0)
-    figure = Figure(figsize=(side + 1.0, side), layout="constrained")
-    axes = figure.subplots()
-    image = axes.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
-    figure.colorbar(image, ax=axes, label="share of the true class")
-    font_size = 10 if size <= 10 else max(5, 10 - (size - 10) // 3)
-    for row in range(size):
-        for column in range(size):
-            colour = "white" if shares[row, column] > _DARK_CELL else "black"
-            axes.text(column, row, str(counts[row, column]), ha="center", va="center", color=colour, fontsize=font_size)
-    ticks = list(range(size))
-    axes.set_xticks(
-        ticks, labels=metrics.class_names, rotation=45 if size > 6 else 0, ha="right" if size > 6 else "center"
-    )
-    axes.set_yticks(ticks, labels=metrics.class_names)
-    axes.set(xlabel="predicted class", ylabel="true class")
-    axes.set_title(
-        f"test: accuracy {metrics.accuracy:.3f}, balanced accuracy {metrics.balanced_accuracy:.3f}, "
-        f"macro F1 {metrics.macro_f1:.3f} (n={metrics.n_samples})",
-        fontsize=9,
-    )
-    return figure

@@ -45,9 +45,9 @@ def test_mlflow_tree_is_parent_stages_and_one_run_per_trial(digits_run: Pipeline
             curves = {a.path for a in client.list_artifacts(trial.info.run_id, "plots")}
             assert curves == {"plots/learning_curve.svg"}
         artifacts = {a.path for a in client.list_artifacts(stages[stage].info.run_id, "plots")}
-        assert {"plots/history.png", "plots/parallel_coordinates.png"} <= artifacts
+        assert {"plots/history.svg", "plots/parallel_coordinates.svg"} <= artifacts
     final_artifacts = {a.path for a in client.list_artifacts(stages["final"].info.run_id, "plots")}
-    assert final_artifacts == {"plots/confusion_matrix.png", "plots/learning_curve.png"}
+    assert final_artifacts == {"plots/confusion_matrix.svg", "plots/learning_curve.svg"}
     assert {"test/accuracy", "test/balanced_accuracy", "test/macro_f1"} <= set(stages["final"].data.metrics)
     parent = client.get_run(digits_run.mlflow_parent_run_id)
     assert parent.data.metrics["test/accuracy"] == pytest.approx(digits_run.test_metrics["accuracy"])

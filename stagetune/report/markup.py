@@ -6,17 +6,11 @@ JSON holds its raw value and displayed text, so a browser test can check one aga
 
 import base64
 import html
-import io
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from matplotlib.figure import Figure
-
 Scalar = int | float | str | bool | None
-
-# Modest resolution: a report with hundreds of trials stays a few MB and opens at once.
-PNG_DPI = 80
 
 
 def format_value(value: Scalar) -> str:
@@ -86,18 +80,6 @@ def md_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 def key_value_rows(numbers: Numbers, prefix: str, items: Mapping[str, tuple[str, Scalar]]) -> list[list[str]]:
     """Rows `label | value` for a table, each value recorded as `prefix.key`."""
     return [[esc(label), numbers.span(f"{prefix}.{key}", value)] for key, (label, value) in items.items()]
-
-
-def png_data_uri(figure: Figure, dpi: int = PNG_DPI) -> str:
-    """The figure as a base64 PNG data URI (no file, no network when the page opens)."""
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi, metadata={"Software": None})
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def image(figure: Figure, alt: str, css_class: str = "plot") -> str:
-    """An `<img>` holding the figure inline."""
-    return f'<img class="{css_class}" alt="{esc(alt)}" src="{png_data_uri(figure)}">'
 
 
 def svg_image(svg: str, alt: str, css_class: str = "plot") -> str:

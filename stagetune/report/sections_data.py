@@ -3,12 +3,11 @@
 import math
 
 from schemas.results import SampleResult, SanityResult
-from stagetune.report.figures import overfit_figure
-from stagetune.report.markup import Numbers, Scalar, esc, html_table, image, key_value_rows, md_table, paragraph
+from stagetune.report.figures import class_distribution_svg, lr_range_svg, overfit_svg
+from stagetune.report.markup import Numbers, Scalar, esc, html_table, key_value_rows, md_table, paragraph, svg_image
 from stagetune.report.model import Section
 from stagetune.secret_masking import mask_text
-from stagetune.stages.sample_stage import class_distribution_figure
-from stagetune.tracking.plots import learning_curve_figure, lr_range_figure
+from stagetune.tracking.svg_curves import learning_curve_svg
 
 MAX_CLASS_ROWS = 50  # a table row per class up to this many; the chart still shows every class
 
@@ -64,7 +63,7 @@ def data_section(sample: SampleResult, numbers: Numbers) -> Section:
     else:
         detail = (
             '<div class="plots">'
-            + image(class_distribution_figure(sample), "class distribution before and after sampling and rebalancing")
+            + svg_image(class_distribution_svg(sample), "class distribution before and after sampling and rebalancing")
             + html_table(
                 ["class", "train (full)", "sampled", f"per epoch ({sample.rebalance})"], class_rows, caption="per class"
             )
@@ -131,12 +130,12 @@ def sanity_section(sanity: SanityResult | None, numbers: Numbers) -> Section:
     rows = key_value_rows(numbers, "sanity", facts)
     deviation = "|initial - expected| / expected" if regression else "|initial - ln C| / ln C"
     rows.insert(3, [esc(deviation), esc(f"{relative:.1%}" if math.isfinite(relative) else "n/a")])
-    plots = [image(overfit_figure(sanity), "overfit test loss per step, with ln C")]
+    plots = [svg_image(overfit_svg(sanity), "overfit test loss per step, with ln C")]
     if sanity.lr_range:
-        plots.append(image(lr_range_figure(sanity.lr_range, sanity.lr_suggestion), "LR range test"))
+        plots.append(svg_image(lr_range_svg(sanity.lr_range, sanity.lr_suggestion), "LR range test"))
     baseline = sanity.baseline
     if baseline is not None and baseline.history:
-        plots.append(image(learning_curve_figure(baseline.history, "baseline fit"), "baseline learning curves"))
+        plots.append(svg_image(learning_curve_svg(baseline.history, "baseline fit"), "baseline learning curves"))
         last = baseline.history[-1]
         score, _, val_score = last.score_pair()
         rows.append([esc(f"baseline final val {score}"), numbers.span("sanity.baseline_val_acc", val_score)])

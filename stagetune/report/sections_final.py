@@ -7,16 +7,14 @@ import yaml
 
 from schemas.final import FinalResult, RegressionTestMetrics, TestMetrics
 from schemas.pipeline import PipelineResult
-from stagetune.evaluation import confusion_matrix_figure
 from stagetune.flat_keys import flat_hyperparams
 from stagetune.report.advice import CURVE_READING, Finding
-from stagetune.report.figures import final_curves_figure
+from stagetune.report.figures import confusion_matrix_svg, final_curves_svg
 from stagetune.report.markup import (
     Numbers,
     Scalar,
     esc,
     html_table,
-    image,
     key_value_rows,
     md_table,
     paragraph,
@@ -54,7 +52,7 @@ def final_section(final: FinalResult | None, numbers: Numbers) -> Section:
         + html_table(["", "value"], rows, caption="final training and test metrics")
         + html_table(["hyperparameter", "value"], hp_rows, caption="trained with")
         + "</div>"
-        + image(final_curves_figure(final), "final learning curves with the learning-rate schedule")
+        + svg_image(final_curves_svg(final), "final learning curves with the learning-rate schedule")
         + _test_html(test, numbers)
         + _champion_html(final, numbers)
     )
@@ -85,7 +83,7 @@ def _test_html(test: TestMetrics | RegressionTestMetrics, numbers: Numbers) -> s
         ]
         return (
             '<div class="plots">'
-            + image(confusion_matrix_figure(test), "confusion matrix on the test split")
+            + svg_image(confusion_matrix_svg(test), "confusion matrix on the test split")
             + html_table(["class", *_CLASS_FIELDS], class_rows, caption="per class (test split)")
             + "</div>"
         )

@@ -10,14 +10,13 @@ from schemas.pipeline import SearchStageResult
 from schemas.search import NarrowingReport, TrialRecord
 from schemas.search_space import CategoricalParam, Param
 from stagetune.flat_keys import flat_hyperparams
-from stagetune.report.figures import best_curves_figure, narrowing_figure, trial_states_figure
+from stagetune.report.figures import best_curves_svg, narrowing_svg, trial_states_svg
 from stagetune.report.importance import Importances
 from stagetune.report.markup import (
     Numbers,
     Scalar,
     esc,
     html_table,
-    image,
     key_value_rows,
     md_table,
     paragraph,
@@ -28,7 +27,7 @@ from stagetune.report.model import Section
 from stagetune.report.sections_reuse import reuse_block
 from stagetune.report.svg_scatter import param_scatter_svg
 from stagetune.stages.search_summary import top_trials
-from stagetune.tracking.study_plots import history_figure, importances_figure, parallel_coordinates_figure
+from stagetune.tracking.study_plots import history_svg, importances_svg, parallel_coordinates_svg
 
 BEST_CURVES = 3  # learning curves of this many best trials per stage (each costs a few MLflow reads)
 TOP_ROWS = 10  # rows of the best-trials table
@@ -71,14 +70,13 @@ def refine_section(
         return _not_run("refine", "5. Refinement")
     minimize = stage.direction == "minimize"
     plots = [
-        image(history_figure(stage.trials, stage.objective, minimize), "optimisation history"),
-        image(trial_states_figure(stage.trials, stage.epochs), "epochs run per trial by state"),
-        image(parallel_coordinates_figure(stage.trials, stage.objective, minimize), "parallel coordinates"),
+        svg_image(history_svg(stage.trials, stage.objective, minimize), "optimisation history"),
+        svg_image(trial_states_svg(stage.trials, stage.epochs), "epochs run per trial by state"),
+        svg_image(parallel_coordinates_svg(stage.trials, stage.objective, minimize), "parallel coordinates"),
     ]
     if importances is not None and importances.values:
-        figure = importances_figure(importances.values)
-        figure.axes[0].set_xlabel("importance")
-        plots.insert(2, image(figure, "parameter importances"))
+        figure = importances_svg(importances.values, x_label="importance")
+        plots.insert(2, svg_image(figure, "parameter importances"))
         rows = [[esc(name), numbers.span(f"refine.importance.{name}", v)] for name, v in importances.values.items()]
         plots.insert(3, html_table(["parameter", "importance"], rows, caption="importances"))
         note = f"Parameter importances: {importances.method}."
@@ -126,7 +124,7 @@ def narrowing_section(report: NarrowingReport | None, numbers: Numbers) -> Secti
         body += paragraph(shift)
     body += html_table(["parameter", "action", "old", "new", "reason"], rows)
     if any(c.kind != "categorical" for c in report.changes):
-        body += image(narrowing_figure(report.changes), "old and new range per parameter")
+        body += svg_image(narrowing_svg(report.changes), "old and new range per parameter")
     markdown = (
         report.reason
         + (f"\n\n{shift}" if shift else "")
@@ -192,8 +190,8 @@ def _best_curves(stage: SearchStageResult, client: MlflowClient) -> str:
             curves.append((f"#{trial.number}", history))
     if not curves:
         return paragraph("No learning curves: no completed trial has per-epoch metrics in MLflow.")
-    return f"<h3>learning curves of the best {len(curves)} trials</h3>" + image(
-        best_curves_figure(curves), f"learning curves of the best {stage.stage} trials"
+    return f"<h3>learning curves of the best {len(curves)} trials</h3>" + svg_image(
+        best_curves_svg(curves), f"learning curves of the best {stage.stage} trials"
     )
 
 

@@ -21,16 +21,16 @@ from stagetune.data.fingerprint import arrays_fingerprint
 from stagetune.data.source import Features, features_fingerprint_parts
 from stagetune.data.stage import StageArrays, load_stage_arrays
 from stagetune.diagnosis import diagnose_curves
-from stagetune.evaluation import confusion_matrix_figure, evaluate_on_test
+from stagetune.evaluation import evaluate_on_test
 from stagetune.models import build_model
 from stagetune.registry import register_and_promote, save_checkpoint
+from stagetune.report.figures import confusion_matrix_svg
 from stagetune.report.regression_plots import predicted_vs_actual_svg, residual_histogram_svg
 from stagetune.search.space import logged_hyperparams
 from stagetune.serving.final_model import log_final_model, rescore_champion, version_tags
 from stagetune.serving.log_model import tracking_uri_set
 from stagetune.stages.sanity_stage import epoch_line, skewed
 from stagetune.task import Task, full_task_for
-from stagetune.tracking.plots import learning_curve_figure
 from stagetune.tracking.run_tree import (
     RunTree,
     epoch_metric_rows,
@@ -40,6 +40,7 @@ from stagetune.tracking.run_tree import (
     log_tags,
     stage_run,
 )
+from stagetune.tracking.svg_curves import learning_curve_svg
 from stagetune.tracking.system_metrics import monitored_run
 from stagetune.training.device import resolve_device
 from stagetune.training.loaders import TrainFeed, load_options, make_eval_loader, make_train_loader
@@ -261,9 +262,9 @@ def _record(tree: RunTree, run_id: str, result: FinalResult) -> None:
         },
     )
     log_model_json(client, run_id, result, "results/final.json")
-    client.log_figure(run_id, learning_curve_figure(result.history, "final training"), "plots/learning_curve.png")
+    client.log_text(run_id, learning_curve_svg(result.history, "final training"), "plots/learning_curve.svg")
     if isinstance(test, TestMetrics):
-        client.log_figure(run_id, confusion_matrix_figure(test), "plots/confusion_matrix.png")
+        client.log_text(run_id, confusion_matrix_svg(test), "plots/confusion_matrix.svg")
     else:
         client.log_text(run_id, predicted_vs_actual_svg(test), "plots/predicted_vs_actual.svg")
         client.log_text(run_id, residual_histogram_svg(test), "plots/residuals.svg")

@@ -11,7 +11,7 @@ from schemas.pipeline import SearchStageResult
 from schemas.search import TrialRecord
 from stagetune.search.space import logged_hyperparams
 from stagetune.tracking.run_tree import log_metrics, log_model_json, log_params, log_tags
-from stagetune.tracking.study_plots import history_figure, importances_figure, parallel_coordinates_figure
+from stagetune.tracking.study_plots import history_svg, importances_svg, parallel_coordinates_svg
 
 
 def top_trials(records: list[TrialRecord], direction: str, k: int) -> list[TrialRecord]:
@@ -47,9 +47,9 @@ def _log_study_plots(
     client: MlflowClient, run_id: str, config: PipelineConfig, records: list[TrialRecord], study: optuna.Study
 ) -> None:
     minimize = config.search.direction == "minimize"
-    client.log_figure(run_id, history_figure(records, config.search.objective, minimize), "plots/history.png")
-    figure = parallel_coordinates_figure(records, config.search.objective, minimize)
-    client.log_figure(run_id, figure, "plots/parallel_coordinates.png")
+    client.log_text(run_id, history_svg(records, config.search.objective, minimize), "plots/history.svg")
+    figure = parallel_coordinates_svg(records, config.search.objective, minimize)
+    client.log_text(run_id, figure, "plots/parallel_coordinates.svg")
     if sum(r.state == "COMPLETE" for r in records) >= 3:
         try:
             with warnings.catch_warnings():
@@ -59,4 +59,4 @@ def _log_study_plots(
             log_tags(client, run_id, {"stagetune.importances": f"not computed: {error}"[:500]})
         else:
             if importances:
-                client.log_figure(run_id, importances_figure(importances), "plots/param_importances.png")
+                client.log_text(run_id, importances_svg(importances), "plots/param_importances.svg")

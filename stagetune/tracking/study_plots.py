@@ -1,80 +1,80 @@
-"""Study figures for a search stage's MLflow run, drawn with matplotlib's Figure API (thread-safe).
+"""Study figures for a search stage's MLflow run and the report, as SVG text.
 
-Optimisation history, parameter importances and parallel coordinates, from `TrialRecord`s; fixed
-margins (`framed_figure`), as they are drawn at every stage's end and again in the report.
+Optimisation history, parameter importances and parallel coordinates, from `TrialRecord`s. Every
+stage draws them when it ends, and the report again; drawn as SVG text instead of matplotlib
+figures they cost next to nothing (bench/README.md, "Profiles").
 """
 
 import math
 from collections.abc import Mapping, Sequence
 
-import numpy as np
-from matplotlib import colormaps
-from matplotlib.figure import Figure
-
 from schemas.search import TrialRecord
-from stagetune.tracking.plots import LEFT_IN, framed_figure, text_width_in
+from stagetune.tracking.svg_curves import Categories, Panel, Scale, svg_document, viridis
 
-_STATE_STYLE = {"COMPLETE": ("tab:blue", "o"), "PRUNED": ("tab:orange", "x"), "FAIL": ("tab:red", "v")}
+_STATE_STYLE = {"COMPLETE": ("#1f77b4", "o"), "PRUNED": ("#ff7f0e", "x"), "FAIL": ("#d62728", "v")}
+_CHAR_PX = 6.2  # mean advance of a 10 px DejaVu Sans character: label widths without drawing them
 
 
-def history_figure(trials: Sequence[TrialRecord], objective: str, minimize: bool) -> Figure:
+def history_svg(trials: Sequence[TrialRecord], objective: str, minimize: bool) -> str:
     """Objective against trial number by state, with the best-so-far line of completed trials."""
-    figure = framed_figure(6.5, 3.8)
-    axes = figure.subplots()
-    for state, (color, marker) in _STATE_STYLE.items():
-        points = [(t.number, t.value) for t in trials if t.state == state and _finite(t.value)]
+    finite = [t for t in trials if _finite(t.value)]
+    panel = Panel(
+        (70, 40, 550, 290),
+        Scale([float(t.number) for t in trials] or [0.0, 1.0]),
+        Scale([float(t.value) for t in finite if t.value is not None]),
+    )
+    for state, (colour, marker) in _STATE_STYLE.items():
+        points = [(float(t.number), float(t.value)) for t in finite if t.state == state and t.value is not None]
         if points:
-            axes.scatter(*zip(*points, strict=True), color=color, marker=marker, label=state.lower(), alpha=0.8)
-    complete = sorted((t.number, t.value) for t in trials if t.state == "COMPLETE" and _finite(t.value))
+            panel.dots(points, colour, state.lower(), marker)
+    complete = sorted((t.number, float(t.value)) for t in finite if t.state == "COMPLETE" and t.value is not None)
     if complete:
-        best = np.minimum.accumulate if minimize else np.maximum.accumulate
-        numbers, values = zip(*complete, strict=True)
-        axes.step(numbers, best(np.array(values, dtype=float)), where="post", color="black", label="best so far")
-    axes.set(xlabel="trial", ylabel=objective, title="optimisation history")
-    axes.grid(alpha=0.3)
-    if axes.get_legend_handles_labels()[0]:  # a stage with no trials has nothing to label
-        axes.legend()
-    return figure
+        best, line = complete[0][1], []
+        for number, value in complete:
+            best = min(best, value) if minimize else max(best, value)
+            line.append((float(number), best))
+        panel.line(line, "black", "best so far", step=True, width=1.5)
+    panel.frame("optimisation history", "trial", objective)
+    panel.legend("upper right" if minimize else "lower right")
+    return svg_document(640, 380, [panel.svg()])
 
 
-def importances_figure(importances: Mapping[str, float]) -> Figure:
+def importances_svg(importances: Mapping[str, float], x_label: str = "importance (fANOVA)") -> str:
     """Horizontal bars of parameter importances (largest at the top)."""
     names = list(importances)[::-1]
-    left = max(LEFT_IN, text_width_in(names) + 0.2)
-    figure = framed_figure(max(6.0, left + 3.5), 0.4 * max(len(importances), 3) + 1, left=left)
-    axes = figure.subplots()
-    axes.barh(names, [importances[n] for n in names], color="tab:blue")
-    axes.set(xlabel="importance (fANOVA)", title="parameter importances")
-    axes.grid(alpha=0.3, axis="x")
-    return figure
+    left = max(70.0, _CHAR_PX * max((len(n) for n in names), default=0) + 16)
+    height = 28 * max(len(names), 3)
+    panel = Panel((left, 36, 330, height), Scale([0.0, *importances.values()]), Categories(names))
+    for row, name in enumerate(names):
+        panel.bar(float(row), 0.0, importances[name], 0.7, "#1f77b4", horizontal=True)
+    panel.frame("parameter importances", x_label)
+    return svg_document(left + 350, height + 80, [panel.svg()])
 
 
-def parallel_coordinates_figure(trials: Sequence[TrialRecord], objective: str, minimize: bool) -> Figure:
+def parallel_coordinates_svg(trials: Sequence[TrialRecord], objective: str, minimize: bool) -> str:
     """One line per completed trial across its numeric params (scaled 0-1; log params on a log axis)."""
     complete = [t for t in trials if t.state == "COMPLETE" and _finite(t.value)]
     names = sorted({k for t in complete for k, v in t.params.items() if isinstance(v, int | float)})
-    # Tick labels turned 30 degrees: their height sets the bottom margin, the first one's reach the left.
-    label = text_width_in(names)
-    figure = framed_figure(
-        max(6.0, 1.2 * len(names) + 2), 4, left=max(LEFT_IN, 0.87 * label + 0.1), bottom=0.5 * label + 0.35
-    )
-    axes = figure.subplots()
+    # Tick labels turned 30 degrees: their length sets the bottom margin.
+    label = _CHAR_PX * max((len(n) for n in names), default=0)
+    width = max(600.0, 90 * len(names) + 160)
+    title = f"parallel coordinates (colour: {objective}, bright = better)"
+    panel = Panel((70, 40, width - 100, 280), Categories(names or [""]), Scale([], fixed=(0.0, 1.0)))
     if not complete or not names:
-        axes.text(0.5, 0.5, "no completed trials with numeric parameters", ha="center", transform=axes.transAxes)
-        return figure
+        panel.text(0.0, 0.5, "no completed trials with numeric parameters", anchor="middle")
+        panel.frame(title, y_label="scaled value")
+        return svg_document(width, 380, [panel.svg()])
     columns = {
         name: _scaled([t.params.get(name) for t in complete], log=name.startswith("learning_rate")) for name in names
     }
-    values = np.array([t.value for t in complete], dtype=float)
-    span = float(np.ptp(values)) or 1.0
-    quality = (values.max() - values) / span if minimize else (values - values.min()) / span
-    cmap = colormaps["viridis"]
-    for row in range(len(complete)):
-        ys = [columns[name][row] for name in names]
-        axes.plot(range(len(names)), ys, color=cmap(quality[row]), alpha=0.4 + 0.6 * quality[row])
-    axes.set_xticks(range(len(names)), names, rotation=30, ha="right")
-    axes.set(ylabel="scaled value", title=f"parallel coordinates (colour: {objective}, bright = better)")
-    return figure
+    values = [float(t.value) for t in complete if t.value is not None]
+    span = (max(values) - min(values)) or 1.0
+    quality = [(max(values) - v) / span if minimize else (v - min(values)) / span for v in values]
+    for row in sorted(range(len(complete)), key=lambda r: quality[r]):  # the best drawn last, on top
+        ys = [(float(index), columns[name][row]) for index, name in enumerate(names)]
+        panel.line(ys, viridis(quality[row]), opacity=0.4 + 0.6 * quality[row], width=1.4)
+    panel.frame(title, y_label="scaled value", rotate_x=True)
+    return svg_document(width, 340 + 0.5 * label + 20, [panel.svg()])
 
 
 def _scaled(values: Sequence[object], log: bool) -> list[float]:
