@@ -126,16 +126,15 @@ class Scale:
         usable = [v for v in values if math.isfinite(v) and (v > 0 or not log)]
         if fixed is not None:
             low, high = fixed
-            ticks = nice_ticks(low, high)
-        elif log and usable:
-            low, high = math.log10(min(usable)), math.log10(max(usable))
-            ticks = [float(k) for k in range(math.floor(low), math.ceil(high) + 1)]
+            ticks = [t for t in nice_ticks(low, high) if low <= t <= high]
+        elif log and usable:  # whole decades, in log10 units
+            low, high = math.floor(math.log10(min(usable))), math.ceil(math.log10(max(usable)))
+            ticks = [float(k) for k in range(low, high + 1)]
         else:
             ticks = nice_ticks(min(usable), max(usable)) if usable else [0.0, 1.0]
-        if fixed is None:
-            low, high = min(ticks[0], low) if usable else ticks[0], max(ticks[-1], high) if usable else ticks[-1]
-        self.low, self.high = low, high if high > low else low + 1.0
-        self.ticks = [(f"{10**t:g}" if log and fixed is None else f"{t:g}", t) for t in ticks if low <= t <= high]
+            low, high = ticks[0], ticks[-1]
+        self.low, self.high = low, (high if high > low else low + 1.0)
+        self.ticks = [(f"{10**t:g}" if log else f"{t:g}", t) for t in ticks]
 
     def share(self, value: float) -> float | None:
         """Where `value` falls (0 low end, 1 high end), None when it cannot be drawn."""
