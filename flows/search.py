@@ -7,6 +7,7 @@ module only says how a trial runs here.
 from collections.abc import Callable
 
 from prefect.futures import PrefectFuture, as_completed
+from prefect.utilities.annotations import quote
 
 from flows.runners import trial_resources
 from schemas.hyperparams import HyperParams
@@ -39,8 +40,12 @@ class PrefectTrials:
     def submit(
         self, context: TrialContext, number: int, hp: HyperParams, params: dict[str, object], report: Reporter
     ) -> PrefectFuture[TrialRecord]:
+        # quote(): Prefect would otherwise walk every argument (the config, the arrays, the study behind the
+        # reporter) looking for futures to wait on, rebuilding each model it passes: 10-20 ms per trial
+        # (bench/README.md, "Profiles"). None of them holds a future; the task gets them unwrapped.
         with trial_resources(context.config.execution):  # Dask: one trial per GPU, when asked
-            return train_trial.submit(context, number, hp, params, report)
+            args = (quote(context), number, quote(hp), quote(params), quote(report))
+            return train_trial.submit(*args, return_state=False)
 
     def first_done(self, handles: list[PrefectFuture[TrialRecord]]) -> PrefectFuture[TrialRecord]:
         return next(as_completed(handles))

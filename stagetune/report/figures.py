@@ -178,7 +178,7 @@ def confusion_matrix_svg(metrics: TestMetrics) -> str:
     )
     footer = f'<text x="{left + side / 2:.1f}" y="{bottom:.1f}" text-anchor="middle">predicted class</text>'
     width = max(left + side + 30, 7.0 * len(title))
-    return svg_document(width, bottom + 16, ["\n".join(out), axes.svg(), footer], title=title)
+    return svg_document(width, bottom + 16, [axes.svg(), "\n".join(out), footer], title=title)
 
 
 def _blues(share: float) -> str:
@@ -229,7 +229,8 @@ def class_distribution_svg(result: SampleResult) -> str:
     labels = list(result.class_counts_train)
     counts = [float(c.get(label, 0)) for c in series.values() for label in labels]
     width = max(420.0, 40 * len(labels) + 120)
-    panel = Panel((70, 36, width - 90, 250), Categories(labels), Scale([0.0, *counts]))
+    # Headroom above the tallest bar for the legend.
+    panel = Panel((70, 36, width - 90, 250), Categories(labels), Scale([0.0, *counts, 1.4 * max(counts, default=1.0)]))
     bar = 0.8 / len(series)
     entries = []
     for offset, (name, per_class) in enumerate(series.items()):
