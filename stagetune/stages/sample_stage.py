@@ -1,9 +1,8 @@
 """Stage 1 in MLflow: the sample-and-rebalance result, its figures and a class-distribution chart."""
 
-from matplotlib.figure import Figure
-
 from schemas.results import DataDefaults, SampleResult
 from schemas.stages import Stage
+from stagetune.report.figures import class_distribution_svg
 from stagetune.tracking.run_tree import RunTree, end_run, log_metrics, log_model_json, log_params, log_tags
 
 
@@ -26,7 +25,7 @@ def record_sample_stage(tree: RunTree, result: SampleResult, started_ms: int, en
     log_metrics(client, run_id, [(f"data/{name}", value, 0) for name, value in sizes.items()])
     log_model_json(client, run_id, result, "results/sample.json")
     if result.task == "classification":
-        client.log_figure(run_id, class_distribution_figure(result), "plots/class_distribution.png")
+        client.log_text(run_id, class_distribution_svg(result), "plots/class_distribution.svg")
     end_run(client, run_id, "FINISHED", end_time_ms=ended_ms)
     return run_id
 
@@ -50,23 +49,3 @@ def image_defaults_summary(defaults: DataDefaults) -> str:
     """The settings chosen for image data, one reason per line (the config left them unset)."""
     lines = [reason for reason in defaults.reasons if reason.split(" -> ", 1)[0] in defaults.settings]
     return "image data, settings the config leaves unset:\n  " + "\n  ".join(lines)
-
-
-def class_distribution_figure(result: SampleResult) -> Figure:
-    """Per-class rows: full training split, after sampling, and what one epoch sees after rebalancing."""
-    figure = Figure(figsize=(max(5.0, 0.6 * len(result.class_counts_train) + 2), 3.6), layout="constrained")
-    axes = figure.subplots()
-    series = {
-        "train (full)": result.class_counts_train,
-        "sampled": result.class_counts_sampled,
-        f"per epoch ({result.rebalance})": result.class_counts_rebalanced,
-    }
-    labels = list(result.class_counts_train)
-    width = 0.8 / len(series)
-    for offset, (name, counts) in enumerate(series.items()):
-        positions = [i + (offset - 1) * width for i in range(len(labels))]
-        axes.bar(positions, [counts.get(label, 0) for label in labels], width=width, label=name)
-    axes.set_xticks(range(len(labels)), labels)
-    axes.set(xlabel="class", ylabel="rows", title="class distribution")
-    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncols=len(series), frameon=False)
-    return figure
