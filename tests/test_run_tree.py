@@ -6,6 +6,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from schemas.results import EpochRecord
+from schemas.stages import Stage
 from stagetune.flat_keys import flatten
 from stagetune.tracking.run_tree import (
     STAGE_TAG,
@@ -16,6 +17,7 @@ from stagetune.tracking.run_tree import (
     epoch_metric_rows,
     log_metrics,
     log_params,
+    log_record,
     stage_run,
     start_parent_run,
 )
@@ -90,6 +92,32 @@ def test_more_than_a_hundred_params_are_batched(store: tuple[str, str]) -> None:
     client, tree = _tree(store)
     log_params(client, tree.parent_run_id, {f"p{i}": i for i in range(250)})
     assert len(client.get_run(tree.parent_run_id).data.params) == 252
+
+
+def test_a_record_of_params_metrics_and_tags_is_one_call_within_mlflows_limits(
+    store: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client, tree = _tree(store)
+    run_id = tree.start_stage(Stage.COARSE)
+    calls: list[int] = []
+    original = client.log_batch
+
+    def counted(*args: object, **kwargs: object) -> None:
+        calls.append(1)
+        original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(client, "log_batch", counted)
+
+    log_record(client, run_id, {"best.width": 64}, [("trials/complete", 4.0, 0)], {"stagetune.best_trial": "3"})
+    log_record(client, run_id, {f"p{i}": i for i in range(150)}, [("best/objective", 0.5, 0)], {"t": "v"})
+
+    assert len(calls) == 1 + 4  # the second: 150 params in 2 calls, then metrics, then tags
+    data = client.get_run(run_id).data
+    assert data.params["best.width"] == "64"
+    assert data.params["p149"] == "149"
+    assert data.metrics == {"trials/complete": 4.0, "best/objective": 0.5}
+    assert data.tags["stagetune.best_trial"] == "3"
+    assert data.tags["t"] == "v"
 
 
 def test_flatten() -> None:

@@ -150,6 +150,31 @@ def log_metrics(client: MlflowClient, run_id: str, rows: Iterable[tuple[str, flo
         client.log_batch(run_id, metrics=metrics[start : start + _MAX_METRICS_PER_CALL], synchronous=True)
 
 
+def log_record(
+    client: MlflowClient,
+    run_id: str,
+    params: Mapping[str, Any],
+    metrics: Iterable[tuple[str, float, int]],
+    tags: Mapping[str, str],
+) -> None:
+    """Params, (name, value, step) metric rows and tags in one `log_batch` when MLflow's limits allow
+    (each call is a database transaction or a server round trip), else in as few as they allow."""
+    rows = list(metrics)
+    if len(params) > _MAX_PARAMS_PER_CALL or len(rows) > _MAX_METRICS_PER_CALL or len(tags) > _MAX_PARAMS_PER_CALL:
+        log_params(client, run_id, params)
+        log_metrics(client, run_id, rows)
+        log_tags(client, run_id, tags)
+        return
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run_id,
+        metrics=[Metric(name, float(value), now, step) for name, value, step in rows],
+        params=[Param(key, _param_value(value)) for key, value in params.items()],
+        tags=[RunTag(k, v) for k, v in tags.items()],
+        synchronous=True,
+    )
+
+
 def epoch_metric_rows(history: Sequence[EpochRecord], prefix: str = "") -> list[tuple[str, float, int]]:
     """The per-epoch metrics of a training history: train/loss, val/loss, lr and the task's metrics
     (train/acc, val/acc, val/balanced_acc; or train/rmse, train/r2, val/rmse, val/mae, val/r2)."""
