@@ -78,10 +78,13 @@ def trial_history(client: MlflowClient, run_id: str) -> list[EpochRecord]:
     """A run's per-epoch curves rebuilt from its MLflow metric history (step = epoch)."""
     by_epoch: dict[int, dict[str, float]] = {}
     metrics: dict[int, dict[str, float]] = {}
+    # One call for the names the run has, then a history call for each of those only: a classifier
+    # has none of the regression metrics, and each call is a query (or a server round trip).
+    logged = set(client.get_run(run_id).data.metrics)
     for metric, field in _EPOCH_FIELDS.items():
-        for point in client.get_metric_history(run_id, metric):
+        for point in client.get_metric_history(run_id, metric) if metric in logged else []:
             by_epoch.setdefault(point.step, {})[field] = point.value
-    for metric in _TASK_METRICS:
+    for metric in (m for m in _TASK_METRICS if m in logged):
         for point in client.get_metric_history(run_id, metric):
             metrics.setdefault(point.step, {})[metric] = point.value
     records = []
