@@ -129,12 +129,12 @@ def _metrics() -> TestMetrics:
 def test_confusion_matrix_svg_annotates_counts_names_classes_and_shades_by_row_share() -> None:
     result = _metrics()
     root = ET.fromstring(confusion_matrix_svg(result))
-    texts = [t.text for t in root.iter(f"{SVG}text")]
-    cells = [r for r in root.iter(f"{SVG}rect") if r.attrib.get("fill", "").startswith("#")]
+    group = next(g for g in root.iter(f"{SVG}g") if g.attrib.get("class") == "cells")
+    cells = list(group.iter(f"{SVG}rect"))
     counts = [str(v) for row in result.confusion_matrix for v in row]
 
-    assert texts[1 : 1 + len(counts)] == counts  # the title first, then the cells row by row
-    assert {"cat", "dog", "emu", "predicted class", "true class"} <= set(texts)
+    assert [t.text for t in group.iter(f"{SVG}text")] == counts  # row by row
+    assert {"cat", "dog", "emu", "predicted class", "true class"} <= {t.text for t in root.iter(f"{SVG}text")}
     # Row 0 is split 1/1 between cat and dog: the same shade; the empty cell is white.
     shades = [c.attrib["fill"] for c in cells[:9]]
     assert shades[0] == shades[1] != shades[2] == "#ffffff"

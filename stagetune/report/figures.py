@@ -178,7 +178,7 @@ def confusion_matrix_svg(metrics: TestMetrics) -> str:
     )
     footer = f'<text x="{left + side / 2:.1f}" y="{bottom:.1f}" text-anchor="middle">predicted class</text>'
     width = max(left + side + 30, 7.0 * len(title))
-    return svg_document(width, bottom + 16, [axes.svg(), "\n".join(out), footer], title=title)
+    return svg_document(width, bottom + 16, [axes.svg(), '<g class="cells">', *out, "</g>", footer], title=title)
 
 
 def _blues(share: float) -> str:
