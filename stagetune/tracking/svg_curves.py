@@ -3,6 +3,9 @@
 Every trial logs one; drawn with matplotlib and saved as PNG it was a noticeable share of a short
 trial (text layout and rasterisation; figures: bench/README.md). Written as SVG text it costs next
 to nothing. Two panels, loss and accuracy against epoch, train and validation lines with markers.
+
+Below it, the pieces every other chart of a run is drawn with (`Panel`, `Scale`, `Categories`,
+`svg_document`): the study plots, the report's figures, the final stage's confusion matrix.
 """
 
 import itertools
