@@ -31,7 +31,7 @@ import optuna
 from bench.common import DEFAULT_OUT, format_table, spread, write_results
 from schemas.search import TrialRecord
 from stagetune.search.budget import Blocked, claim_trial
-from stagetune.search.study import rdb_storage
+from stagetune.search.study import open_storage
 from stagetune.stages.search_loop import run_trials
 
 
@@ -106,7 +106,7 @@ def one_run(folder: Path, window: int | None, seconds: Sequence[float], concurre
     """Wall seconds of one search, and how often the loop found the next trial held back."""
     url = f"sqlite:///{folder / f'{time.monotonic_ns()}.db'}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name="s", storage=rdb_storage(url))
+    study = optuna.create_study(study_name="s", storage=open_storage(url))
     session = SleepSession(study, url, len(seconds), window)
     runner = SleepTrials(seconds, concurrency)
     started = time.perf_counter()

@@ -3,7 +3,7 @@
 Only trial tasks are submitted to the runner; every other task of the flow runs inline in the
 flow's thread. On Dask a trial runs in a worker process, so everything `train_trial.submit(...)`
 receives is pickled: the trial context (config, run-tree strings, numpy arrays) and the pruning
-reporter, which reaches the Optuna study through its RDB storage (SQLite file or PostgreSQL).
+reporter, which reaches the Optuna study through its storage (journal or SQLite file, or PostgreSQL).
 Workers inherit this process's environment (tracking URI, S3 endpoint and keys) on a local
 cluster; the workers of an external cluster need the same variables set where they run.
 

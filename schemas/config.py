@@ -402,7 +402,12 @@ class SearchConfig(StrictModel):
         "fewer than ~45 rows, where one row moves accuracy by more than 2 points) one split is too noisy to rank "
         "trials or stop training.",
     )
-    storage: str | None = Field(default=None, description="Optuna storage URL; None: SQLite at <workdir>/optuna.db.")
+    storage: str | None = Field(
+        default=None,
+        description="Optuna storage: journal:///path (an Optuna journal file, one machine), sqlite:///path.db, or "
+        "postgresql+psycopg://user@host/db (several machines). None: the journal file <workdir>/optuna.journal, "
+        "or <workdir>/optuna.db when an earlier stagetune left one there (its runs resume from it).",
+    )
     study_name: str | None = Field(
         default=None,
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$",

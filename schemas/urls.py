@@ -2,6 +2,7 @@
 
 import re
 from collections.abc import Collection
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 
@@ -14,7 +15,37 @@ def refuse_credentials(value: str | None, variable: str) -> str | None:
 
 
 TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "postgresql+psycopg", "mysql", "databricks")
-STORAGE_SCHEMES = ("sqlite", "postgresql", "postgresql+psycopg", "postgresql+psycopg2", "mysql", "mysql+pymysql")
+STORAGE_SCHEMES = (
+    "journal",
+    "sqlite",
+    "postgresql",
+    "postgresql+psycopg",
+    "postgresql+psycopg2",
+    "mysql",
+    "mysql+pymysql",
+)
+JOURNAL_PREFIX = "journal:///"
+"""An Optuna journal file: `journal:///` and its path, as `sqlite:///` names a database file (four slashes for
+an absolute path). Not an Optuna URL: `stagetune.search.study.open_storage` opens it as a `JournalStorage`."""
+
+
+def default_storage_url(workdir: Path) -> str:
+    """The Optuna storage of a run whose config and settings name none: the journal file
+    `<workdir>/optuna.journal` (one machine: the pipeline and `stagetune worker`s beside it).
+
+    A workdir that already holds `optuna.db` (runs of stagetune before the journal became the default) keeps
+    SQLite, so those runs still resume: their studies live there. Nothing is created here.
+    """
+    workdir = workdir.absolute()
+    legacy = workdir / "optuna.db"
+    if legacy.exists():
+        return f"sqlite:///{legacy}"
+    return f"{JOURNAL_PREFIX}{workdir / 'optuna.journal'}"
+
+
+def journal_path(url: str) -> Path | None:
+    """The file of a `journal:///` storage URL; None for any other URL."""
+    return Path(url.removeprefix(JOURNAL_PREFIX)) if url.startswith(JOURNAL_PREFIX) else None
 
 
 URL_PASSWORD = re.compile(r"(?P<head>(?:\b[A-Za-z][\w+.-]*)?://[^/@:\s]*:)(?P<password>[^/@\s]+)@")
@@ -65,6 +96,10 @@ def url_problem(value: str, schemes: Collection[str]) -> str | None:
         return "it names no host"
     if scheme == "sqlite" and not (value.startswith("sqlite:///") and len(value) > len("sqlite:///")):
         return "a SQLite URL is sqlite:/// (three slashes) followed by the file path"
+    if scheme == "journal" and not (value.startswith(JOURNAL_PREFIX) and len(value) > len(JOURNAL_PREFIX)):
+        return "a journal URL is journal:/// (three slashes) followed by the file path"
+    if scheme == "journal" and value.endswith("/"):
+        return "it names a folder, not the journal file"
     if scheme == "file" and not parsed.path:
         return "it names no folder"
     if scheme.startswith(("postgresql", "mysql")) and not (parsed.netloc or parsed.path or parsed.query):
@@ -93,7 +128,8 @@ def storage_url_problem(value: str) -> str | None:
         return None
     return (
         f"{redact_url(value)!r} is not an Optuna storage URL, {problem}: "
-        "use sqlite:///path.db or postgresql+psycopg://user@host/db"
+        "use journal:///path/optuna.journal (one machine), sqlite:///path.db, "
+        "or postgresql+psycopg://user@host/db (several machines)"
     )
 
 

@@ -2,7 +2,7 @@
 
 Without the probe, a read-only tracking database is found out only by MLflow's engine creation,
 retried for minutes, then reported as a raw SQLAlchemy error after the data stage has run. Here each local
-place a run writes to (the workdir, a SQLite MLflow or Optuna database and the folder beside it,
+place a run writes to (the workdir, a SQLite MLflow or Optuna database or an Optuna journal and the folder beside it,
 a local artifact folder) is probed with a write that is rolled back or removed, so a read-only
 file, folder or mount, or a full disk, is refused in well under a second with exit code 2, before
 any run folder or MLflow run exists. Server stores (http(s), PostgreSQL, MySQL) cannot be probed
@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from schemas.config import PipelineConfig
+from schemas.urls import default_storage_url, journal_path
 from stagetune.errors import InputError
 from stagetune.settings import load_settings
 
@@ -43,12 +44,31 @@ def check_stores_writable(config: PipelineConfig) -> None:
         artifacts = Path(unquote(urlsplit(target.artifact_location).path))
         check_folder_writable(artifacts, tracking_field, "the MLflow artifact folder")
     # The default Optuna storage as `stagetune.search.study.storage_url` makes it (without creating the workdir).
-    storage = config.search.storage or settings.optuna_storage or f"sqlite:///{workdir.absolute() / 'optuna.db'}"
-    if storage.startswith("sqlite:///"):
-        field = _source_field(
-            config.search.storage, "search.storage", ("STAGETUNE_OPTUNA_STORAGE",), settings.optuna_storage
-        )
+    storage = config.search.storage or settings.optuna_storage or default_storage_url(workdir)
+    field = _source_field(
+        config.search.storage, "search.storage", ("STAGETUNE_OPTUNA_STORAGE",), settings.optuna_storage
+    )
+    journal = journal_path(storage)
+    if journal is not None:
+        check_journal_writable(journal.expanduser(), storage, field)
+    elif storage.startswith("sqlite:///"):
         check_sqlite_writable(storage, field, "Optuna storage")
+
+
+def check_journal_writable(journal: Path, uri: str, field: str) -> None:
+    """The Optuna journal file can be appended to (it is opened for appending, nothing written), and its folder
+    takes new files (its lock file lives beside it; a missing journal is created there)."""
+    if journal.is_dir():
+        raise InputError(field, f"the Optuna storage {uri} is a folder, not a journal file: name a file in it")
+    if journal.exists():
+        try:
+            with journal.open("ab"):
+                pass
+        except OSError as error:
+            raise InputError(
+                field, f"the Optuna storage {uri} cannot be written ({_reason(error)}): {_fix(error)}"
+            ) from None
+    check_folder_writable(journal.parent, field, f"the folder of the Optuna storage {uri}")
 
 
 def check_sqlite_writable(uri: str, field: str, what: str) -> None:

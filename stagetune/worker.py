@@ -1,8 +1,9 @@
 """`stagetune worker`: join a running pipeline's search studies and run their trials.
 
-A pipeline started with `search.study_name: NAME` and a shared Optuna storage (PostgreSQL) creates
-the studies NAME-coarse, then NAME-refine. Workers started with the same config and `--study NAME`
-(on any machine that reaches the storage and the MLflow server) prepare the same data, then pull
+A pipeline started with `search.study_name: NAME` creates the studies NAME-coarse, then NAME-refine,
+in its Optuna storage: on one machine the workdir's default journal file, for several a PostgreSQL
+storage. Workers started with the same config and `--study NAME` (on any machine that reaches the
+storage and the MLflow server) prepare the same data, then pull
 trials from each study until its budget is used up; the budget is exact across all processes.
 """
 

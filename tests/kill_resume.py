@@ -31,7 +31,9 @@ import yaml
 from mlflow.tracking import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
+from schemas.urls import default_storage_url, journal_path
 from stagetune.runtime import configure_process
+from stagetune.search.study import open_storage
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("sample", "sanity", "coarse", "refine", "final")
@@ -205,23 +207,31 @@ def _stage_now(workdir: Path) -> str | None:
 
 
 def _storage(workdir: Path) -> str:
-    return f"sqlite:///{workdir / 'optuna.db'}"
+    """The run's Optuna storage, the default one (a journal file in the workdir)."""
+    return default_storage_url(workdir)
 
 
 def _studies(workdir: Path) -> dict[str, optuna.Study]:
     run_dir = _run_dir(workdir)
     studies: dict[str, optuna.Study] = {}
-    if run_dir is None or not _schema_complete(workdir / "optuna.db"):
+    if run_dir is None or not _storage_ready(_storage(workdir)):
         return studies
     for stage in BUDGET:
         with suppress(KeyError):
-            studies[stage] = optuna.load_study(study_name=f"{run_dir.name}-{stage}", storage=_storage(workdir))
+            studies[stage] = optuna.load_study(
+                study_name=f"{run_dir.name}-{stage}", storage=open_storage(_storage(workdir))
+            )
     return studies
 
 
-def _schema_complete(database: Path) -> bool:
-    """Whether Optuna has finished creating its tables (it stamps alembic_version last). Opening the
-    storage earlier would race the pipeline's own schema creation from this process."""
+def _storage_ready(url: str) -> bool:
+    """Whether the run has created its storage. A journal is ready once its file exists (opening a missing
+    one would create it); a SQLite database once Optuna has finished creating its tables (it stamps
+    alembic_version last: opening the storage earlier would race the pipeline's own schema creation)."""
+    journal = journal_path(url)
+    if journal is not None:
+        return journal.exists()
+    database = Path(url.removeprefix("sqlite:///"))
     if not database.exists():
         return False
     try:
@@ -382,7 +392,7 @@ def main() -> int:
         print(f"{number:>4}  {stage}")
     print(
         f"kills survived: {len(campaign.kills)}, attempts: {campaign.attempts}, trials retried after a kill: "
-        f"{campaign.retried_trials}, wall time: {campaign.seconds:.0f} s"
+        f"{campaign.retried_trials}, wall time: {campaign.seconds:.0f} s, Optuna storage: {_storage(workdir)}"
     )
     print("violations: " + ("none" if not campaign.violations else "\n  " + "\n  ".join(campaign.violations)))
     return 1 if campaign.violations else 0

@@ -1,5 +1,5 @@
 """Trials of dead processes: found (heartbeat, or a local process that is gone), failed, retried once
-per allowed retry, and not counted twice against the budget."""
+per allowed retry, and not counted twice against the budget; on SQLite and on the journal (no heartbeat)."""
 
 import multiprocessing
 import os
@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
@@ -14,18 +15,21 @@ from stagetune.search.budget import claim_trial, release_trial, used_budget
 from stagetune.search.dead_trials import fail_dead_trials
 from stagetune.search.liveness import Liveness, keeper_for
 from stagetune.search.optuna_private import trial_id
-from stagetune.search.study import rdb_storage
+from stagetune.search.study import open_storage
 
 FAST = Liveness(heartbeat_seconds=1, stale_after_seconds=2, max_retries=1)
 
 
-def _study(tmp_path: Path) -> tuple[optuna.Study, str]:
-    url = f"sqlite:///{tmp_path / 'o.db'}"
-    return optuna.create_study(study_name="s", storage=rdb_storage(url, FAST)), url
+STORAGES = {"sqlite": "sqlite:///{}/o.db", "journal": "journal:///{}/o.journal"}
+
+
+def _study(tmp_path: Path, kind: str = "sqlite") -> tuple[optuna.Study, str]:
+    url = STORAGES[kind].format(tmp_path)
+    return optuna.create_study(study_name="s", storage=open_storage(url, FAST)), url
 
 
 def _claim_and_die(url: str) -> None:
-    study = optuna.load_study(study_name="s", storage=rdb_storage(url, FAST))
+    study = optuna.load_study(study_name="s", storage=open_storage(url, FAST))
     trial = claim_trial(study, url, 10, FAST.heartbeat_seconds)
     assert trial is not None
     trial.suggest_float("x", 0.0, 1.0)
@@ -38,8 +42,9 @@ def _die_with_a_running_trial(url: str) -> None:
     process.join()
 
 
-def test_a_dead_local_process_s_trial_is_failed_at_once_and_retried_with_its_params(tmp_path: Path) -> None:
-    study, url = _study(tmp_path)
+@pytest.mark.parametrize("kind", STORAGES)
+def test_a_dead_local_process_s_trial_is_failed_at_once_and_retried_with_its_params(tmp_path: Path, kind: str) -> None:
+    study, url = _study(tmp_path, kind)
     _die_with_a_running_trial(url)
     [orphan] = study.get_trials(states=(TrialState.RUNNING,))
     failed = fail_dead_trials(study, url, FAST)  # no grace period to wait out: the PID is gone
@@ -53,8 +58,9 @@ def test_a_dead_local_process_s_trial_is_failed_at_once_and_retried_with_its_par
     assert trial.suggest_float("x", 0.0, 1.0) == orphan.params["x"]
 
 
-def test_the_budget_counts_a_replaced_trial_once(tmp_path: Path) -> None:
-    study, url = _study(tmp_path)
+@pytest.mark.parametrize("kind", STORAGES)
+def test_the_budget_counts_a_replaced_trial_once(tmp_path: Path, kind: str) -> None:
+    study, url = _study(tmp_path, kind)
     _die_with_a_running_trial(url)
     fail_dead_trials(study, url, FAST)
     numbers = []
@@ -69,8 +75,9 @@ def test_the_budget_counts_a_replaced_trial_once(tmp_path: Path) -> None:
     assert numbers == [1, 2, 3]  # the retry (1) first, then new trials
 
 
-def test_retries_stop_at_max_retries_and_the_failure_then_uses_budget(tmp_path: Path) -> None:
-    study, url = _study(tmp_path)
+@pytest.mark.parametrize("kind", STORAGES)
+def test_retries_stop_at_max_retries_and_the_failure_then_uses_budget(tmp_path: Path, kind: str) -> None:
+    study, url = _study(tmp_path, kind)
     _die_with_a_running_trial(url)
     fail_dead_trials(study, url, FAST)
     _die_with_a_running_trial(url)  # the retry dies too

@@ -21,8 +21,9 @@ from optuna.trial import FrozenTrial, TrialState
 from stagetune.search import optuna_private
 from stagetune.search.budget import RETRY_HISTORY
 from stagetune.search.dead_trials import FAILED_TRIAL, RetryDeadTrial, enqueue_retry, fail_dead_trials
+from stagetune.search.journal_file import FlockJournalLock
 from stagetune.search.liveness import Liveness
-from stagetune.search.study import rdb_storage
+from stagetune.search.study import open_storage
 
 REPO = Path(__file__).resolve().parents[1]
 # Optuna marks the retry readers and `fail_stale_trials` experimental: the point here is that they still work.
@@ -43,7 +44,7 @@ PRIVATE_ATTRIBUTES = {
 
 def _study(tmp_path: Path, liveness: Liveness | None = None) -> tuple[optuna.Study, str]:
     url = f"sqlite:///{tmp_path / 'o.db'}"
-    return optuna.create_study(study_name="s", storage=rdb_storage(url, liveness)), url
+    return optuna.create_study(study_name="s", storage=open_storage(url, liveness)), url
 
 
 def test_trial_id_is_the_storage_s_id_of_the_trial(tmp_path: Path) -> None:
@@ -70,12 +71,39 @@ def test_the_study_s_storage_records_heartbeats_when_the_rdb_storage_has_an_inte
     assert optuna_private.heartbeat_storage(optuna.storages.InMemoryStorage()) is None
 
 
+def test_a_journal_takes_stagetune_s_lock_and_keeps_no_heartbeats(tmp_path: Path) -> None:
+    """The journal backend calls `acquire`/`release` of the lock it is given around each append; and its
+    storage records no heartbeats (if an upgrade adds them, `stagetune.search.liveness` could use them)."""
+    assert set(inspect.signature(optuna.storages.journal.JournalFileBackend).parameters) >= {"file_path", "lock_obj"}
+    calls: list[str] = []
+
+    class CountingLock(FlockJournalLock):
+        def acquire(self) -> bool:
+            calls.append("acquire")
+            return super().acquire()
+
+        def release(self) -> None:
+            calls.append("release")
+            super().release()
+
+    assert issubclass(FlockJournalLock, optuna_private.JournalFileLock)
+    file = str(tmp_path / "o.journal")
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(file, lock_obj=CountingLock(file))
+    )
+    optuna.create_study(study_name="s", storage=storage).ask()
+    assert calls
+    assert calls == ["acquire", "release"] * (len(calls) // 2)
+    assert optuna_private.heartbeat_storage(storage) is None
+    assert optuna_private.heartbeat_storage(open_storage(f"journal:///{file}")) is None
+
+
 def test_running_trial_rebuilds_a_live_trial_that_reports_and_prunes(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'o.db'}"
     pruner = optuna.pruners.ThresholdPruner(upper=1.0)
-    study = optuna.create_study(study_name="s", storage=rdb_storage(url), pruner=pruner)
+    study = optuna.create_study(study_name="s", storage=open_storage(url), pruner=pruner)
     asked = study.ask()
-    other = optuna.load_study(study_name="s", storage=rdb_storage(url), pruner=pruner)  # another process's view
+    other = optuna.load_study(study_name="s", storage=open_storage(url), pruner=pruner)  # another process's view
     trial = optuna_private.running_trial(other, asked.number)
     assert isinstance(trial, optuna.Trial)
     assert trial.number == asked.number

@@ -14,6 +14,7 @@ from flows.tune_pipeline import tune_pipeline
 from schemas.search import TrialRecord
 from stagetune.errors import InputError
 from stagetune.run_store import config_fingerprint, open_run
+from stagetune.search.study import open_storage, storage_url
 from stagetune.stages import trial as trial_module
 from stagetune.stages.lost_records import RECOVERED_TAG
 from stagetune.stages.search_session import SearchSession
@@ -30,7 +31,7 @@ def _state(run_dir: Path) -> dict[str, Any]:
 
 
 def _finished_trials(storage: str, study: str) -> dict[int, tuple[str, dict[str, Any], float | None]]:
-    trials = optuna.load_study(study_name=study, storage=storage).get_trials()
+    trials = optuna.load_study(study_name=study, storage=open_storage(storage)).get_trials()
     return {t.number: (t.state.name, t.params, t.value) for t in trials if t.state.is_finished()}
 
 
@@ -62,11 +63,15 @@ def test_a_run_that_crashed_mid_refinement_resumes_without_redoing_finished_work
     assert first["status"] == "failed"
     assert first["stages_done"] == ["sample", "sanity", "coarse"]
     coarse_before = (run_dir / "results" / "coarse.json").read_text()
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    storage = storage_url(config)
+    assert storage == f"journal:///{tmp_path.resolve() / 'optuna.journal'}"  # the default storage
+    assert not (tmp_path / "optuna.db").exists()
     refine_study = f"{run_dir.name}-refine"
     before = _finished_trials(storage, refine_study)
     assert len(before) == 2  # two refinement trials were told before the crash
-    crashed = optuna.load_study(study_name=refine_study, storage=storage).get_trials(states=(TrialState.RUNNING,))
+    crashed = optuna.load_study(study_name=refine_study, storage=open_storage(storage)).get_trials(
+        states=(TrialState.RUNNING,)
+    )
     assert len(crashed) == 1
 
     result = tune_pipeline(config)  # the same call again: continues the same run
@@ -78,7 +83,7 @@ def test_a_run_that_crashed_mid_refinement_resumes_without_redoing_finished_work
     assert second["parent_run_id"] == first["parent_run_id"] == result.mlflow_parent_run_id
     assert (run_dir / "results" / "coarse.json").read_text() == coarse_before  # not run again
 
-    after = optuna.load_study(study_name=refine_study, storage=storage).get_trials()
+    after = optuna.load_study(study_name=refine_study, storage=open_storage(storage)).get_trials()
     assert {n: v for n, v in _finished_trials(storage, refine_study).items() if n in before} == before
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in after) == 5  # the budget, exactly
     assert not [t for t in after if t.state in (TrialState.RUNNING, TrialState.WAITING)]

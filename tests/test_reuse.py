@@ -11,7 +11,7 @@ from schemas.hyperparams import HyperParams
 from schemas.search import ReusedTrial, TrialRecord
 from schemas.search_space import SearchSpace
 from stagetune.search.space import optuna_params, suggest_hyperparams
-from stagetune.search.study import storage_url
+from stagetune.search.study import open_storage, storage_url
 from stagetune.stages.reuse import (
     REUSE_ATTR,
     TRIAL_REUSE_ATTR,
@@ -138,7 +138,7 @@ def test_a_retune_starts_from_the_champion_and_the_last_run(tmp_path: Path) -> N
     assert coarse.enqueued == [0]
     assert sorted(t.number for t in coarse.trials) == [0, 1, 2]  # the enqueued trial counts toward the budget
     # In the Optuna study: trial 0 was enqueued with the champion's point, marked with where it came from.
-    study = optuna.load_study(study_name=coarse.study_name, storage=storage_url(config))
+    study = optuna.load_study(study_name=coarse.study_name, storage=open_storage(storage_url(config)))
     assert study.trials[0].user_attrs[TRIAL_REUSE_ATTR] == champion.label
     assert study.trials[0].params == optuna_params(champion.hyperparams, coarse.space, ModelConfig())
     client = MlflowClient(second.tracking_uri)

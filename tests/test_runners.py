@@ -27,9 +27,10 @@ from flows.runners import (
 from flows.tune_pipeline import tune_pipeline
 from schemas.config import ExecutionConfig
 from schemas.pipeline import PipelineResult
+from schemas.urls import default_storage_url
 from stagetune.errors import InputError
 from stagetune.search.pruning_reporter import pruning_reporter
-from stagetune.search.study import make_pruner
+from stagetune.search.study import make_pruner, open_storage
 from tests.conftest import tiny_config
 
 # The stages' runs without their slowest parts: this checks where trials run, not how well.
@@ -151,9 +152,10 @@ def _worker_devices() -> str:
     return os.environ.get("CUDA_VISIBLE_DEVICES", "")
 
 
-def test_a_pickled_reporter_carries_names_only_and_reports_to_the_same_study(tmp_path: Path) -> None:
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    study = optuna.create_study(study_name="s", storage=storage, pruner=make_pruner("median", 5))
+@pytest.mark.parametrize("pattern", ["sqlite:///{}/optuna.db", "journal:///{}/optuna.journal"])
+def test_a_pickled_reporter_carries_names_only_and_reports_to_the_same_study(tmp_path: Path, pattern: str) -> None:
+    storage = pattern.format(tmp_path)
+    study = optuna.create_study(study_name="s", storage=open_storage(storage), pruner=make_pruner("median", 5))
     for _ in range(4):  # four finished trials at loss 0.1 each epoch
         finished = study.ask()
         for epoch in range(3):
@@ -162,6 +164,7 @@ def test_a_pickled_reporter_carries_names_only_and_reports_to_the_same_study(tmp
     trial = study.ask()
     payload = pickle.dumps(pruning_reporter(trial, storage))
     assert b"sqlalchemy" not in payload  # no study, storage or engine travels: the worker rebuilds the trial
+    assert b"Journal" not in payload
     assert len(payload) < 2000
 
     report = pickle.loads(payload)
@@ -227,7 +230,7 @@ def test_dask_local_cluster_records_the_same_mlflow_tree_as_the_thread_pool(tmp_
     trials = sorted((stage, int(n)) for (depth, stage, n, _) in shape.elements() if depth == 2)
     assert trials == [("coarse", i) for i in range(4)] + [("refine", i) for i in range(2)]
     # The trials reported every epoch to the flow's studies from the workers' processes.
-    storage = f"sqlite:///{Path(on_dask.execution.workdir).resolve() / 'optuna.db'}"
+    storage = open_storage(default_storage_url(Path(on_dask.execution.workdir).resolve()))  # the workdir's journal
     for stage in (result.coarse, result.refine):
         assert stage is not None
         expected_reports = {r.number: r.epochs_run for r in stage.trials if r.state != "FAIL"}

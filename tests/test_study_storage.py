@@ -8,7 +8,7 @@ import optuna
 import pytest
 
 from stagetune.search import study as study_module
-from stagetune.search.study import rdb_storage
+from stagetune.search.study import open_storage
 
 
 def _indexes(database: Path) -> set[str]:
@@ -27,11 +27,11 @@ def test_a_process_killed_while_creating_the_schema_leaves_no_database(
 
     monkeypatch.setattr(study_module.os, "replace", killed)
     with pytest.raises(RuntimeError, match="killed"):
-        rdb_storage(f"sqlite:///{database}")
+        open_storage(f"sqlite:///{database}")
     monkeypatch.undo()
     assert not database.exists()
 
-    storage = rdb_storage(f"sqlite:///{database}", None)  # the next attempt (another cache key)
+    storage = open_storage(f"sqlite:///{database}", None)  # the next attempt (another cache key)
     assert "ix_studies_study_name" in _indexes(database)
     optuna.create_study(study_name="s", storage=storage)
     again = optuna.create_study(study_name="s", storage=storage, load_if_exists=True)

@@ -12,7 +12,7 @@ from optuna.trial import TrialState, create_trial
 
 from stagetune.search.budget import Blocked, claim_trial
 from stagetune.search.optuna_private import study_view
-from stagetune.search.study import SamplerKind, make_pruner, make_sampler, rdb_storage
+from stagetune.search.study import SamplerKind, make_pruner, make_sampler, open_storage
 from stagetune.search.sync_window import WindowedPruner, cutoff, next_number, unfinished_before
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
@@ -129,7 +129,7 @@ def test_make_pruner_wraps_the_configured_pruner_in_the_window() -> None:
 
 def test_the_next_trial_waits_for_its_window_s_past(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/o.db"
-    study = optuna.create_study(study_name="w", storage=rdb_storage(url))
+    study = optuna.create_study(study_name="w", storage=open_storage(url))
     first = [claim_trial(study, url, 10, sync_window=2) for _ in range(2)]
     assert all(isinstance(t, optuna.Trial) for t in first)
     blocked = claim_trial(study, url, 10, sync_window=2)

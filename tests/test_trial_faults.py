@@ -15,6 +15,8 @@ from mlflow.tracking import MlflowClient
 
 from flows.tune_pipeline import tune_pipeline
 from schemas.pipeline import PipelineResult
+from schemas.urls import default_storage_url
+from stagetune.search.study import open_storage
 from stagetune.stages import trial
 from tests.conftest import tiny_config
 
@@ -63,7 +65,7 @@ def test_out_of_memory_fails_the_trial_with_its_reason_and_the_pipeline_complete
         assert stage is not None
         assert [t.number for t in stage.trials] == [0, 1, 2, 3]
         assert stage.counts["FAIL"] == 2
-        studied = optuna.load_study(study_name=stage.study_name, storage=f"sqlite:///{workdir / 'optuna.db'}")
+        studied = optuna.load_study(study_name=stage.study_name, storage=open_storage(default_storage_url(workdir)))
         for record in stage.trials:
             if record.number % 2 == 0:
                 assert record.state in ("COMPLETE", "PRUNED"), record

@@ -1,4 +1,5 @@
-"""`stagetune worker` processes sharing a pipeline's studies on PostgreSQL: an exact, shared budget."""
+"""`stagetune worker` processes sharing a pipeline's studies on PostgreSQL or on the default journal file:
+an exact, shared budget."""
 
 import subprocess
 import sys
@@ -13,6 +14,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from flows.tune_pipeline import tune_pipeline
+from schemas.urls import default_storage_url
+from stagetune.search.study import open_storage
 from stagetune.stages.shared_study import WORKER_ID
 from tests.conftest import REPO, TINY_OVERRIDES, subprocess_env, tiny_config, uses_a_server
 
@@ -36,9 +39,21 @@ def postgres_storage() -> Iterator[str]:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def test_two_workers_and_the_pipeline_share_an_exact_budget(tmp_path: Path, postgres_storage: str) -> None:
+@pytest.fixture(params=["postgresql", "journal"])
+def shared_storage(request: pytest.FixtureRequest, tmp_path: Path) -> str | None:
+    """The storage the pipeline and its workers share: PostgreSQL (several machines), or None for the
+    default, the workdir's journal file (one machine; nothing to configure)."""
+    if request.param == "postgresql":
+        url: str = request.getfixturevalue("postgres_storage")
+        return url
+    return None
+
+
+def test_two_workers_and_the_pipeline_share_an_exact_budget(tmp_path: Path, shared_storage: str | None) -> None:
+    storage = shared_storage or default_storage_url(tmp_path)
+    assert storage.startswith(("postgresql", "journal:///"))
     overrides = [
-        f"search.storage={postgres_storage}",
+        *([f"search.storage={shared_storage}"] if shared_storage else []),
         "search.study_name=shared",
         "coarse.n_trials=12",
         "coarse.epochs=6",
@@ -65,13 +80,13 @@ def test_two_workers_and_the_pipeline_share_an_exact_budget(tmp_path: Path, post
     assert result.status == "completed"
 
     for stage, budget in (("coarse", 12), ("refine", 6)):
-        study = optuna.load_study(study_name=f"shared-{stage}", storage=postgres_storage)
+        study = optuna.load_study(study_name=f"shared-{stage}", storage=open_storage(storage))
         trials = study.get_trials()
         assert sorted(t.number for t in trials) == list(range(budget))  # exact, no duplicates, none lost
         assert all(t.state.is_finished() for t in trials)
         stage_result = getattr(result, stage)
         assert [r.number for r in stage_result.trials] == list(range(budget))
-    coarse_study = optuna.load_study(study_name="shared-coarse", storage=postgres_storage)
+    coarse_study = optuna.load_study(study_name="shared-coarse", storage=open_storage(storage))
     runners = {t.user_attrs["worker"] for t in coarse_study.get_trials()}
     assert len(runners - {WORKER_ID}) >= 1, "no trial ran in a worker process"
 

@@ -19,6 +19,8 @@ import pandas as pd
 
 from schemas.pipeline import SearchStageResult
 from schemas.search import TrialRecord
+from schemas.urls import default_storage_url, journal_path
+from stagetune.search.study import open_storage
 from stagetune.settings import load_settings
 
 MIN_COMPLETE = 3
@@ -37,10 +39,15 @@ def study_storage(config: Mapping[str, Any] | None) -> str | None:
     if config is None:
         return None
     configured = config.get("search", {}).get("storage") or load_settings().optuna_storage
-    if configured:
-        return str(configured)
-    local = Path(str(config.get("execution", {}).get("workdir", "."))).resolve() / "optuna.db"
-    return f"sqlite:///{local}" if local.is_file() else None  # never let Optuna create an empty database
+    url = (
+        str(configured)
+        if configured
+        else default_storage_url(Path(str(config.get("execution", {}).get("workdir", "."))))
+    )
+    local = journal_path(url) or (Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None)
+    if local is not None and not local.is_file():
+        return None  # never let Optuna create an empty database or journal
+    return url
 
 
 def stage_importances(stage: SearchStageResult, storage: str | None) -> Importances | None:
@@ -54,7 +61,7 @@ def stage_importances(stage: SearchStageResult, storage: str | None) -> Importan
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 optuna.logging.set_verbosity(optuna.logging.WARNING)
-                study = optuna.load_study(study_name=stage.study_name, storage=storage)
+                study = optuna.load_study(study_name=stage.study_name, storage=open_storage(storage))
                 values = optuna.importance.get_param_importances(study)
             return Importances(dict(values), "fANOVA (Optuna, on the stored study)")
         except Exception as error:  # unreachable storage, deleted study, degenerate values: fall back

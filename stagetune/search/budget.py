@@ -2,7 +2,7 @@
 
 Optuna's `n_trials` counts per `optimize` call and `MaxTrialsCallback` can overshoot by about the
 number of workers. Here a trial is only asked for while holding a lock that spans processes (a
-PostgreSQL advisory lock, or an exclusive lock on a file next to a SQLite database), after
+PostgreSQL advisory lock, or an exclusive lock on a file next to a journal or SQLite file), after
 counting the study's trials in storage: no process can overshoot, and none stops early.
 """
 
@@ -19,6 +19,7 @@ import optuna
 import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
+from schemas.urls import journal_path
 from stagetune.search.liveness import keeper_for, mark_owner
 from stagetune.search.optuna_private import trial_id
 from stagetune.search.sync_window import unfinished_before
@@ -26,7 +27,7 @@ from stagetune.search.sync_window import unfinished_before
 
 @contextmanager
 def budget_lock(storage: str, study_name: str) -> Iterator[None]:
-    """Hold the study's budget lock (PostgreSQL advisory lock, or a file lock for SQLite and others)."""
+    """Hold the study's budget lock (PostgreSQL advisory lock, or a file lock for a journal, SQLite and others)."""
     if storage.startswith("postgresql"):
         key = int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:8], "big", signed=True)
         with _engine(storage).connect() as connection:
@@ -112,7 +113,10 @@ def _engine(storage: str) -> sqlalchemy.Engine:
 
 def _lock_file(storage: str, study_name: str) -> Path:
     safe = hashlib.sha256(f"{storage}|{study_name}".encode()).hexdigest()[:16]
-    if storage.startswith("sqlite:///"):
+    journal = journal_path(storage)
+    if journal is not None:
+        folder = journal.resolve().parent
+    elif storage.startswith("sqlite:///"):
         folder = Path(storage.removeprefix("sqlite:///")).resolve().parent
     else:
         folder = Path.home() / ".cache" / "stagetune"

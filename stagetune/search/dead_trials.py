@@ -1,11 +1,11 @@
 """Trials whose process died: marked FAIL (never left RUNNING) and retried with the same parameters.
 
-Two ways to find them. Optuna's heartbeat (`heartbeat_interval` and `grace_period` of the RDB
-storage): its public `optuna.storages.fail_stale_trials` fails every trial whose last heartbeat is
-older than the grace period and hands each to the storage's `heartbeat_stale_trial_callback`,
-`RetryDeadTrial` (set by `stagetune.search.study.rdb_storage`). And, without waiting out the grace
-period, a trial started by a process of this machine that no longer exists
-(`stagetune.search.liveness.owner_is_dead`), failed through `study.tell`.
+Two ways to find them. On an RDB storage, Optuna's heartbeat (`heartbeat_interval` and `grace_period`):
+its public `optuna.storages.fail_stale_trials` fails every trial whose last heartbeat is older than the
+grace period and hands each to the storage's `heartbeat_stale_trial_callback`, `RetryDeadTrial` (set by
+`stagetune.search.study.open_storage`); on a journal, which keeps no heartbeats in Optuna 5.0, it does
+nothing. And, on every storage and without waiting out a grace period, a trial started by a process of
+this machine that no longer exists (`stagetune.search.liveness.owner_is_dead`), failed through `study.tell`.
 
 Optuna's own `RetryHeartbeatStaleTrialCallback` is not the callback: it copies the failed trial's
 user attributes into the retry (this pipeline's trial record and owner among them, so the retry
@@ -64,7 +64,8 @@ def fail_dead_trials(study: optuna.Study, storage: str, liveness: Liveness) -> l
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                optuna.storages.fail_stale_trials(study)  # heartbeat too old: retried by the storage's callback
+                # Heartbeat too old: retried by the storage's callback (an RDB storage; a journal has none).
+                optuna.storages.fail_stale_trials(study)
             beating = beating_trials()
             retry = RetryDeadTrial(liveness.max_retries)
             for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):

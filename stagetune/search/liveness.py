@@ -1,10 +1,15 @@
 """Which process runs a trial, and whether that process is still alive.
 
-Every process that runs trials records a heartbeat for each of them in the study's storage
-(`HeartbeatKeeper`, one daemon thread per process and storage). A RUNNING trial is taken for dead
-when its heartbeat is older than `stale_after_seconds` (Optuna's heartbeat rule), or at once when
-it was started by a process of this machine (same host, same boot) that no longer exists: a
-restarted pipeline does not wait out the grace period for the trials its killed predecessor left.
+Every process that runs trials keeps the set of trials it runs (`HeartbeatKeeper`, one per process and
+storage). A RUNNING trial is taken for dead at once when it was started by a process of this machine
+(same host, same boot) that no longer exists, or whose process id now belongs to a process started
+later: a restarted pipeline does not wait out a grace period for the trials its killed predecessor left.
+
+On an RDB storage (SQLite, PostgreSQL) the keeper also records a heartbeat for each of its trials (one
+daemon thread), and a trial whose heartbeat is older than `stale_after_seconds` is taken for dead too
+(Optuna's heartbeat rule): the only signal for a trial run by another machine. Optuna 5.0's journal
+storage keeps no heartbeats; a journal file serves one machine, where the process check finds every
+dead trial's process (and neither signal can tell a hung process from a slow one).
 """
 
 import datetime as dt
@@ -25,6 +30,7 @@ from stagetune.search.optuna_private import HeartbeatStorage, heartbeat_storage,
 LOGGER = logging.getLogger(__name__)
 WORKER_ATTR = "worker"
 BOOT_ATTR = "worker_boot"
+STARTED_ATTR = "worker_started"  # the process's start time (clock ticks after boot): a reused process id differs
 
 
 @dataclass(frozen=True)
@@ -50,10 +56,23 @@ def boot_id() -> str:
         return "unknown"
 
 
+def process_started(pid: int) -> str | None:
+    """When process `pid` started, in clock ticks after boot (`/proc/<pid>/stat`); None when unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None
+    fields = stat.rpartition(")")[2].split()  # after the command name, which may hold spaces and ')'
+    return fields[19] if len(fields) > 19 else None  # field 22 of proc(5); the list starts at field 3
+
+
 def mark_owner(trial: optuna.Trial) -> None:
     """Record which process runs `trial`."""
     trial.set_user_attr(WORKER_ATTR, worker_id())
     trial.set_user_attr(BOOT_ATTR, boot_id())
+    started = process_started(os.getpid())
+    if started is not None:
+        trial.set_user_attr(STARTED_ATTR, started)
 
 
 def owner_is_dead(trial: FrozenTrial, beating: set[int], started_grace_seconds: float) -> bool:
@@ -63,7 +82,9 @@ def owner_is_dead(trial: FrozenTrial, beating: set[int], started_grace_seconds: 
       asking for the trial and recording itself;
     - this process, but not among the trials it keeps alive (`beating`): left over by an earlier
       pipeline run in the same long-lived process, after an exception;
-    - another process of this machine (same host name and boot) that does not exist any more.
+    - another process of this machine (same host name and boot) that does not exist any more, or whose
+      process id now names a process started at another time (recorded since the journal default; older
+      trials lack it and are judged by the process id alone).
     """
     worker = trial.user_attrs.get(WORKER_ATTR)
     if not isinstance(worker, str):
@@ -80,14 +101,17 @@ def owner_is_dead(trial: FrozenTrial, beating: set[int], started_grace_seconds: 
     except ProcessLookupError:
         return True
     except PermissionError:
-        return False  # exists, owned by someone else
-    return False
+        pass  # exists, owned by someone else: its start time still tells whether it is the same process
+    recorded = trial.user_attrs.get(STARTED_ATTR)
+    now = process_started(pid)
+    return recorded is not None and now is not None and recorded != now
 
 
 class HeartbeatKeeper:
-    """Records a heartbeat every `interval` seconds for each trial this process is running."""
+    """The trials this process is running, and a heartbeat for each every `interval` seconds when the
+    storage records heartbeats (`storage` None: a journal, where the set alone is kept)."""
 
-    def __init__(self, storage: HeartbeatStorage, interval: float) -> None:
+    def __init__(self, storage: HeartbeatStorage | None, interval: float) -> None:
         self._storage = storage
         self._interval = interval
         self._trials: set[int] = set()
@@ -96,10 +120,11 @@ class HeartbeatKeeper:
 
     def add(self, trial_id: int) -> None:
         """Start keeping `trial_id` alive (its first heartbeat is recorded before this returns)."""
-        self._storage.record_heartbeat(trial_id)
+        if self._storage is not None:
+            self._storage.record_heartbeat(trial_id)
         with self._lock:
             self._trials.add(trial_id)
-            if self._thread is None or not self._thread.is_alive():
+            if self._storage is not None and (self._thread is None or not self._thread.is_alive()):
                 self._thread = threading.Thread(target=self._beat, name="stagetune-heartbeat", daemon=True)
                 self._thread.start()
 
@@ -114,11 +139,13 @@ class HeartbeatKeeper:
             return set(self._trials)
 
     def _beat(self) -> None:
+        storage = self._storage
+        assert storage is not None  # started only for a storage that records heartbeats
         while True:
             time.sleep(self._interval)
             for beating_id in self.beating():
                 try:
-                    self._storage.record_heartbeat(beating_id)
+                    storage.record_heartbeat(beating_id)
                 except Exception as error:  # a storage hiccup: the next beat tries again
                     LOGGER.warning("heartbeat of trial %s not recorded: %s", beating_id, error)
 
@@ -128,10 +155,9 @@ _KEEPERS_LOCK = threading.Lock()
 
 
 def keeper_for(url: str, study: optuna.Study, interval: float) -> HeartbeatKeeper:
-    """This process's heartbeat keeper for the storage at `url`, which `study` is stored in."""
+    """This process's heartbeat keeper for the storage at `url`, which `study` is stored in (one that keeps
+    no heartbeats, a journal, gets a keeper of the trial set only)."""
     storage = heartbeat_storage(study_storage(study))
-    if storage is None:
-        raise TypeError(f"storage {url!r} cannot record heartbeats: use an RDB (SQLite/PostgreSQL) storage")
     with _KEEPERS_LOCK:
         return _KEEPERS.setdefault((url, interval), HeartbeatKeeper(storage, interval))
 

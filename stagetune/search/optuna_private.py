@@ -1,7 +1,8 @@
 """Every use of Optuna's private API in stagetune, in one place.
 
 Optuna's public API has no way to name a trial's storage id, to reach a study's storage, to tell
-whether a storage keeps heartbeats, or to rebuild the `Trial` of a running trial in another process.
+whether a storage keeps heartbeats, to give a journal file its own kind of lock, or to rebuild the
+`Trial` of a running trial in another process.
 The pipeline needs each (a heartbeat per asked trial, a pruning reporter in a Dask worker), so they
 are written once here, and so is the windowed view of a study (`study_view`: Optuna's samplers read
 trials through the private `Study._get_trials`, and Hyperband builds its bracket study straight on the
@@ -17,9 +18,11 @@ import optuna
 from optuna.pruners import HyperbandPruner
 from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import BaseHeartbeat
+from optuna.storages.journal._file import BaseJournalFileLock
 from optuna.trial import FrozenTrial, TrialState
 
 HeartbeatStorage = BaseHeartbeat  # a storage that records heartbeats (RDBStorage, and Optuna's cache around it)
+JournalFileLock = BaseJournalFileLock  # what `JournalFileBackend(lock_obj=...)` takes: `acquire()` and `release()`
 
 
 def trial_id(trial: optuna.Trial | FrozenTrial) -> int:

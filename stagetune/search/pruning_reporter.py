@@ -12,7 +12,7 @@ from optuna.pruners import BasePruner
 from optuna.samplers import RandomSampler
 
 from stagetune.search.optuna_private import running_trial
-from stagetune.search.study import rdb_storage
+from stagetune.search.study import open_storage
 
 
 def pruning_reporter(trial: optuna.Trial, storage: str) -> "PruningReporter":
@@ -30,8 +30,8 @@ class PruningReporter:
     """Forwards per-epoch values to Optuna and asks its pruner whether to stop.
 
     `trial`, the asked trial, is used in the process that asked for it; it is never pickled, and a
-    copy in another process rebuilds it from the RDB storage once, over one storage (one SQLAlchemy
-    engine) per process and URL.
+    copy in another process rebuilds it from the storage once, over one storage object (one journal
+    reader, or one SQLAlchemy engine) per process and URL.
     """
 
     storage: str
@@ -51,7 +51,7 @@ class PruningReporter:
         return {**self.__dict__, "trial": None}
 
     def _load_trial(self) -> optuna.Trial:
-        storage = rdb_storage(self.storage)
+        storage = open_storage(self.storage)
         # The sampler is never asked here; a random one avoids building the stage's sampler per trial.
         study = optuna.load_study(
             study_name=self.study_name, storage=storage, sampler=RandomSampler(), pruner=self.pruner

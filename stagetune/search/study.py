@@ -9,10 +9,13 @@ from typing import Literal
 import optuna
 from optuna.pruners import BasePruner, HyperbandPruner, MedianPruner, NopPruner
 from optuna.samplers import BaseSampler, GPSampler, QMCSampler, RandomSampler, TPESampler
+from optuna.storages import BaseStorage
 
 from schemas.config import PipelineConfig
+from schemas.urls import default_storage_url, journal_path
 from stagetune.search.budget import budget_lock
 from stagetune.search.dead_trials import RetryDeadTrial
+from stagetune.search.journal_file import journal_storage
 from stagetune.search.liveness import Liveness
 from stagetune.search.seeding import TrialSeededSampler
 from stagetune.search.sync_window import WindowedPruner
@@ -23,13 +26,14 @@ PrunerKind = Literal["median", "hyperband", "none"]
 
 
 def storage_url(config: PipelineConfig) -> str:
-    """`search.storage`, else the runtime settings' Optuna storage, else SQLite next to the local MLflow store."""
+    """`search.storage`, else the runtime settings' Optuna storage, else the workdir's own
+    (`schemas.urls.default_storage_url`: a journal file, or the SQLite database of an earlier version)."""
     configured = config.search.storage or load_settings().optuna_storage
     if configured:
         return configured
     workdir = Path(config.execution.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{workdir / 'optuna.db'}"
+    return default_storage_url(workdir)
 
 
 def make_sampler(
@@ -97,14 +101,31 @@ def make_pruner(kind: PrunerKind, max_epochs: int, sync_window: int | None = Non
     return pruner if sync_window is None else WindowedPruner(pruner, sync_window)
 
 
-@cache
-def rdb_storage(url: str, liveness: Liveness | None = None) -> optuna.storages.RDBStorage:
-    """One storage (one connection pool) per URL per process: a URL string passed to Optuna builds a
-    new engine every time, and a polling worker would exhaust the database's connections.
+def open_storage(url: str, liveness: Liveness | None = None) -> BaseStorage:
+    """The storage at `url`: a `journal:///` file (`stagetune.search.journal_file`), else an RDB URL.
 
-    With `liveness`, the storage knows the heartbeat interval and grace period, so stale trials can
-    be found, and retries them (`stagetune.search.dead_trials`).
+    One storage object per URL per process: a journal is read once and then only its new lines, and an
+    RDB storage keeps one connection pool (a URL string passed to Optuna builds a new engine every time,
+    and a polling worker would exhaust the database's connections).
+
+    With `liveness`, an RDB storage records heartbeats (`stagetune.search.liveness`) and retries the
+    trials whose heartbeat went stale (`stagetune.search.dead_trials`). A journal keeps no heartbeats
+    (Optuna 5.0's `JournalStorage` does not implement them): its trials' processes are all on this
+    machine, and a dead one is found by its process id (`stagetune.search.liveness.owner_is_dead`).
     """
+    path = journal_path(url)
+    if path is not None:
+        return _journal(path.absolute())
+    return _rdb_storage(url, liveness)
+
+
+@cache
+def _journal(path: Path) -> BaseStorage:
+    return journal_storage(path)
+
+
+@cache
+def _rdb_storage(url: str, liveness: Liveness | None) -> optuna.storages.RDBStorage:
     interval = None if liveness is None else liveness.heartbeat_seconds
     grace = None if liveness is None else liveness.stale_after_seconds
     retry = None if liveness is None else RetryDeadTrial(liveness.max_retries)
@@ -123,7 +144,8 @@ def rdb_storage(url: str, liveness: Liveness | None = None) -> optuna.storages.R
 
 
 def _create_sqlite_schema_whole(url: str) -> None:
-    """Create a new SQLite database's schema in a side file, then move it in place.
+    """Create a new SQLite database's schema in a side file, then move it in place (SQLite only: a
+    journal has no schema, and PostgreSQL creates it in one transaction).
 
     SQLite commits each CREATE statement alone: a process killed while Optuna creates the schema
     left a database whose `studies` table lacked its unique index on the name (the next attempt
@@ -131,7 +153,7 @@ def _create_sqlite_schema_whole(url: str) -> None:
     (seen in the kill campaign, 2026-12-06). A database that exists is left alone.
     """
     if not url.startswith("sqlite:///"):
-        return  # PostgreSQL creates the schema in one transaction
+        return
     path = Path(url.removeprefix("sqlite:///"))
     if path.name in ("", ":memory:") or path.exists():
         return
@@ -168,7 +190,7 @@ def open_study(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna.create_study(
         study_name=name,
-        storage=rdb_storage(storage, liveness),
+        storage=open_storage(storage, liveness),
         direction=direction,
         sampler=sampler,
         pruner=pruner,
@@ -179,7 +201,7 @@ def open_study(
 def study_exists(storage: str, name: str) -> bool:
     """Whether the storage holds a study of that name."""
     try:
-        rdb_storage(storage).get_study_id_from_name(name)
+        open_storage(storage).get_study_id_from_name(name)
     except KeyError:
         return False
     return True

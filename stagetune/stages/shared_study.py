@@ -22,7 +22,7 @@ from stagetune.search.dead_trials import KILLED_REASON
 from stagetune.search.liveness import Liveness, worker_id
 from stagetune.search.seeding import TrialSeededSampler
 from stagetune.search.space import hyperparams_from_params
-from stagetune.search.study import make_pruner, make_sampler, rdb_storage
+from stagetune.search.study import make_pruner, make_sampler, open_storage
 from stagetune.tracking.run_tree import TRIAL_TAG, RunTree, end_run, log_tags
 
 PLAN_ATTR = "stagetune_plan"
@@ -53,7 +53,7 @@ def wait_for_published_study(
     deadline = time.monotonic() + wait_seconds
     while True:
         try:
-            study = optuna.load_study(study_name=name, storage=rdb_storage(storage, liveness))
+            study = optuna.load_study(study_name=name, storage=open_storage(storage, liveness))
         except KeyError:  # not created yet
             study = None
         shared = read_plan(study) if study is not None else None
@@ -66,7 +66,7 @@ def wait_for_published_study(
             sampler = make_sampler(shared.sampler, seed, startup, window)  # type: ignore[arg-type]
             pruner = make_pruner(shared.pruner, shared.epochs, window)  # type: ignore[arg-type]
             loaded = optuna.load_study(
-                study_name=name, storage=rdb_storage(storage, liveness), sampler=sampler, pruner=pruner
+                study_name=name, storage=open_storage(storage, liveness), sampler=sampler, pruner=pruner
             )
             return loaded, shared
         if time.monotonic() >= deadline:

@@ -84,6 +84,7 @@ def test_runs_and_trials_are_stored_in_postgres(postgres_run: PostgresRun) -> No
     # Nothing fell back to the local SQLite stores.
     workdir = postgres_run.run.workdir
     assert not (workdir / "optuna.db").exists()
+    assert not (workdir / "optuna.journal").exists()
     assert not (workdir / "mlflow.db").exists()
 
 
