@@ -23,6 +23,7 @@ import pytest
 from schemas.config import PipelineConfig
 from stagetune.config_loading import load_config
 from stagetune.runtime import QUIET_DEFAULTS
+from tests.mlflow_template import template_mlflow_stores
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -81,7 +82,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 # Shared fixtures that are cheap to make on each worker: sharing only these does not tie tests together.
-PER_WORKER_FIXTURES = frozenset({"_quiet_third_parties", "prefect_server", "scratch", "cases_root"})
+PER_WORKER_FIXTURES = frozenset(
+    {"_quiet_third_parties", "_mlflow_stores_from_a_template", "prefect_server", "scratch", "cases_root"}
+)
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist turns the `xdist_group` marks into work units
@@ -147,6 +150,14 @@ def _shared_fixture_keys(item: pytest.Item) -> list[str]:
 def _quiet_third_parties() -> None:
     for key, value in QUIET_DEFAULTS.items():
         os.environ.setdefault(key, value)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _mlflow_stores_from_a_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """New local MLflow stores of this process are copied from the first, not migrated again
+    (~1.5 s of CPU each; tests/mlflow_template.py)."""
+    with template_mlflow_stores(tmp_path_factory.mktemp("mlflow-template")):
+        yield
 
 
 # A run against a stack puts the stack's logins into the process environment (export_client_settings),
