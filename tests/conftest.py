@@ -89,12 +89,33 @@ PER_WORKER_FIXTURES = frozenset(
 
 @pytest.hookimpl(tryfirst=True)  # before xdist turns the `xdist_group` marks into work units
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under `--dist loadgroup`, give tests that share a costly module/session fixture one xdist group."""
+    """Under `--dist loadgroup`, give tests that share a costly module/session fixture one xdist group,
+    and hand out the groups with the most `slow` tests first (`--no-loadscope-reorder` keeps this order)."""
     if not getattr(config.option, "loadgroup", False):  # set on xdist workers by `--dist loadgroup`
         return
-    for item, group in zip(items, shared_fixture_groups(items), strict=True):
+    groups = shared_fixture_groups(items)
+    for item, group in zip(items, groups, strict=True):
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
+    items[:] = heaviest_first(items, groups)
+
+
+def heaviest_first(items: Sequence[pytest.Item], groups: Sequence[str | None]) -> list[pytest.Item]:
+    """`items` with each work unit (an xdist group, or one ungrouped test) kept together, the units ordered
+    by their number of `slow` tests, most first; ties in collection order.
+
+    The two workers take units in this order, so the long end-to-end tests start early and the ~750 fast
+    tests come last, filling in whichever worker finishes its long tests first: neither waits long for
+    the other at the end. (xdist's own order, by number of tests per unit, sent the slow ungrouped tests
+    last, in file order: a worker could run its last pipeline test alone while the other sat idle.)
+    """
+    units: dict[str, list[pytest.Item]] = {}
+    for item, group in zip(items, groups, strict=True):
+        units.setdefault(group or item.nodeid, []).append(item)
+    ordered = sorted(
+        units.values(), key=lambda unit: -sum(item.get_closest_marker("slow") is not None for item in unit)
+    )
+    return [item for unit in ordered for item in unit]
 
 
 @pytest.hookimpl(trylast=True)
