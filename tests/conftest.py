@@ -10,6 +10,9 @@ Markers: `slow` for end-to-end runs (seconds each), `integration` for every test
 that starts or connects to one is decorated with `uses_a_server`; a test that uses such a fixture
 without the `integration` marker fails at set-up, before the server starts (`pytest_runtest_setup`),
 so `-m "not slow and not integration"` (the fast lane, README) never starts a server.
+
+Temporary folders are in memory (/dev/shm) when the machine has one with room and TMPDIR is not set:
+see tests/memory_temp.py.
 """
 
 import os
@@ -23,6 +26,7 @@ import pytest
 from schemas.config import PipelineConfig
 from stagetune.config_loading import load_config
 from stagetune.runtime import QUIET_DEFAULTS
+from tests.memory_temp import use_memory_temp
 from tests.mlflow_template import template_mlflow_stores
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,6 +71,12 @@ def server_fixtures(item: pytest.Item) -> list[str]:
         for name in sorted(getattr(item, "fixturenames", ()))
         if any(getattr(d.func, "stagetune_uses_a_server", False) for d in info.name2fixturedefs.get(name, ()))
     ]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Temporary folders in memory where the machine has room (tests/memory_temp.py): each SQLite commit
+    of the stores under test then skips the disk's fsync. Before xdist starts its workers, which inherit it."""
+    use_memory_temp()
 
 
 @pytest.hookimpl(tryfirst=True)
