@@ -42,3 +42,8 @@ def test_the_suite_s_own_order_keeps_each_group_together(request: pytest.Fixture
         for unit in runs
     ]
     assert slow_counts == sorted(slow_counts, reverse=True)
+
+
+def test_the_autouse_session_fixtures_tie_no_tests_together(request: pytest.FixtureRequest) -> None:
+    # This test uses only `request` and the suite's autouse fixtures: made on each worker, they group nothing.
+    assert shared_fixture_groups([request.node]) == [None]
