@@ -10,6 +10,9 @@ Markers: `slow` for end-to-end runs (seconds each), `integration` for every test
 that starts or connects to one is decorated with `uses_a_server`; a test that uses such a fixture
 without the `integration` marker fails at set-up, before the server starts (`pytest_runtest_setup`),
 so `-m "not slow and not integration"` (the fast lane, README) never starts a server.
+
+Temporary folders are in memory (/dev/shm) when the machine has one with room and TMPDIR is not set:
+see tests/memory_temp.py.
 """
 
 import os
@@ -23,6 +26,8 @@ import pytest
 from schemas.config import PipelineConfig
 from stagetune.config_loading import load_config
 from stagetune.runtime import QUIET_DEFAULTS
+from tests.memory_temp import use_memory_temp
+from tests.mlflow_template import template_mlflow_stores
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,6 +73,12 @@ def server_fixtures(item: pytest.Item) -> list[str]:
     ]
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Temporary folders in memory where the machine has room (tests/memory_temp.py): each SQLite commit
+    of the stores under test then skips the disk's fsync. Before xdist starts its workers, which inherit it."""
+    use_memory_temp()
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """Fail a test that uses a server fixture without the `integration` marker, before the fixture runs."""
@@ -81,17 +92,47 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 # Shared fixtures that are cheap to make on each worker: sharing only these does not tie tests together.
-PER_WORKER_FIXTURES = frozenset({"_quiet_third_parties", "prefect_server", "scratch", "cases_root"})
+PER_WORKER_FIXTURES = frozenset(
+    {
+        "_quiet_third_parties",
+        "_torch_threads_shared_between_workers",
+        "_mlflow_stores_from_a_template",
+        "prefect_server",
+        "scratch",
+        "cases_root",
+    }
+)
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist turns the `xdist_group` marks into work units
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under `--dist loadgroup`, give tests that share a costly module/session fixture one xdist group."""
+    """Under `--dist loadgroup`, give tests that share a costly module/session fixture one xdist group,
+    and hand out the groups with the most `slow` tests first (`--no-loadscope-reorder` keeps this order)."""
     if not getattr(config.option, "loadgroup", False):  # set on xdist workers by `--dist loadgroup`
         return
-    for item, group in zip(items, shared_fixture_groups(items), strict=True):
+    groups = shared_fixture_groups(items)
+    for item, group in zip(items, groups, strict=True):
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
+    items[:] = heaviest_first(items, groups)
+
+
+def heaviest_first(items: Sequence[pytest.Item], groups: Sequence[str | None]) -> list[pytest.Item]:
+    """`items` with each work unit (an xdist group, or one ungrouped test) kept together, the units ordered
+    by their number of `slow` tests, most first; ties in collection order.
+
+    The two workers take units in this order, so the long end-to-end tests start early and the ~750 fast
+    tests come last, filling in whichever worker finishes its long tests first: neither waits long for
+    the other at the end. (xdist's own order, by number of tests per unit, sent the slow ungrouped tests
+    last, in file order: a worker could run its last pipeline test alone while the other sat idle.)
+    """
+    units: dict[str, list[pytest.Item]] = {}
+    for item, group in zip(items, groups, strict=True):
+        units.setdefault(group or item.nodeid, []).append(item)
+    ordered = sorted(
+        units.values(), key=lambda unit: -sum(item.get_closest_marker("slow") is not None for item in unit)
+    )
+    return [item for unit in ordered for item in unit]
 
 
 @pytest.hookimpl(trylast=True)
@@ -147,6 +188,30 @@ def _shared_fixture_keys(item: pytest.Item) -> list[str]:
 def _quiet_third_parties() -> None:
     for key, value in QUIET_DEFAULTS.items():
         os.environ.setdefault(key, value)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _torch_threads_shared_between_workers() -> None:
+    """Under xdist, each worker's torch (and its CLI children's, through OMP_NUM_THREADS) gets its share of
+    the cores, as a run at `execution.concurrency` = the worker count would: torch's default (every core
+    in every worker) had the workers' threads contend. A tiny pipeline run on a 2-core machine (load ~9,
+    one process, 2 pairs): 9.4-9.9 s of CPU on 2 threads, 7.1-7.3 s on 1 (2026-12-06)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers <= 1 or "OMP_NUM_THREADS" in os.environ:
+        return
+    import torch
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _mlflow_stores_from_a_template(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """New local MLflow stores of this process are copied from the first, not migrated again
+    (~1.5 s of CPU each; tests/mlflow_template.py)."""
+    with template_mlflow_stores(tmp_path_factory.mktemp("mlflow-template")):
+        yield
 
 
 # A run against a stack puts the stack's logins into the process environment (export_client_settings),
