@@ -57,7 +57,7 @@ def test_digits_run_records_one_parent_with_nested_stage_runs(tmp_path: Path) ->
 
     sample_run = children["sample"]
     assert sample_run.data.metrics["data/train_rows_sampled"] == result.sample.n_train_sampled
-    assert _artifacts(client, sample_run.info.run_id) == {"results/sample.json", "plots/class_distribution.png"}
+    assert _artifacts(client, sample_run.info.run_id) == {"results/sample.json", "plots/class_distribution.svg"}
     local = client.download_artifacts(sample_run.info.run_id, "results/sample.json", str(tmp_path))
     assert json.loads(Path(local).read_text()) == result.sample.model_dump(mode="json")
 
@@ -70,9 +70,9 @@ def test_digits_run_records_one_parent_with_nested_stage_runs(tmp_path: Path) ->
     assert sanity_run.data.tags["stagetune.sanity.passed"] == "true"
     assert {
         "results/sanity.json",
-        "plots/learning_curve.png",
-        "plots/lr_range.png",
-        "plots/overfit_loss.png",
+        "plots/learning_curve.svg",
+        "plots/lr_range.svg",
+        "plots/overfit_loss.svg",
     } == _artifacts(client, sanity_run.info.run_id)
 
 

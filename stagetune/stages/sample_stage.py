@@ -1,10 +1,14 @@
 """Stage 1 in MLflow: the sample-and-rebalance result, its figures and a class-distribution chart."""
 
-from matplotlib.figure import Figure
+from typing import TYPE_CHECKING
 
 from schemas.results import DataDefaults, SampleResult
 from schemas.stages import Stage
 from stagetune.tracking.run_tree import RunTree, end_run, log_metrics, log_model_json, log_params, log_tags
+from stagetune.tracking.svg_charts import bar_chart_svg
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def record_sample_stage(tree: RunTree, result: SampleResult, started_ms: int, ended_ms: int) -> str:
@@ -26,7 +30,7 @@ def record_sample_stage(tree: RunTree, result: SampleResult, started_ms: int, en
     log_metrics(client, run_id, [(f"data/{name}", value, 0) for name, value in sizes.items()])
     log_model_json(client, run_id, result, "results/sample.json")
     if result.task == "classification":
-        client.log_figure(run_id, class_distribution_figure(result), "plots/class_distribution.png")
+        client.log_text(run_id, class_distribution_svg(result), "plots/class_distribution.svg")
     end_run(client, run_id, "FINISHED", end_time_ms=ended_ms)
     return run_id
 
@@ -52,15 +56,29 @@ def image_defaults_summary(defaults: DataDefaults) -> str:
     return "image data, settings the config leaves unset:\n  " + "\n  ".join(lines)
 
 
-def class_distribution_figure(result: SampleResult) -> Figure:
+def class_distribution_series(result: SampleResult) -> dict[str, dict[str, int]]:
     """Per-class rows: full training split, after sampling, and what one epoch sees after rebalancing."""
-    figure = Figure(figsize=(max(5.0, 0.6 * len(result.class_counts_train) + 2), 3.6), layout="constrained")
-    axes = figure.subplots()
-    series = {
+    return {
         "train (full)": result.class_counts_train,
         "sampled": result.class_counts_sampled,
         f"per epoch ({result.rebalance})": result.class_counts_rebalanced,
     }
+
+
+def class_distribution_svg(result: SampleResult) -> str:
+    """The class distribution as grouped bars, SVG text (logged on the way to the first trial: no matplotlib)."""
+    return bar_chart_svg(
+        list(result.class_counts_train), class_distribution_series(result), "class distribution", "rows"
+    )
+
+
+def class_distribution_figure(result: SampleResult) -> "Figure":
+    """The class distribution as a matplotlib figure (the HTML report's version)."""
+    from matplotlib.figure import Figure  # only the report draws it: matplotlib stays off the run's start
+
+    figure = Figure(figsize=(max(5.0, 0.6 * len(result.class_counts_train) + 2), 3.6), layout="constrained")
+    axes = figure.subplots()
+    series = class_distribution_series(result)
     labels = list(result.class_counts_train)
     width = 0.8 / len(series)
     for offset, (name, counts) in enumerate(series.items()):
