@@ -213,9 +213,10 @@ def _run_flow(
 ) -> PipelineResult:
     # Prefect's temporary API server goes on starting in its child process while this one imports the
     # flow's modules (imported here: Prefect reads its settings at import, after configure_process set them).
-    # torch._dynamo too: every torch optimizer imports it when built (`Optimizer.add_param_group` is wrapped in
-    # `torch._disable_dynamo`), ~1 s of CPU at the sanity gate's first step; here it fills the wait for a
-    # server still starting (a cold start), and with the server up already it only comes earlier.
+    # torch._dynamo too (~1 s of CPU with sympy): torch imports it at the flow's start anyway (the first
+    # `torch.use_deterministic_algorithms` call sets torch._inductor.config) and on building any optimizer
+    # (`Optimizer.add_param_group` is wrapped in `torch._disable_dynamo`). Here it fills the wait for a server
+    # still starting (a cold start); with the server up already it only comes earlier.
     import torch._dynamo  # noqa: F401
 
     from flows.runners import make_task_runner
