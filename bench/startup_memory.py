@@ -15,6 +15,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -46,6 +47,8 @@ class StartupRun:
     peak_tree_mib: float
     peak_cli_mib: float
     peak_processes: int
+    cli_cpu_to_first_trial_s: float  # CPU seconds the CLI process used until its first trial started: steadier
+    # than wall time on a shared machine (the server child's CPU is not in it)
 
 
 def stagetune_command(config: Path, workdir: Path, overrides: Sequence[str]) -> list[str]:
@@ -93,7 +96,7 @@ def measure(config: Path, workdir: Path, prefect_home: Path, kind: str, override
         env=env,
         cwd=REPO,
     ) as process:
-        with TreeMemoryMonitor(process.pid) as monitor:
+        with TreeMemoryMonitor(process.pid) as monitor, CpuClock(process.pid) as cpu:
             _stdout, stderr = process.communicate()
         wall = time.time() - started
     if process.returncode != 0:
@@ -110,7 +113,42 @@ def measure(config: Path, workdir: Path, prefect_home: Path, kind: str, override
         peak_tree_mib=monitor.peak_tree_bytes / 2**20,
         peak_cli_mib=monitor.peak_root_bytes / 2**20,
         peak_processes=monitor.peak_processes,
+        cli_cpu_to_first_trial_s=cpu.at(times.get("first_trial", float("nan"))),
     )
+
+
+class CpuClock:
+    """Samples one process's CPU seconds (user + system, /proc) every `interval` seconds, with the wall time."""
+
+    def __init__(self, pid: int, interval: float = 0.1) -> None:
+        self.pid, self.interval = pid, interval
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cpu-clock", daemon=True)
+
+    def __enter__(self) -> "CpuClock":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def at(self, epoch_s: float) -> float:
+        """The CPU seconds of the last sample taken at or before `epoch_s` (NaN if none)."""
+        before = [cpu for wall, cpu in self.samples if wall <= epoch_s]
+        return before[-1] if before else float("nan")
+
+    def _run(self) -> None:
+        ticks = os.sysconf("SC_CLK_TCK")
+        while not self._stop.is_set():
+            try:
+                stat = Path(f"/proc/{self.pid}/stat").read_text()
+            except OSError:
+                break
+            fields = stat[stat.rfind(")") + 2 :].split()  # utime, stime: fields 14 and 15 of stat
+            self.samples.append((time.time(), (int(fields[11]) + int(fields[12])) / ticks))
+            time.sleep(self.interval)
 
 
 def run_startup_memory(config: Path, warm_runs: int, overrides: Sequence[str] = ()) -> dict[str, Any]:
@@ -164,6 +202,7 @@ def table(runs: Sequence[StartupRun], checks: Sequence[dict[str, Any]]) -> str:
         "peak RSS tree MiB",
         "peak RSS CLI MiB",
         "processes",
+        "CLI CPU s to first trial",
     ]
     body = [
         [
@@ -176,6 +215,7 @@ def table(runs: Sequence[StartupRun], checks: Sequence[dict[str, Any]]) -> str:
             f"{r.peak_tree_mib:.0f}",
             f"{r.peak_cli_mib:.0f}",
             r.peak_processes,
+            f"{r.cli_cpu_to_first_trial_s:.1f}",
         ]
         for r in runs
     ]

@@ -24,7 +24,7 @@ from stagetune.cli_errors import EXIT_OK, EXIT_SANITY, guarded
 from stagetune.cli_help import FlagCommand, FlagGroup
 from stagetune.cli_report import compare, report
 from stagetune.cli_stack import stack_app
-from stagetune.config_loading import check_environment, load_config, validate_config
+from stagetune.config_loading import check_environment, load_config, read_config, validate_config
 from stagetune.errors import InputError, StoreError
 from stagetune.interruption import set_resume_hint, stop_on_sigterm
 from stagetune.prefect_startup import EarlyApiServer, start_api_server_early  # stdlib only: cheap
@@ -76,10 +76,13 @@ def run(
     configure_process(verbose)
     stop_on_sigterm()  # SIGTERM stops as Ctrl-C does: message, exit 143, stores consistent
     settings = guarded(console, lambda: _run_config(config, overrides or [], resume, new), verbose)
-    # Prefect's temporary API server (when this run needs one) starts in a child process once the config is
-    # valid, before the store check, whose SQLAlchemy import (~1 s of CPU) the child's start then overlaps.
+    # Prefect's temporary API server (when this run needs one) starts in a child process once the config has
+    # passed its schema, before the checks against this machine (torch's import, ~1.3 s of CPU) and the stores
+    # (SQLAlchemy's, ~1.2 s), whose imports the child's start then overlaps: in a cold start it is the last to
+    # be ready. A config refused by its schema starts no server.
     api_server = start_api_server_early()
     try:
+        guarded(console, lambda: check_environment(settings), verbose)
         # Before the flow starts (seconds): a read-only store is refused before anything is written.
         guarded(console, lambda: check_stores_writable(settings), verbose)
         if summary is not None:
@@ -192,14 +195,13 @@ def main() -> None:
 
 
 def _run_config(config: Path | None, overrides: list[str], resume: str | None, new: bool) -> PipelineConfig:
+    """The run's config, checked against its schema only: `run` checks it against this machine next."""
     if resume is not None and new:
         raise InputError("--new", "--new starts a fresh run and --resume continues one: give only one of them")
     if resume is None or config is not None or overrides:
-        return load_config(config, overrides)
+        return read_config(config, overrides)
     # `--resume RUN` alone: the config the run was started with (found under the default workdir or by path).
-    settings = validate_config(saved_config(find_run(load_config(None, []), resume)))
-    check_environment(settings)
-    return settings
+    return validate_config(saved_config(find_run(read_config(None, []), resume)))
 
 
 def _run_flow(
@@ -211,6 +213,12 @@ def _run_flow(
 ) -> PipelineResult:
     # Prefect's temporary API server goes on starting in its child process while this one imports the
     # flow's modules (imported here: Prefect reads its settings at import, after configure_process set them).
+    # torch._dynamo too (~1 s of CPU with sympy): torch imports it at the flow's start anyway (the first
+    # `torch.use_deterministic_algorithms` call sets torch._inductor.config) and on building any optimizer
+    # (`Optimizer.add_param_group` is wrapped in `torch._disable_dynamo`). Here it fills the wait for a server
+    # still starting (a cold start); with the server up already it only comes earlier.
+    import torch._dynamo  # noqa: F401
+
     from flows.runners import make_task_runner
     from flows.tune_pipeline import tune_pipeline
     from stagetune.progress import RichReporter, use

@@ -23,15 +23,21 @@ def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Pipel
     The config is then checked against this machine (`check_environment`), so that nothing starts
     (no run folder, no MLflow run) before every input a command gets has been checked.
     """
+    config = read_config(path, overrides)
+    check_environment(config)
+    return config
+
+
+def read_config(path: str | Path | None, overrides: Sequence[str] = ()) -> PipelineConfig:
+    """The config validated against its schema only (fast: no torch import); `load_config` also checks
+    it against this machine, which `stagetune run` does once Prefect's server has started (issue 18)."""
     given = read_config_file(Path(path)) if path else {}
     raw = merge(PipelineConfig().model_dump(mode="json"), given)
     for override in overrides:
         key, value = parse_override(override)
         raw = with_value(raw, key.split("."), value)
         given = with_value(given, key.split("."), value)
-    config = remember_given(validate_config(raw), raw, given)
-    check_environment(config)
-    return config
+    return remember_given(validate_config(raw), raw, given)
 
 
 def remember_given(config: PipelineConfig, raw: Mapping[str, Any], given: Mapping[str, Any]) -> PipelineConfig:

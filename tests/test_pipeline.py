@@ -70,9 +70,9 @@ def test_digits_run_records_one_parent_with_nested_stage_runs(tmp_path: Path) ->
     assert sanity_run.data.tags["stagetune.sanity.passed"] == "true"
     assert {
         "results/sanity.json",
-        "plots/learning_curve.png",
-        "plots/lr_range.png",
-        "plots/overfit_loss.png",
+        "plots/learning_curve.svg",
+        "plots/lr_range.svg",
+        "plots/overfit_loss.svg",
     } == _artifacts(client, sanity_run.info.run_id)
 
 

@@ -15,7 +15,6 @@ from stagetune.models import build_model
 from stagetune.sanity import run_sanity_gate
 from stagetune.search.space import logged_hyperparams
 from stagetune.task import Task, task_for
-from stagetune.tracking.plots import learning_curve_figure, lr_range_figure, step_curve_figure
 from stagetune.tracking.run_tree import (
     RunTree,
     epoch_metric_rows,
@@ -25,6 +24,8 @@ from stagetune.tracking.run_tree import (
     log_tags,
     stage_run,
 )
+from stagetune.report.figures import lr_range_svg, overfit_svg
+from stagetune.tracking.svg_curves import learning_curve_svg
 from stagetune.training.device import resolve_device
 from stagetune.training.loaders import load_options, make_eval_loader, make_train_loader
 from stagetune.training.loop import fit
@@ -134,12 +135,12 @@ def record_sanity(client: MlflowClient, run_id: str, config: PipelineConfig, res
         rows += epoch_metric_rows(result.baseline.history)
     log_metrics(client, run_id, [row for row in rows if math.isfinite(row[1])])
     log_model_json(client, run_id, result, "results/sanity.json")
-    client.log_figure(run_id, step_curve_figure(result.overfit_losses, "overfit test"), "plots/overfit_loss.png")
+    # SVG text, not matplotlib PNGs: these are drawn before the first trial starts (bench/README.md, issue 18).
+    client.log_text(run_id, overfit_svg(result), "plots/overfit_loss.svg")
     if result.lr_range:
-        client.log_figure(run_id, lr_range_figure(result.lr_range, result.lr_suggestion), "plots/lr_range.png")
+        client.log_text(run_id, lr_range_svg(result.lr_range, result.lr_suggestion), "plots/lr_range.svg")
     if result.baseline is not None and result.baseline.history:
-        figure = learning_curve_figure(result.baseline.history, "baseline fit")
-        client.log_figure(run_id, figure, "plots/learning_curve.png")
+        client.log_text(run_id, learning_curve_svg(result.baseline.history, "baseline fit"), "plots/learning_curve.svg")
 
 
 def epoch_line(record: EpochRecord, balanced: bool = False) -> str:
