@@ -12,6 +12,7 @@ from stagetune import progress
 from stagetune.data.augment import build_augmenter, pixels_of
 from stagetune.data.stage import StageArrays, load_stage_arrays
 from stagetune.models import build_model
+from stagetune.report.figures import lr_range_svg, overfit_svg
 from stagetune.sanity import run_sanity_gate
 from stagetune.search.space import logged_hyperparams
 from stagetune.task import Task, task_for
@@ -24,7 +25,6 @@ from stagetune.tracking.run_tree import (
     log_tags,
     stage_run,
 )
-from stagetune.report.figures import lr_range_svg, overfit_svg
 from stagetune.tracking.svg_curves import learning_curve_svg
 from stagetune.training.device import resolve_device
 from stagetune.training.loaders import load_options, make_eval_loader, make_train_loader
