@@ -54,6 +54,9 @@ def log_pyfunc_model(
     it by a prediction.
     Requirements are pinned from this environment instead of inferred (inference loads the model in a
     subprocess); stagetune itself must be installed where the model is loaded.
+    The first call in a process is slower: MLflow checks the pinned requirements against the installed
+    packages by mapping every installed distribution to its modules, once per process (no public switch
+    skips it; see "The final model's MLflow logging" in bench/README.md).
     """
     with tracking_uri_set(tracking_uri):
         run = mlflow.get_run(run_id)
