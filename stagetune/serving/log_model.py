@@ -14,6 +14,7 @@ from mlflow.types.schema import AnyType
 
 from stagetune.serving.preprocessing import Preprocessor
 from stagetune.serving.pyfunc_model import OUTPUTS, PREDICTION_COLUMN, PREPROCESS, WEIGHTS
+from stagetune.serving.requirements_check import start_requirements_check, wait_for_requirements_check
 
 MODEL_NAME = "model"
 """The logged model's name (MLflow 3's `name=`), shown in the run's Models column."""
@@ -54,10 +55,10 @@ def log_pyfunc_model(
     it by a prediction.
     Requirements are pinned from this environment instead of inferred (inference loads the model in a
     subprocess); stagetune itself must be installed where the model is loaded.
-    The first call in a process is slower: MLflow checks the pinned requirements against the installed
-    packages by mapping every installed distribution to its modules, once per process (no public switch
-    skips it; see "The final model's MLflow logging" in bench/README.md).
+    MLflow's check of those requirements against the installed packages (seconds, once per process) is
+    started early by the final stage (`check_requirements_early`); this waits for it.
     """
+    wait_for_requirements_check()
     with tracking_uri_set(tracking_uri):
         run = mlflow.get_run(run_id)
         # Model.log on its own files the model under the process's active experiment (else the default
@@ -78,6 +79,11 @@ def log_pyfunc_model(
             input_example=preprocessor.input_example(raw_example),
             pip_requirements=_pinned_requirements(),
         )
+
+
+def check_requirements_early() -> None:
+    """Start MLflow's requirements check of the model about to be logged (`requirements_check`)."""
+    start_requirements_check(_pinned_requirements())
 
 
 def _pinned_requirements() -> list[str]:

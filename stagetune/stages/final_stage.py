@@ -28,7 +28,7 @@ from stagetune.report.figures import confusion_matrix_svg
 from stagetune.report.regression_plots import predicted_vs_actual_svg, residual_histogram_svg
 from stagetune.search.space import logged_hyperparams
 from stagetune.serving.final_model import log_final_model, rescore_champion, version_tags
-from stagetune.serving.log_model import tracking_uri_set
+from stagetune.serving.log_model import check_requirements_early, tracking_uri_set
 from stagetune.stages.sanity_stage import epoch_line, skewed
 from stagetune.task import Task, full_task_for
 from stagetune.tracking.run_tree import (
@@ -68,6 +68,7 @@ def final_stage(
     device = resolve_device(config.execution.device)
     final = config.final
     reporter = progress.current()
+    check_requirements_early()  # MLflow's seconds-long check runs while the model trains, not when it is logged
     with stage_run(tree, Stage.FINAL) as run_id, _system_metrics(config, tree, run_id):
         log_params(
             tree.client,
