@@ -20,8 +20,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from schemas.search import TrialRecord
 from stagetune.stages.shared_study import RECORD_ATTR
-from stagetune.stages.trial import TrialContext, log_trial_batch, trial_run_params
-from stagetune.tracking.run_tree import end_run, log_tags
+from stagetune.stages.trial import TrialContext, trial_run_params
+from stagetune.tracking.run_tree import end_run, log_record, log_tags
 
 RECOVERED_TAG = "stagetune.recovered"
 STATE_TAG = "stagetune.state"
@@ -66,7 +66,7 @@ def _rewrite(context: TrialContext, client: MlflowClient, run: Run, record: Tria
         tags = {STATE_TAG: record.state, "stagetune.diagnosis": record.diagnosis or ""}
         if record.fail_reason:
             tags["stagetune.reason"] = record.fail_reason[:5000]
-        log_trial_batch(client, run_id, params, [row for row in rows if math.isfinite(row[1])], tags)
+        log_record(client, run_id, params, [row for row in rows if math.isfinite(row[1])], tags)
     log_tags(client, run_id, {RECOVERED_TAG: note})
     completed = trial.datetime_complete or dt.datetime.now()
     end_run(client, run_id, "FAILED" if record.state == "FAIL" else "FINISHED", int(completed.timestamp() * 1000))

@@ -12,23 +12,15 @@ thread, in that order, while the search loop goes on: the trial only waits for i
 it ends its own run. Without a queue (a `stagetune worker`, a Dask worker) the calls run in line.
 """
 
-import json
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
-from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
-from mlflow.utils.validation import (
-    MAX_ENTITIES_PER_BATCH,
-    MAX_METRICS_PER_BATCH,
-    MAX_PARAM_VAL_LENGTH,
-    MAX_PARAMS_TAGS_PER_BATCH,
-)
 
 from schemas.config import TASK_OBJECTIVES, PipelineConfig
 from schemas.hyperparams import HyperParams
@@ -49,9 +41,8 @@ from stagetune.tracking.run_tree import (
     Stage,
     end_run,
     epoch_metric_rows,
-    log_metrics,
     log_params,
-    log_tags,
+    log_record,
     now_ms,
 )
 from stagetune.tracking.svg_curves import learning_curve_svg
@@ -288,44 +279,9 @@ def _record(
     tags = {"stagetune.state": record.state, "stagetune.diagnosis": record.diagnosis or ""}
     if reason:
         tags["stagetune.reason"] = reason[:5000]
-    log_trial_batch(client, run_id, params, [row for row in rows if math.isfinite(row[1])], tags)
+    log_record(client, run_id, params, [row for row in rows if math.isfinite(row[1])], tags)
     status: RunEnd = "FAILED" if record.state == "FAIL" else "FINISHED"
     end_run(client, run_id, "KILLED" if reason == INTERRUPTED_REASON else status, ended_ms)
     if history and context.config.tracking.trial_plots:
         title = f"{context.stage} trial {record.number} ({record.state})"
         client.log_text(run_id, learning_curve_svg(history, title), "plots/learning_curve.svg")
-
-
-def log_trial_batch(
-    client: MlflowClient,
-    run_id: str,
-    params: Mapping[str, object],
-    rows: Sequence[tuple[str, float, int]],
-    tags: Mapping[str, str],
-) -> None:
-    """A finished trial's params, (name, value, step) metric rows and tags in one `log_batch` call;
-    in several (each within MLflow's per-call limits) only for a trial too long for one."""
-    fits = (
-        max(len(params), len(tags)) <= MAX_PARAMS_TAGS_PER_BATCH
-        and len(rows) <= MAX_METRICS_PER_BATCH
-        and len(params) + len(tags) + len(rows) <= MAX_ENTITIES_PER_BATCH
-    )
-    if not fits:
-        log_params(client, run_id, params)
-        log_metrics(client, run_id, rows)
-        log_tags(client, run_id, tags)
-        return
-    timestamp = now_ms()
-    client.log_batch(
-        run_id,
-        metrics=[Metric(name, float(value), timestamp, step) for name, value, step in rows],
-        params=[Param(key, _param_text(value)) for key, value in params.items()],
-        tags=[RunTag(key, value) for key, value in tags.items()],
-        synchronous=True,
-    )
-
-
-def _param_text(value: Any) -> str:
-    # As run_tree.log_params writes a param: strings as they are, anything else as JSON, cut to MLflow's limit.
-    text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return text[:MAX_PARAM_VAL_LENGTH]

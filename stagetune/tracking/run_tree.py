@@ -19,6 +19,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+from mlflow.utils.validation import (
+    MAX_ENTITIES_PER_BATCH,
+    MAX_METRICS_PER_BATCH,
+    MAX_PARAM_VAL_LENGTH,
+    MAX_PARAMS_TAGS_PER_BATCH,
+)
 from pydantic import BaseModel
 
 from schemas.results import EpochRecord
@@ -35,9 +41,6 @@ PIPELINE_TAG = "stagetune.pipeline"
 # stagetune prints ask for the model-training view (stagetune.ci_summary.MODEL_TRAINING_VIEW).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_TRAINING_KIND = "custom_model_development"
-_MAX_PARAMS_PER_CALL = 100
-_MAX_METRICS_PER_CALL = 1000
-_MAX_PARAM_LENGTH = 6000
 
 
 @dataclass(frozen=True)
@@ -133,8 +136,8 @@ def now_ms() -> int:
 def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
     """Log params in batches of 100 (the server's limit), values cut to MLflow's maximum length."""
     items = [Param(key, _param_value(value)) for key, value in params.items()]
-    for start in range(0, len(items), _MAX_PARAMS_PER_CALL):
-        client.log_batch(run_id, params=items[start : start + _MAX_PARAMS_PER_CALL], synchronous=True)
+    for start in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
+        client.log_batch(run_id, params=items[start : start + MAX_PARAMS_TAGS_PER_BATCH], synchronous=True)
 
 
 def log_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None:
@@ -146,8 +149,8 @@ def log_metrics(client: MlflowClient, run_id: str, rows: Iterable[tuple[str, flo
     """Log (name, value, step) rows with as few `log_batch` calls as MLflow's limits allow."""
     now = int(time.time() * 1000)
     metrics = [Metric(name, float(value), now, step) for name, value, step in rows]
-    for start in range(0, len(metrics), _MAX_METRICS_PER_CALL):
-        client.log_batch(run_id, metrics=metrics[start : start + _MAX_METRICS_PER_CALL], synchronous=True)
+    for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+        client.log_batch(run_id, metrics=metrics[start : start + MAX_METRICS_PER_BATCH], synchronous=True)
 
 
 def log_record(
@@ -157,15 +160,20 @@ def log_record(
     metrics: Iterable[tuple[str, float, int]],
     tags: Mapping[str, str],
 ) -> None:
-    """Params, (name, value, step) metric rows and tags in one `log_batch` when MLflow's limits allow
-    (each call is a database transaction or a server round trip), else in as few as they allow."""
+    """Params, (name, value, step) metric rows and tags in one `log_batch` when MLflow's per-call limits
+    allow (each call is a database transaction or a server round trip), else in as few as they allow."""
     rows = list(metrics)
-    if len(params) > _MAX_PARAMS_PER_CALL or len(rows) > _MAX_METRICS_PER_CALL or len(tags) > _MAX_PARAMS_PER_CALL:
+    fits = (
+        max(len(params), len(tags)) <= MAX_PARAMS_TAGS_PER_BATCH
+        and len(rows) <= MAX_METRICS_PER_BATCH
+        and len(params) + len(tags) + len(rows) <= MAX_ENTITIES_PER_BATCH
+    )
+    if not fits:
         log_params(client, run_id, params)
         log_metrics(client, run_id, rows)
         log_tags(client, run_id, tags)
         return
-    now = int(time.time() * 1000)
+    now = now_ms()
     client.log_batch(
         run_id,
         metrics=[Metric(name, float(value), now, step) for name, value, step in rows],
@@ -197,7 +205,7 @@ def log_model_json(client: MlflowClient, run_id: str, model: BaseModel, artifact
 
 def _param_value(value: Any) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
-    return text[:_MAX_PARAM_LENGTH]
+    return text[:MAX_PARAM_VAL_LENGTH]
 
 
 @contextmanager
