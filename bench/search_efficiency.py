@@ -37,8 +37,9 @@ from bench.suite_data import QUICK_SUITE, SUITE, default_cache, suite_spec
 # Quick mode: fewer stagetune trials (so a smaller budget B for everyone), one seed, four small data sets.
 QUICK_OVERRIDES = ("coarse.n_trials=8", "refine.n_trials=6")
 FULL_SEEDS = 10
-# Trial plots do not change what is found; they only cost time.
-BENCH_OVERRIDES = ("tracking.trial_plots=false",)
+# Trial plots, the report and system-metric sampling do not change what is found (same trials, best point and
+# test scores: bench/README.md); they only cost time.
+BENCH_OVERRIDES = ("tracking.trial_plots=false", "tracking.report=false", "tracking.system_metrics=false")
 
 
 def run_seed(
