@@ -218,7 +218,18 @@ def merge(paths: Sequence[Path], out: Path) -> dict[str, Any]:
     parts = [
         {
             k: doc.get(k)
-            for k in ("command", "date", "machine", "seeds", "overrides", "ray_tune", "complete", "wall_seconds")
+            for k in (
+                "command",
+                "date",
+                "machine",
+                "seeds",
+                "overrides",
+                "ray_tune",
+                "complete",
+                "wall_seconds",
+                "load_average_at_start",
+                "load_average_now",
+            )
         }
         for doc in documents
     ]
