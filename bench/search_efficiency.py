@@ -37,8 +37,10 @@ from bench.suite_data import QUICK_SUITE, SUITE, default_cache, suite_spec
 # Quick mode: fewer stagetune trials (so a smaller budget B for everyone), one seed, four small data sets.
 QUICK_OVERRIDES = ("coarse.n_trials=8", "refine.n_trials=6")
 FULL_SEEDS = 10
-# Trial plots do not change what is found; they only cost time.
-BENCH_OVERRIDES = ("tracking.trial_plots=false",)
+SKIPPED = ("skipped", "not installed")  # statuses of a method left out of a run, not run and failed
+# Trial plots, the report and system-metric sampling do not change what is found (same trials, best point and
+# test scores: bench/README.md); they only cost time.
+BENCH_OVERRIDES = ("tracking.trial_plots=false", "tracking.report=false", "tracking.system_metrics=false")
 
 
 def run_seed(
@@ -125,6 +127,57 @@ def run_search_efficiency(
     return header | summarise_outcomes(outcomes, datasets) | {"complete": True}
 
 
+def stagetune_budgets(path: Path) -> dict[tuple[str, int], int]:
+    """The budget B stagetune used per (data set, seed) in a saved result file (its finished runs only)."""
+    outcomes = json.loads(path.read_text(encoding="utf-8"))["outcomes"]
+    return {
+        (o["dataset"], int(o["seed"])): math.ceil(float(o["epochs_used"]) - 1e-9)
+        for o in outcomes
+        if o["method"] == "stagetune" and o["status"] == "ok" and float(o["epochs_used"]) > 0
+    }
+
+
+def run_ray_only(
+    specs: Sequence[DatasetSpec],
+    seeds: Sequence[int],
+    budgets: dict[tuple[str, int], int],
+    overrides: Sequence[str] = (),
+    progress: Callable[[MethodOutcome], None] | None = None,
+    checkpoint: Callable[[dict[str, Any]], object] | None = None,
+) -> dict[str, Any]:
+    """Ray Tune ASHA alone at the budgets B an earlier run's stagetune used (`budgets`), on the same splits (the
+    seed fixes them), for the cells that have a budget: a second pass after a run with `--no-ray`, merged into it
+    with `--merge`. The same data set, seed and B give the same Ray run as inside the full loop."""
+    outcomes: list[dict[str, Any]] = []
+    datasets = [(spec.name, spec.metric) for spec in specs]
+    header = {"seeds": list(seeds), "overrides": list(overrides), "ray_tune": True, "ray_only": True}
+    header |= {"ray_version": installed_version("ray"), "datasets": [{"name": n, "metric": m} for n, m in datasets]}
+    with tempfile.TemporaryDirectory(prefix="bench-ray-only-") as folder:
+        for spec in specs:
+            for seed in seeds:
+                budget = budgets.get((spec.name, seed))
+                if budget is None:
+                    continue
+                outcome = _ray_cell(spec, seed, budget, Path(folder), overrides)
+                outcomes.append(outcome.as_dict())
+                if progress is not None:
+                    progress(outcome)
+                if checkpoint is not None:
+                    checkpoint(header | {"outcomes": list(outcomes), "complete": False})
+    return header | {"outcomes": outcomes, "complete": True}
+
+
+def _ray_cell(spec: DatasetSpec, seed: int, budget: int, folder: Path, overrides: Sequence[str]) -> MethodOutcome:
+    from bench.ray_peers import METHOD, run_ray_asha
+
+    try:
+        config = bench_config(spec, seed, folder / f"{spec.name}-{seed}", (*BENCH_OVERRIDES, *overrides))
+        data = prepare_data(spec, config)
+    except Exception as error:  # bad data or config: the row says why
+        return MethodOutcome(METHOD, spec.name, seed, _failure(error))
+    return _guarded(METHOD, spec.name, seed, lambda: run_ray_asha(data, budget, seed))
+
+
 def summarise_outcomes(outcomes: Sequence[dict[str, Any]], datasets: Sequence[tuple[str, str]]) -> dict[str, Any]:
     """Summary rows, the suite's comparisons and ranks, the verdicts and the tables of raw `outcomes`."""
     rows = summarise(outcomes, datasets)
@@ -153,7 +206,7 @@ def merge(paths: Sequence[Path], out: Path) -> dict[str, Any]:
     and data sets together, summarised again; each part's command, date, machine and seeds are kept."""
     documents = [json.loads(path.read_text(encoding="utf-8")) for path in paths]
     datasets = list(dict.fromkeys((d["name"], d["metric"]) for doc in documents for d in doc["datasets"]))
-    outcomes = [o for doc in documents for o in doc["outcomes"]]
+    outcomes = _without_superseded([o for doc in documents for o in doc["outcomes"]])
     keys = [(o["dataset"], o["seed"], o["method"]) for o in outcomes]
     if len(set(keys)) != len(keys):
         twice = sorted({k for k in keys if keys.count(k) > 1})[:3]
@@ -165,7 +218,18 @@ def merge(paths: Sequence[Path], out: Path) -> dict[str, Any]:
     parts = [
         {
             k: doc.get(k)
-            for k in ("command", "date", "machine", "seeds", "overrides", "ray_tune", "complete", "wall_seconds")
+            for k in (
+                "command",
+                "date",
+                "machine",
+                "seeds",
+                "overrides",
+                "ray_tune",
+                "complete",
+                "wall_seconds",
+                "load_average_at_start",
+                "load_average_now",
+            )
         }
         for doc in documents
     ]
@@ -178,6 +242,15 @@ def merge(paths: Sequence[Path], out: Path) -> dict[str, Any]:
     }
     out.write_text(json.dumps(merged, indent=2) + "\n", encoding="utf-8")
     return merged
+
+
+def _without_superseded(outcomes: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`outcomes` less the rows of a method skipped in one part (e.g. Ray Tune under `--no-ray`) that another part
+    ran for the same data set and seed (e.g. `--ray-only`)."""
+    ran = {(o["dataset"], o["seed"], o["method"]) for o in outcomes if not o["status"].startswith(SKIPPED)}
+    return [
+        o for o in outcomes if not (o["status"].startswith(SKIPPED) and (o["dataset"], o["seed"], o["method"]) in ran)
+    ]
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -197,6 +270,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--metric", choices=["accuracy", "balanced_accuracy", "r2"], default="balanced_accuracy")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="extra stagetune override")
     parser.add_argument("--no-ray", action="store_true", help="skip Ray Tune even if it is installed")
+    parser.add_argument(
+        "--ray-only",
+        type=Path,
+        metavar="RESULTS",
+        help="run only Ray Tune ASHA, at the budgets stagetune used in RESULTS (a run with --no-ray), for its data "
+        "sets and seeds among --datasets/--seeds; then --merge RESULTS and this run's file",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="folder for the JSON results")
     parser.add_argument("--name", help="results file name (default search_efficiency_suite[_quick])")
     parser.add_argument(
@@ -258,6 +338,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         load = {"load_average_at_start": load_at_start, "load_average_now": os.getloadavg()}
         return write_results(args.out, name, results | {"wall_seconds": time.perf_counter() - started} | load)
 
+    if args.ray_only is not None:
+        budgets = stagetune_budgets(args.ray_only)
+        results = run_ray_only(specs, seeds, budgets, overrides, progress=show, checkpoint=save)
+        path = save(results)
+        print(f"\nresults: {path} ({time.perf_counter() - started:.0f} s); merge it with --merge")
+        return
     with_ray = None if not args.no_ray else False
     results = run_search_efficiency(specs, seeds, overrides, with_ray=with_ray, progress=show, checkpoint=save)
     path = save(results)

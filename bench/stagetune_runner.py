@@ -92,6 +92,8 @@ def run_stagetune(data: BenchData, seed: int) -> MethodOutcome:
             "predicted_shares": test_predicted_shares(result.final.test),
             "final_stopped": result.final.stopped,
             "objective": data.config.search.objective,
+            # Small data: each trial epoch trains this many folds, and B counts it once (the peers train one split).
+            "cv_folds": data.config.search.resolved_cv_folds,
             "coarse_epochs": compute.coarse,
             "refine_epochs": compute.refine,
             "sanity_epochs_equivalent": compute.sanity,

@@ -1,6 +1,7 @@
 """The benchmark suite's statistics (known inputs, known answers) and its data sets (each loads offline, with the
 shape and labels it is described with). No training: the whole module runs in a few seconds."""
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ import pandas as pd
 import pytest
 
 from bench.references import LINEAR
+from bench.search_efficiency import merge, stagetune_budgets
 from bench.search_report import suite_summary, summarise, table, verdicts
 from bench.suite_data import QUICK_SUITE, SUITE, suite_spec, write_csv
 from bench.suite_stats import (
@@ -148,6 +150,43 @@ def test_summary_and_table_show_every_method_run() -> None:
     assert "| cls (bal. acc) | stagetune" in text
     assert "ray-tune-asha" not in text  # not run: no row
     assert text.count("**met**") == 5
+
+
+def _part(tmp_path: Path, name: str, outcomes: list[dict[str, Any]]) -> Path:
+    path = tmp_path / f"{name}.json"
+    document = {"benchmark": "suite", "datasets": [{"name": "cls", "metric": "balanced_accuracy"}]}
+    path.write_text(json.dumps(document | {"command": name, "outcomes": outcomes}))
+    return path
+
+
+def test_a_ray_only_pass_takes_stagetune_budgets_and_replaces_the_skipped_rows_on_merge(tmp_path: Path) -> None:
+    main = _part(
+        tmp_path,
+        "main",
+        [
+            _row("stagetune", "cls", 0, 0.8) | {"epochs_used": 115.2},
+            _row("ray-tune-asha", "cls", 0, None, status="skipped"),
+            _row("stagetune", "cls", 1, None, status="failed: sanity_failed") | {"epochs_used": 0.0},
+            _row("ray-tune-asha", "cls", 1, None, status="skipped: no budget (stagetune failed: sanity_failed)"),
+        ],
+    )
+    assert stagetune_budgets(main) == {("cls", 0): 116}  # rounded up; a failed run has no budget to give
+    ray = _part(tmp_path, "ray", [_row("ray-tune-asha", "cls", 0, 0.7)])
+
+    merged = merge([main, ray], tmp_path / "merged.json")
+
+    rows = {(o["method"], o["seed"]): o["status"] for o in merged["outcomes"]}
+    assert rows == {
+        ("stagetune", 0): "ok",
+        ("ray-tune-asha", 0): "ok",
+        ("stagetune", 1): "failed: sanity_failed",
+        ("ray-tune-asha", 1): "skipped: no budget (stagetune failed: sanity_failed)",
+    }
+    ray_row = next(r for r in merged["summary"] if r["method"] == "ray-tune-asha")
+    assert ray_row["versus_stagetune"]["difference"]["mean"] == pytest.approx(0.1)
+    with pytest.raises(SystemExit) as refused:  # two runs of the same cell are not merged
+        merge([main, ray, ray], tmp_path / "twice.json")
+    assert refused.value.code == 2
 
 
 def test_suite_covers_the_kinds_of_data_the_issue_asks_for() -> None:
