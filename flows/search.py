@@ -42,8 +42,12 @@ class PrefectTrials:
     ) -> PrefectFuture[TrialRecord]:
         # quote(): Prefect would otherwise walk every argument (the config, the arrays, the study behind the
         # reporter) looking for futures to wait on, rebuilding each model it passes: 10-20 ms per trial
-        # (bench/README.md, "Profiles"). None of them holds a future; the task gets them unwrapped.
-        with trial_resources(context.config.execution):  # Dask: one trial per GPU, when asked
+        # (bench/README.md, "Profiles"). None of them holds a future; the task gets them unwrapped. Not on
+        # Dask: it ships a task's arguments as a graph, where a quote (a named tuple) arrives as a plain tuple.
+        execution = context.config.execution
+        with trial_resources(execution):  # Dask: one trial per GPU, when asked
+            if execution.task_runner == "dask":
+                return train_trial.submit(context, number, hp, params, report, return_state=False)
             args = (quote(context), number, quote(hp), quote(params), quote(report))
             return train_trial.submit(*args, return_state=False)
 
