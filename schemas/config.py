@@ -419,7 +419,10 @@ class SearchConfig(StrictModel):
         default=10,
         ge=1,
         le=3600,
-        description="Every running trial's process records a heartbeat this often in the study's storage.",
+        description=(
+            "How often a running trial's process records a heartbeat in an SQLite or PostgreSQL study (a journal "
+            "keeps none), and how often the search loop looks for trials whose process died."
+        ),
     )
     stale_after_seconds: int = Field(
         default=60,
