@@ -21,7 +21,10 @@ MLP_FIELDS = ("weight_decay", "momentum", "dropout", "batch_size", "width", "dep
 
 def _fields(space: SearchSpace) -> dict[str, AnyParam]:
     params: dict[str, AnyParam] = {name: getattr(space, name) for name in MLP_FIELDS}
-    params["rebalance"] = space.rebalance
+    # `auto` is resolved from the data at Stage 1; a space that did not pass through it (bench/ray_overhead.py)
+    # gets what auto becomes on balanced classes, as stagetune's own search does.
+    auto = space.rebalance.choices == ["auto"]
+    params["rebalance"] = CategoricalParam(choices=["none"]) if auto else space.rebalance
     return params
 
 

@@ -251,3 +251,16 @@ def test_a_dataset_is_written_once_as_csv_and_run_on_source_and_target_only(tmp_
     spec = suite_spec(dataset, tmp_path)
     assert spec.config_file is None
     assert spec.overrides == (f"data.source={path.resolve()}", "data.target=species")
+
+
+def test_the_peers_sample_the_embedded_space_before_stage_1_resolved_rebalance_auto() -> None:
+    """bench/ray_overhead.py hands the peers the config's space as written (`rebalance: [auto]`)."""
+    import optuna
+
+    from bench.space import suggest_optuna
+    from schemas.search_space import SearchSpace
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    hp = suggest_optuna(study.ask(), SearchSpace())
+    assert SearchSpace().rebalance.choices == ["auto"]
+    assert hp.rebalance == "none"
