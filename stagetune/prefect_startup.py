@@ -29,12 +29,15 @@ from typing import IO
 
 NOT_NEEDED_EXIT = 11  # the child found an API URL in Prefect's settings (a profile): no server wanted
 # Block types are not registered: no stagetune flow loads a block, and their registration is about a quarter
-# of a cold server start's CPU (3.7 of 15.9 s, loaded machine: bench/README.md, issue 18).
+# of a cold server start's CPU (3.7 of 15.9 s, loaded machine: bench/README.md, issue 18). The server's
+# telemetry service is off: a temporary server that lives for one run has nothing to report, and on a
+# machine without a network its lookups fail and its first write meets the migrations' lock on a new database.
 _SERVER_ENV = {
     "PREFECT_UI_ENABLED": "0",
     "PREFECT__SERVER_EPHEMERAL": "1",
     "PREFECT__SERVER_FINAL": "1",
     "PREFECT_API_BLOCKS_REGISTER_ON_START": "0",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "0",
 }
 _FALSE = ("0", "false", "no", "off")
 

@@ -175,3 +175,49 @@ def test_a_reused_process_id_does_not_keep_a_dead_trial_alive(tmp_path: Path) ->
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_per_epoch_values_skip_the_fsync_and_a_killed_reporter_keeps_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Trial.report` lines are appended without an fsync, every other line with one; the values reach the
+    journal all the same, for this process, for another storage object on the file, and after the
+    reporting process is killed."""
+    journal = tmp_path / "o.journal"
+    url = f"journal:///{journal}"
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    study = optuna.create_study(study_name="s", storage=open_storage(url))
+    trial = study.ask()
+    after_ask = len(synced)
+    assert after_ask > 0
+    for epoch in range(3):
+        trial.report(1.0 / (epoch + 1), epoch)
+        trial.should_prune()
+    assert len(synced) == after_ask
+    study.tell(trial, 0.25)
+    assert len(synced) > after_ask
+
+    reporter = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import os, signal, sys, optuna\n"
+            "from stagetune.search.study import open_storage\n"
+            "study = optuna.load_study(study_name='s', storage=open_storage(sys.argv[1]))\n"
+            "trial = study.ask()\n"
+            "for epoch in range(4):\n"
+            "    trial.report(float(epoch), epoch)\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n",
+            url,
+        ],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        check=False,
+    )
+    assert reporter.returncode == -signal.SIGKILL
+    fresh = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(journal)))
+    first, killed = optuna.load_study(study_name="s", storage=fresh).get_trials()
+    assert first.intermediate_values == {0: 1.0, 1: 0.5, 2: 1.0 / 3}
+    assert first.value == 0.25
+    assert killed.intermediate_values == {0: 0.0, 1: 1.0, 2: 2.0, 3: 3.0}

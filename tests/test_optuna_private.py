@@ -98,6 +98,29 @@ def test_a_journal_takes_stagetune_s_lock_and_keeps_no_heartbeats(tmp_path: Path
     assert optuna_private.heartbeat_storage(open_storage(f"journal:///{file}")) is None
 
 
+def test_only_the_journal_lines_of_trial_report_count_as_intermediate_values(tmp_path: Path) -> None:
+    """`stagetune.search.journal_file` skips the fsync for exactly the lines `Trial.report` writes."""
+    appended: list[list[dict[str, object]]] = []
+
+    class Recording(optuna.storages.journal.JournalFileBackend):
+        def append_logs(self, logs: list[dict[str, object]]) -> None:
+            appended.append(logs)
+            super().append_logs(logs)
+
+    storage = optuna.storages.JournalStorage(Recording(str(tmp_path / "o.journal")))
+    study = optuna.create_study(study_name="s", storage=storage)
+    trial = study.ask()
+    trial.suggest_float("x", 0.0, 1.0)
+    trial.set_user_attr("owner", "me")
+    before = len(appended)
+    trial.report(0.5, 0)
+    assert len(appended) == before + 1, "Trial.report no longer writes one append of its own"
+    assert [optuna_private.is_intermediate_value(log) for log in appended[-1]] == [True]
+    study.tell(trial, 0.5)
+    others = appended[:before] + appended[before + 1 :]
+    assert not any(optuna_private.is_intermediate_value(log) for logs in others for log in logs)
+
+
 def test_running_trial_rebuilds_a_live_trial_that_reports_and_prunes(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'o.db'}"
     pruner = optuna.pruners.ThresholdPruner(upper=1.0)

@@ -1,8 +1,8 @@
 """Every use of Optuna's private API in stagetune, in one place.
 
 Optuna's public API has no way to name a trial's storage id, to reach a study's storage, to tell
-whether a storage keeps heartbeats, to give a journal file its own kind of lock, or to rebuild the
-`Trial` of a running trial in another process.
+whether a storage keeps heartbeats, to give a journal file its own kind of lock, to tell a journal
+line's operation, or to rebuild the `Trial` of a running trial in another process.
 The pipeline needs each (a heartbeat per asked trial, a pruning reporter in a Dask worker), so they
 are written once here, and so is the windowed view of a study (`study_view`: Optuna's samplers read
 trials through the private `Study._get_trials`, and Hyperband builds its bracket study straight on the
@@ -19,10 +19,17 @@ from optuna.pruners import HyperbandPruner
 from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.storages.journal._file import BaseJournalFileLock
+from optuna.storages.journal._storage import JournalOperation
 from optuna.trial import FrozenTrial, TrialState
 
 HeartbeatStorage = BaseHeartbeat  # a storage that records heartbeats (RDBStorage, and Optuna's cache around it)
 JournalFileLock = BaseJournalFileLock  # what `JournalFileBackend(lock_obj=...)` takes: `acquire()` and `release()`
+
+
+def is_intermediate_value(log: dict[str, Any]) -> bool:
+    """Whether a journal line (what `JournalStorage` hands its backend's `append_logs`) records one
+    per-epoch value of a trial (`Trial.report`)."""
+    return bool(log.get("op_code") == JournalOperation.SET_TRIAL_INTERMEDIATE_VALUE)
 
 
 def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
