@@ -28,6 +28,7 @@ from bench.mlflow_server import mlflow_server
 from bench.timed_model import FACTORIES, LEDGER
 from schemas.config import PipelineConfig
 from stagetune.config_loading import load_config
+from stagetune.prefect_startup import without_flow_heartbeats
 
 Store = Literal["local", "server"]
 ROWS = 256  # sampled training rows: 2 steps of 128 per epoch
@@ -150,7 +151,8 @@ def measure_stagetune(config: PipelineConfig, store: Store, workload: Workload) 
 
     LEDGER.clear()
     started = time.time()
-    result = tune_pipeline(config)
+    with without_flow_heartbeats():  # as `stagetune run` runs the flow on its temporary Prefect server
+        result = tune_pipeline(config)
     ended = time.time()
     if result.status != "completed":
         raise RuntimeError(f"the overhead pipeline did not complete: {result.message}")

@@ -225,7 +225,7 @@ def _run_flow(
 
     api_server.wait()
     flow = tune_pipeline.with_options(task_runner=make_task_runner(settings.execution))
-    with RichReporter(console) as reporter, use(reporter):
+    with RichReporter(console) as reporter, use(reporter), api_server.flow_settings():
         return flow(settings, resume=resume, new=new)
 
 

@@ -11,6 +11,11 @@ config is valid, before the store check (whose SQLAlchemy import overlaps the ch
 child runs the server as Prefect's own temporary server does (`prefect.server.api.server:create_app`
 under uvicorn, UI off, marked ephemeral) and stops with this process (at exit, or by the kernel if
 this process is killed).
+
+Flow runs on that server send no heartbeats (`without_flow_heartbeats`): Prefect's heartbeat thread
+sleeps in one-second steps and the end of every flow run waits for it (0.5 s on average, up to 1 s of
+each run's wall time), while heartbeats only serve to mark a run crashed on a server that outlives it,
+and this one dies with the run.
 """
 
 import atexit
@@ -25,6 +30,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from typing import IO
 
 NOT_NEEDED_EXIT = 11  # the child found an API URL in Prefect's settings (a profile): no server wanted
@@ -99,6 +105,11 @@ class EarlyApiServer:
         os.environ["PREFECT_API_URL"] = self.api_url  # also for processes started later (Dask workers)
         refresh_global_settings_context()
 
+    def flow_settings(self) -> contextlib.AbstractContextManager[None]:
+        """The Prefect settings a flow run on this server runs under: no heartbeats on the temporary server
+        (started here); a server named by PREFECT_API_URL or a profile keeps Prefect's own."""
+        return without_flow_heartbeats() if self.process is not None else contextlib.nullcontext()
+
     def stop(self) -> None:
         """Stop the child (SIGTERM, then SIGKILL after 5 s)."""
         process, self.process = self.process, None
@@ -125,6 +136,16 @@ def start_api_server_early() -> EarlyApiServer:
     """Start Prefect's temporary API server in a child process when this run needs one; call `wait()`
     on the result before the first flow run."""
     return EarlyApiServer().start()
+
+
+@contextlib.contextmanager
+def without_flow_heartbeats() -> Iterator[None]:
+    """Flow runs started inside send no heartbeats: for a server that ends with this process (ours, Prefect's
+    own temporary one, a test's), where nothing outlives the run to notice that they stopped."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
 
 
 def _needs_temporary_server() -> bool:

@@ -25,6 +25,7 @@ import pytest
 
 from schemas.config import PipelineConfig
 from stagetune.config_loading import load_config
+from stagetune.prefect_startup import without_flow_heartbeats
 from stagetune.runtime import QUIET_DEFAULTS
 from tests.memory_temp import use_memory_temp
 from tests.mlflow_template import template_mlflow_stores
@@ -233,11 +234,13 @@ def _client_logins_do_not_leak() -> Iterator[None]:
 @pytest.fixture(scope="session")
 @uses_a_server
 def prefect_server() -> Iterator[str]:
-    """One temporary Prefect API (and database) for every flow run of the session; yields its URL."""
+    """One temporary Prefect API (and database) for every flow run of the session; yields its URL. Its flow
+    runs send no heartbeats, as `stagetune run`'s on its own temporary server (each run's end would wait
+    for the heartbeat thread, up to a second)."""
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
+    with prefect_test_harness(server_startup_timeout=120), without_flow_heartbeats():
         yield str(PREFECT_API_URL.value())
 
 

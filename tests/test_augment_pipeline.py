@@ -1,7 +1,6 @@
 """Augmentation through the whole pipeline: a search that tunes `augment`, and a bad flip pair refused at Stage 1."""
 
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,15 +14,6 @@ from tests.conftest import tiny_config
 from tests.test_bad_input import assert_rejected, base_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
-
-
-@pytest.fixture
-def no_flow_heartbeat() -> Iterator[None]:
-    """No flow-run heartbeat thread: ending a flow run would wait up to a second for it."""
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        yield
 
 
 def test_search_tunes_augment_and_logs_it_per_trial(tmp_path: Path) -> None:
@@ -50,7 +40,6 @@ def test_search_tunes_augment_and_logs_it_per_trial(tmp_path: Path) -> None:
     assert final["best.augment"] == str(result.best_hyperparams.augment).lower()
 
 
-@pytest.mark.usefixtures("no_flow_heartbeat")
 def test_unknown_flip_pair_is_refused_at_stage_one(tmp_path: Path) -> None:
     case = Path(tempfile.mkdtemp(dir=tmp_path))
     workdir = case / "work"

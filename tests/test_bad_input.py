@@ -17,7 +17,7 @@ import string
 import tempfile
 import types
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin
 
@@ -531,18 +531,9 @@ def bad_tables(draw: st.DrawFn, root: Path) -> tuple[dict[str, Any], str]:
     return changes, DATA_PROBLEMS[problem]
 
 
-@pytest.fixture(scope="module")
-def quick_flow_runs(prefect_server: str) -> Iterator[None]:
-    """No flow-run heartbeat thread: ending a flow run waits up to a second for it, per case."""
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        yield
-
-
 @pytest.mark.integration
 @pytest.mark.slow
-@pytest.mark.usefixtures("quick_flow_runs")
+@pytest.mark.usefixtures("prefect_server")
 @settings(SLOW, max_examples=EXPECTED["data"])
 @given(data=st.data())
 def test_bad_data_files(cases_root: Path, generated: Counter[str], data: st.DataObject) -> None:
@@ -564,7 +555,7 @@ def regression_csv(root: Path, target: object = None, n: int = 40) -> Path:
 
 @pytest.mark.integration
 @pytest.mark.slow
-@pytest.mark.usefixtures("quick_flow_runs")
+@pytest.mark.usefixtures("prefect_server")
 @pytest.mark.parametrize(
     ("target", "changes", "field"),
     [
@@ -613,7 +604,7 @@ def test_config_that_used_to_fail_after_validation(
 
 @pytest.mark.integration
 @pytest.mark.slow
-@pytest.mark.usefixtures("quick_flow_runs")
+@pytest.mark.usefixtures("prefect_server")
 @pytest.mark.parametrize("case", ["parquet list column", "s3 endpoint refused"])
 def test_data_that_used_to_fail_after_validation(cases_root: Path, case: str) -> None:
     from stagetune.stack.procs import free_port

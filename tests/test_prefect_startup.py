@@ -22,10 +22,13 @@ from stagetune.runtime import configure_process
 configure_process()
 from stagetune.prefect_startup import start_api_server_early
 server = start_api_server_early()
-from prefect.settings import PREFECT_API_URL
+from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY
 server.wait()
 child = server.process.pid if server.process else None
+with server.flow_settings():
+    heartbeat = PREFECT_FLOWS_HEARTBEAT_FREQUENCY.value()
 seen = {"api_url": PREFECT_API_URL.value(), "server_pid": child, "own_url": server.api_url, "spawned": server.port}
+seen["heartbeat"] = heartbeat
 print(json.dumps(seen), flush=True)
 time.sleep(120)
 """
@@ -54,6 +57,7 @@ def test_the_run_uses_a_server_started_in_a_child_that_dies_with_it(tmp_path: Pa
         server_pid = seen["server_pid"]
         assert isinstance(server_pid, int)
         assert seen["api_url"] == seen["own_url"]  # Prefect in the run points at the child's server
+        assert seen["heartbeat"] is None  # its flow runs send none: nothing outlives the run to read them
         with urllib.request.urlopen(f"{seen['api_url']}/health", timeout=5) as response:
             assert response.status == 200
     finally:
@@ -77,6 +81,7 @@ def test_an_api_url_in_the_prefect_profile_is_used_and_no_server_is_kept(tmp_pat
         assert seen["api_url"] == "http://127.0.0.1:9/api"
         assert seen["spawned"] is not None  # Prefect was not imported yet: a child was started on speculation,
         assert seen["server_pid"] is None  # and stopped once Prefect's settings named another API
+        assert seen["heartbeat"] == 180  # a server that outlives the run keeps Prefect's heartbeats
     finally:
         process.kill()
         process.wait()
