@@ -222,6 +222,12 @@ def _run_flow(
     from flows.runners import make_task_runner
     from flows.tune_pipeline import tune_pipeline
     from stagetune.progress import RichReporter, use
+    from stagetune.stages.pipeline_run import resolve_tracking
+
+    if not resolve_tracking(settings).tracking_uri.startswith(("http://", "https://")):
+        # MLflow's database store configures its SQLAlchemy mappers on import (~0.8 s of CPU), which the flow
+        # would do on creating the parent run, after the wait: here it fills a cold server start's wait too.
+        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
 
     api_server.wait()
     flow = tune_pipeline.with_options(task_runner=make_task_runner(settings.execution))
