@@ -14,8 +14,7 @@ from uuid import UUID
 
 from prefect import flow
 
-from flows.runners import make_task_runner
-from flows.tune_pipeline import tune_pipeline
+from flows.tune_pipeline import configured_pipeline
 from schemas.pipeline import PipelineResult
 from stagetune.config_loading import check_environment
 from stagetune.deploy import config_with_overrides
@@ -31,7 +30,7 @@ def tune_deployment(config: dict[str, Any], overrides: dict[str, Any] | None = N
     """
     settings = config_with_overrides(own_config(config), overrides or {})
     check_environment(settings)
-    return tune_pipeline.with_options(task_runner=make_task_runner(settings.execution))(settings)
+    return configured_pipeline(settings.execution)(settings)
 
 
 def own_config(given: Mapping[str, Any]) -> dict[str, Any]:

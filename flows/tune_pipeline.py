@@ -5,14 +5,14 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import torch
-from prefect import flow
+from prefect import Flow, flow
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
 from flows.attempts import open_attempt, record_attempt
-from flows.runners import require_configured_runner
+from flows.runners import THREAD_POOL_WORKERS, make_task_runner, require_configured_runner
 from flows.search import run_search
-from schemas.config import PipelineConfig
+from schemas.config import ExecutionConfig, PipelineConfig
 from schemas.final import FinalResult
 from schemas.pipeline import PipelineResult, RegisteredModel, SearchStageResult
 from schemas.results import SampleResult, SanityResult
@@ -33,7 +33,7 @@ from tasks.stages import narrow_space, open_coarse, open_refine, train_final
 from tasks.tracking import close_tracking, open_tracking
 
 # Threads for trial tasks; the search loop itself keeps at most `execution.concurrency` in flight.
-TRIAL_THREADS: ThreadPoolTaskRunner[Any] = ThreadPoolTaskRunner(max_workers=64)
+TRIAL_THREADS: ThreadPoolTaskRunner[Any] = ThreadPoolTaskRunner(max_workers=THREAD_POOL_WORKERS)
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -66,6 +66,14 @@ def tune_pipeline(config: PipelineConfig, resume: str | None = None, new: bool =
         raise
     finally:
         run.release()
+
+
+def configured_pipeline(execution: ExecutionConfig) -> Flow[..., PipelineResult]:
+    """The flow on the task runner `execution` asks for: the flow itself for the thread pool it has already
+    (`with_options` builds a new flow, its parameter schema included: ~0.1 s of CPU at the start of a run)."""
+    if execution.task_runner == "threads":
+        return tune_pipeline
+    return tune_pipeline.with_options(task_runner=make_task_runner(execution))
 
 
 def _attempt(config: PipelineConfig, run: PipelineRun, sample: SampleResult | None) -> PipelineResult:

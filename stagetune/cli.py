@@ -219,8 +219,7 @@ def _run_flow(
     # still starting (a cold start); with the server up already it only comes earlier.
     import torch._dynamo  # noqa: F401
 
-    from flows.runners import make_task_runner
-    from flows.tune_pipeline import tune_pipeline
+    from flows.tune_pipeline import configured_pipeline
     from stagetune.progress import RichReporter, use
     from stagetune.stages.pipeline_run import resolve_tracking
 
@@ -230,7 +229,7 @@ def _run_flow(
         import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
 
     api_server.wait()
-    flow = tune_pipeline.with_options(task_runner=make_task_runner(settings.execution))
+    flow = configured_pipeline(settings.execution)
     with RichReporter(console) as reporter, use(reporter), api_server.flow_settings():
         return flow(settings, resume=resume, new=new)
 
