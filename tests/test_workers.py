@@ -59,6 +59,12 @@ def test_two_workers_and_the_pipeline_share_an_exact_budget(tmp_path: Path, shar
         "coarse.epochs=6",
         "refine.n_trials=6",
         f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}",
+        # Training steps of 100 ms (bench.timed_model): the workers look for the study every 2 s, and tiny
+        # real trials let a fast pipeline finish the coarse stage alone before they joined. The sanity gate
+        # (a linear timed model, 100 ms a step) is not what this test is about.
+        "model.family=custom",
+        "model.import_path=bench.timed_model:sleep_100ms",
+        "sanity.enabled=false",
     ]
     args = [f"execution.workdir={tmp_path}", *overrides]
     command = [sys.executable, "-m", "stagetune", "worker", "--study", "shared", "--wait", "120", "--verbose"]
