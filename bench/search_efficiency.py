@@ -201,6 +201,20 @@ def resummarise(path: Path) -> dict[str, Any]:
     return document
 
 
+PART_KEYS = (
+    "command",
+    "date",
+    "machine",
+    "seeds",
+    "overrides",
+    "ray_tune",
+    "complete",
+    "wall_seconds",
+    "load_average_at_start",
+    "load_average_now",
+)
+
+
 def merge(paths: Sequence[Path], out: Path) -> dict[str, Any]:
     """One result file `out` from several runs' files (e.g. parts of the suite run side by side): their outcomes
     and data sets together, summarised again; each part's command, date, machine and seeds are kept."""
@@ -215,27 +229,14 @@ def merge(paths: Sequence[Path], out: Path) -> dict[str, Any]:
             file=sys.stderr,
         )
         raise SystemExit(2)
-    parts = [
-        {
-            k: doc.get(k)
-            for k in (
-                "command",
-                "date",
-                "machine",
-                "seeds",
-                "overrides",
-                "ray_tune",
-                "complete",
-                "wall_seconds",
-                "load_average_at_start",
-                "load_average_now",
-            )
-        }
-        for doc in documents
+    # A file merged before brings its own parts and sources (adding sets to the suite keeps every run's command).
+    parts = [part for doc in documents for part in doc.get("parts", [{k: doc.get(k) for k in PART_KEYS}])]
+    sources = [
+        source for doc, path in zip(documents, paths, strict=True) for source in doc.get("merged_from", [str(path)])
     ]
     merged = {
         "benchmark": documents[0]["benchmark"],
-        "merged_from": [str(p) for p in paths],
+        "merged_from": sources,
         "parts": parts,
         "datasets": [{"name": n, "metric": m} for n, m in datasets],
         **summarise_outcomes(outcomes, datasets),

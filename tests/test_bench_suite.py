@@ -189,6 +189,24 @@ def test_a_ray_only_pass_takes_stagetune_budgets_and_replaces_the_skipped_rows_o
     assert refused.value.code == 2
 
 
+def test_a_merged_file_merged_again_keeps_every_part_s_command(tmp_path: Path) -> None:
+    first = merge(
+        [
+            _part(tmp_path, "a", [_row("stagetune", "cls", 0, 0.8)]),
+            _part(tmp_path, "b", [_row("stagetune", "cls", 1, 0.7)]),
+        ],
+        tmp_path / "ab.json",
+    )
+    assert [part["command"] for part in first["parts"]] == ["a", "b"]
+    more = _part(tmp_path, "c", [_row("stagetune", "cls", 2, 0.9)])
+
+    merged = merge([tmp_path / "ab.json", more], tmp_path / "abc.json")
+
+    assert [part["command"] for part in merged["parts"]] == ["a", "b", "c"]
+    assert merged["merged_from"] == [str(tmp_path / f"{name}.json") for name in "abc"]
+    assert sorted(o["seed"] for o in merged["outcomes"]) == [0, 1, 2]
+
+
 def test_suite_covers_the_kinds_of_data_the_issue_asks_for() -> None:
     classification = [d for d in SUITE.values() if d.classification]
     assert len(classification) >= 10
