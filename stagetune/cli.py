@@ -84,7 +84,7 @@ def run(
     try:
         guarded(console, lambda: check_environment(settings), verbose)
         # Before the flow starts (seconds): a read-only store is refused before anything is written.
-        guarded(console, lambda: check_stores_writable(settings), verbose)
+        tracking = guarded(console, lambda: check_stores_writable(settings), verbose)
         if summary is not None:
             guarded(console, lambda: _check_writable(summary), verbose)
     except BaseException:
@@ -92,7 +92,7 @@ def run(
         raise
     result = guarded(
         console,
-        lambda: _run_flow(settings, console, api_server, resume=resume, new=new),
+        lambda: _run_flow(settings, console, api_server, tracking.tracking_uri, resume=resume, new=new),
         verbose,
         expected=(StoreError,),
     )
@@ -208,6 +208,7 @@ def _run_flow(
     settings: PipelineConfig,
     console: Console,
     api_server: EarlyApiServer,
+    tracking_uri: str,
     resume: str | None = None,
     new: bool = False,
 ) -> PipelineResult:
@@ -221,9 +222,8 @@ def _run_flow(
 
     from flows.tune_pipeline import configured_pipeline
     from stagetune.progress import RichReporter, use
-    from stagetune.stages.pipeline_run import resolve_tracking
 
-    if not resolve_tracking(settings).tracking_uri.startswith(("http://", "https://")):
+    if not tracking_uri.startswith(("http://", "https://")):
         # MLflow's database store configures its SQLAlchemy mappers on import (~0.8 s of CPU), which the flow
         # would do on creating the parent run, after the wait: here it fills a cold server start's wait too.
         import mlflow.store.tracking.sqlalchemy_store  # noqa: F401

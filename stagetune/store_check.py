@@ -16,6 +16,7 @@ import shutil
 import sqlite3
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from schemas.config import PipelineConfig
@@ -23,12 +24,16 @@ from schemas.urls import default_storage_url, journal_path
 from stagetune.errors import InputError
 from stagetune.settings import load_settings
 
+if TYPE_CHECKING:
+    from stagetune.stages.pipeline_run import TrackingTarget
+
 MIN_FREE_BYTES = 16 * 2**20
 """Less free space than this where a store lives: the first trials would fail with "disk full"."""
 
 
-def check_stores_writable(config: PipelineConfig) -> None:
-    """Raise `InputError` (naming the setting) if a local place this run writes to cannot be written."""
+def check_stores_writable(config: PipelineConfig) -> "TrackingTarget":
+    """Raise `InputError` (naming the setting) if a local place this run writes to cannot be written; return
+    where the run's MLflow records go (`resolve_tracking`), checked."""
     from stagetune.stages.pipeline_run import resolve_tracking  # deferred: it imports MLflow
 
     settings = load_settings()
@@ -53,6 +58,7 @@ def check_stores_writable(config: PipelineConfig) -> None:
         check_journal_writable(journal.expanduser(), storage, field)
     elif storage.startswith("sqlite:///"):
         check_sqlite_writable(storage, field, "Optuna storage")
+    return target
 
 
 def check_journal_writable(journal: Path, uri: str, field: str) -> None:

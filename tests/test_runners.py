@@ -24,7 +24,7 @@ from flows.runners import (
     require_configured_runner,
     trial_resources,
 )
-from flows.tune_pipeline import tune_pipeline
+from flows.tune_pipeline import configured_pipeline, tune_pipeline
 from schemas.config import ExecutionConfig
 from schemas.pipeline import PipelineResult
 from schemas.urls import default_storage_url
@@ -42,6 +42,15 @@ _CONDITIONAL_TAGS = {"stagetune.reason", "stagetune.importances"}
 def test_threads_are_the_default() -> None:
     runner = make_task_runner(ExecutionConfig())
     assert isinstance(runner, ThreadPoolTaskRunner)
+
+
+def test_the_flow_runs_as_defined_on_threads_and_with_the_dask_runner_when_asked() -> None:
+    assert configured_pipeline(ExecutionConfig()) is tune_pipeline  # not rebuilt per run
+    assert isinstance(tune_pipeline.task_runner, ThreadPoolTaskRunner)
+    on_dask = configured_pipeline(ExecutionConfig(task_runner="dask", dask_workers=2))
+    assert on_dask is not tune_pipeline
+    assert isinstance(on_dask.task_runner, DaskTaskRunner)
+    assert on_dask.fn is tune_pipeline.fn
 
 
 def test_dask_without_address_starts_a_loopback_local_cluster_of_single_threaded_processes() -> None:

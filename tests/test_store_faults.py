@@ -144,7 +144,9 @@ def test_the_store_check_writes_nothing_and_refuses_a_database_path_that_is_a_fo
     uri = make_database(store)
     before = sorted(p.name for p in store.iterdir())
     config = load_config(None, [f"tracking.uri={uri}", f"execution.workdir={tmp_path / 'work'}"])
-    check_stores_writable(config)  # writable: passes
+    target = check_stores_writable(config)  # writable: passes, and says where the run's records go
+    assert target.tracking_uri == uri
+    assert target.artifact_location == (store / "mlartifacts").as_uri()
     assert sorted(p.name for p in store.iterdir()) == before
     assert not (tmp_path / "work").exists()
     with sqlite3.connect(store / "mlflow.db") as connection:

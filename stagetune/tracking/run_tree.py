@@ -147,7 +147,7 @@ def log_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None
 
 def log_metrics(client: MlflowClient, run_id: str, rows: Iterable[tuple[str, float, int]]) -> None:
     """Log (name, value, step) rows with as few `log_batch` calls as MLflow's limits allow."""
-    now = int(time.time() * 1000)
+    now = now_ms()
     metrics = [Metric(name, float(value), now, step) for name, value, step in rows]
     for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
         client.log_batch(run_id, metrics=metrics[start : start + MAX_METRICS_PER_BATCH], synchronous=True)
