@@ -150,13 +150,20 @@ def _wait_inside(
     """Wait until this attempt has opened the run (its attempt count went up) and is inside `stage` (for
     a search: after a random number of its trials), then a random moment more; False when the process
     ended first."""
+    last = BUDGET.get(stage, 1) - 1  # finished trials while a search's last trial runs (0: not a search)
     finished_now = _n_finished(workdir, stage)
-    finished_before = rng.randint(min(finished_now, BUDGET.get(stage, 1) - 1), BUDGET.get(stage, 1) - 1)
+    finished_before = rng.randint(min(finished_now, max(last - 1, 0)), max(last - 1, 0))
     while time.monotonic() < deadline and process.poll() is None:
         state = _state(workdir)
         opened = state is not None and state["attempts"] > attempts_before
         if opened and _stage_now(workdir) == stage and _n_finished(workdir, stage) >= finished_before:
-            time.sleep(rng.uniform(0.0, 0.8))
+            # A random moment more, cut short once only the search's last trial is left running: the kill
+            # then still lands inside the stage however short its trials are.
+            until = time.monotonic() + rng.uniform(0.0, 0.8)
+            while time.monotonic() < until and process.poll() is None:
+                if last > 0 and _n_finished(workdir, stage) >= last:
+                    break
+                time.sleep(0.01)
             return process.poll() is None
         time.sleep(0.05)
     return False
