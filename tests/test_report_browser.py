@@ -250,7 +250,10 @@ def test_mlflow_ui_shows_the_model_training_view_the_logged_model_and_the_champi
     # 2. The final run's page lists its logged model, linked to the registered version.
     page.navigate(f"{mlflow_ui}/{mlflow_run_page(experiment, result.final.mlflow_run_id)}")
     page.wait_for("document.body.innerText.includes('Logged models (1)')", timeout=30)
-    model_link = page.evaluate(f"document.querySelector('a[href$=\"/models/{model_id}\"]')?.textContent")
+    # The count is drawn before the table's rows (CI at 2f5fe99 read the link while it was missing).
+    model_anchor = f"document.querySelector('a[href$=\"/models/{model_id}\"]')"
+    page.wait_for(f"!!{model_anchor}", timeout=30)
+    model_link = page.evaluate(f"{model_anchor}.textContent")
     assert model_link == "model"
     version_href = f"#/models/{registry.model_name}/versions/{registry.version}"
     assert page.evaluate(f"!!document.querySelector('a[href=\"{version_href}\"]')")
