@@ -265,6 +265,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--seeds", type=int, default=None, help=f"number of seeds (default {FULL_SEEDS}; 1 with --quick)"
     )
+    parser.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="seeds run from here (default 0): completes a part cut short, e.g. --first-seed 6 --seeds 4 is 6-9",
+    )
     parser.add_argument("--datasets", nargs="+", choices=list(SUITE), default=None, help="default: the whole suite")
     parser.add_argument("--csv", type=Path, help="also benchmark this CSV file")
     parser.add_argument("--target", help="label column of --csv")
@@ -301,6 +307,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def seeds_of(args: argparse.Namespace) -> list[int]:
+    """The seeds to run: `--seeds` of them (10, or 1 with `--quick`) from `--first-seed`."""
+    return list(range(args.first_seed, args.first_seed + (args.seeds or (1 if args.quick else FULL_SEEDS))))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the benchmark, print the tables, write `<out>/search_efficiency_suite[_quick].json` after each data set."""
     args = parse_args(argv)
@@ -321,7 +332,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     specs = [suite_spec(SUITE[n], cache) for n in names]
     if args.csv is not None:
         specs.append(csv_spec(args.csv, args.target, args.metric))
-    seeds = list(range(args.seeds or (1 if args.quick else FULL_SEEDS)))
+    seeds = seeds_of(args)
     overrides = [*(QUICK_OVERRIDES if args.quick else ()), *args.overrides]
     name = args.name or ("search_efficiency_suite_quick" if args.quick else "search_efficiency_suite")
     started = time.perf_counter()

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from bench.references import LINEAR
-from bench.search_efficiency import merge, stagetune_budgets
+from bench.search_efficiency import merge, parse_args, seeds_of, stagetune_budgets
 from bench.search_report import suite_summary, summarise, table, verdicts
 from bench.suite_data import QUICK_SUITE, SUITE, suite_spec, write_csv
 from bench.suite_stats import (
@@ -282,3 +282,9 @@ def test_the_peers_sample_the_embedded_space_before_stage_1_resolved_rebalance_a
     hp = suggest_optuna(study.ask(), SearchSpace())
     assert SearchSpace().rebalance.choices == ["auto"]
     assert hp.rebalance == "none"
+
+
+def test_a_part_cut_short_is_completed_from_its_first_missing_seed() -> None:
+    assert seeds_of(parse_args(["--first-seed", "6", "--seeds", "4"])) == [6, 7, 8, 9]
+    assert seeds_of(parse_args([])) == list(range(10))
+    assert seeds_of(parse_args(["--quick", "--first-seed", "3"])) == [3]
