@@ -21,6 +21,7 @@ from stagetune.training.optim import build_optimizer
 MAX_STEPS_BETWEEN_CHECKS = 10
 # Regression: a training loss below this share of its first step counts as memorised, whatever the R².
 REGRESSION_LOSS_SHARE = 0.01
+TARGET_SLACK = 1e-9
 
 
 @dataclass(frozen=True)
@@ -132,15 +133,19 @@ def overfit_tiny_subset(
             metrics["train_acc"] = accuracy
         if on_step is not None:
             on_step("overfit", step, metrics)
-        if _memorised(task, accuracy, losses, target):
+        if memorised(task, accuracy, losses, target):
             break
-    reached = _memorised(task, accuracy, losses, target)
+    reached = memorised(task, accuracy, losses, target)
     return OverfitOutcome(
         len(rows), step, accuracy, reached, losses, prior, score_name=score_name, ceiling=ceiling, target=target
     )
 
 
-def _memorised(task: Task, score: float, losses: list[float], target: float) -> bool:
-    if score >= target:
+def memorised(task: Task, score: float, losses: list[float], target: float) -> bool:
+    """Whether the overfit run has reached `target` (a regression run also when its loss fell below
+    REGRESSION_LOSS_SHARE of the first step's)."""
+    # The target is a difference of shares (ceiling - allowance), not always the float that `score` is when
+    # both stand for the same number of rows; a row is worth far more than the slack.
+    if score >= target - TARGET_SLACK:
         return True
     return task.name == "regression" and len(losses) > 1 and losses[-1] < REGRESSION_LOSS_SHARE * losses[0]
