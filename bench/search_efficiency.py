@@ -215,12 +215,19 @@ PART_KEYS = (
 )
 
 
-def merge(paths: Sequence[Path], out: Path) -> dict[str, Any]:
+def merge(paths: Sequence[Path], out: Path, replace: bool = False) -> dict[str, Any]:
     """One result file `out` from several runs' files (e.g. parts of the suite run side by side): their outcomes
-    and data sets together, summarised again; each part's command, date, machine and seeds are kept."""
+    and data sets together, summarised again; each part's command, date, machine and seeds are kept.
+    `replace`: a data set in a later file replaces its cells in the earlier ones (a set rerun after a change)."""
     documents = [json.loads(path.read_text(encoding="utf-8")) for path in paths]
     datasets = list(dict.fromkeys((d["name"], d["metric"]) for doc in documents for d in doc["datasets"]))
-    outcomes = _without_superseded([o for doc in documents for o in doc["outcomes"]])
+    per_document = [list(doc["outcomes"]) for doc in documents]
+    if replace:
+        for index, doc in enumerate(documents):
+            rerun = {o["dataset"] for o in doc["outcomes"]}
+            for earlier in per_document[:index]:
+                earlier[:] = [o for o in earlier if o["dataset"] not in rerun]
+    outcomes = _without_superseded([o for rows in per_document for o in rows])
     keys = [(o["dataset"], o["seed"], o["method"]) for o in outcomes]
     if len(set(keys)) != len(keys):
         twice = sorted({k for k in keys if keys.count(k) > 1})[:3]
@@ -295,6 +302,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--resummarise", type=Path, help="only recompute the summary and tables of this result file")
     parser.add_argument("--merge", type=Path, nargs="+", help="only combine these result files into --out/--name")
     parser.add_argument(
+        "--replace", action="store_true", help="with --merge: a data set in a later file replaces its earlier cells"
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -320,7 +330,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if args.merge:
         target = args.out / f"{args.name or 'search_efficiency_suite'}.json"
-        print(merge(args.merge, target)["table"])
+        print(merge(args.merge, target, replace=args.replace)["table"])
         print(f"\nresults: {target}")
         return
     prepare_process()

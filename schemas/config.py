@@ -380,7 +380,7 @@ class SearchConfig(StrictModel):
         "classification, val_rmse/val_mae/val_r2 (original units) for regression.",
     )
     imbalance_ratio: float = Field(
-        default=3.0,
+        default=2.5,
         ge=1.0,
         le=1e6,
         description="The classes count as skewed when the largest class of the training split has at least this "

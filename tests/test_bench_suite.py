@@ -288,3 +288,14 @@ def test_a_part_cut_short_is_completed_from_its_first_missing_seed() -> None:
     assert seeds_of(parse_args(["--first-seed", "6", "--seeds", "4"])) == [6, 7, 8, 9]
     assert seeds_of(parse_args([])) == list(range(10))
     assert seeds_of(parse_args(["--quick", "--first-seed", "3"])) == [3]
+
+
+def test_a_set_rerun_after_a_change_replaces_its_cells_on_merge(tmp_path: Path) -> None:
+    before = _part(tmp_path, "before", [_row("stagetune", "cls", 0, 0.7), _row("stagetune", "other", 0, 0.9)])
+    rerun = _part(tmp_path, "rerun", [_row("stagetune", "cls", 0, 0.8)])
+
+    merged = merge([before, rerun], tmp_path / "merged.json", replace=True)
+
+    assert sorted((o["dataset"], o["test_metric"]) for o in merged["outcomes"]) == [("cls", 0.8), ("other", 0.9)]
+    with pytest.raises(SystemExit):  # without --replace the shared cell is refused
+        merge([before, rerun], tmp_path / "refused.json")
