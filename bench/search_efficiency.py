@@ -314,6 +314,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.csv is not None and not args.target:
         parser.error("--csv needs --target (the label column)")
+    if args.first_seed < 0:
+        parser.error(f"--first-seed {args.first_seed}: seeds start at 0 (e.g. --first-seed 6 --seeds 4 runs 6-9)")
+    if args.replace and not args.merge:
+        parser.error("--replace only changes how --merge combines files: add --merge FILE ...")
     return args
 
 

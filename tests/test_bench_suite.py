@@ -290,6 +290,13 @@ def test_a_part_cut_short_is_completed_from_its_first_missing_seed() -> None:
     assert seeds_of(parse_args(["--quick", "--first-seed", "3"])) == [3]
 
 
+@pytest.mark.parametrize("argv", [["--first-seed", "-1"], ["--replace"]])
+def test_seed_and_merge_options_that_cannot_mean_anything_exit_2(argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as refused:
+        parse_args(argv)
+    assert refused.value.code == 2
+
+
 def test_a_set_rerun_after_a_change_replaces_its_cells_on_merge(tmp_path: Path) -> None:
     before = _part(tmp_path, "before", [_row("stagetune", "cls", 0, 0.7), _row("stagetune", "other", 0, 0.9)])
     rerun = _part(tmp_path, "rerun", [_row("stagetune", "cls", 0, 0.8)])
