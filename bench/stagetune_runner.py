@@ -24,14 +24,26 @@ class PipelineCompute:
     sanity: float
     trials: int
     pruned: int
+    final_extra: float = 0.0
 
     @property
     def search(self) -> float:
-        """Coarse plus refinement epochs actually run (pruned ones included): the budget B of the peers."""
+        """Coarse plus refinement epochs actually run (pruned ones included)."""
         return self.coarse + self.refine
 
+    @property
+    def budget(self) -> float:
+        """The budget B of the peers: the search's epochs plus the final stage's beyond one network.
 
-def pipeline_compute(result: PipelineResult, config: PipelineConfig, search_rows: int) -> PipelineCompute:
+        Every peer retrains one network of its best point; stagetune's final stage trains `final.ensemble`
+        of them. The epochs of the members after the first are compute the peers did not get, so they join B
+        (each peer spends them on more search)."""
+        return self.search + self.final_extra
+
+
+def pipeline_compute(
+    result: PipelineResult, config: PipelineConfig, search_rows: int, final_rows: int
+) -> PipelineCompute:
     """Count the epochs each search stage actually ran, scaled by the rows it trained on (a coarse epoch on half
     the rows is half an epoch). The sanity gate's optimizer steps are converted the same way but kept apart."""
     stages = [s for s in (result.coarse, result.refine) if s is not None]
@@ -50,7 +62,16 @@ def pipeline_compute(result: PipelineResult, config: PipelineConfig, search_rows
         sanity=sanity,
         trials=len(trials),
         pruned=sum(t.state == "PRUNED" for t in trials),
+        final_extra=final_extra_epochs(result, config, final_rows) / search_rows,
     )
+
+
+def final_extra_epochs(result: PipelineResult, config: PipelineConfig, final_rows: int) -> float:
+    """Row-epochs the final stage trained beyond its first network: every member after the first, over the
+    rows a member trains on (the training split; on small data the training and validation rows)."""
+    if result.final is None or len(result.final.members) <= 1:
+        return 0.0
+    return sum(member.epochs_run for member in result.final.members[1:]) * final_rows
 
 
 def run_stagetune(data: BenchData, seed: int) -> MethodOutcome:
@@ -65,15 +86,17 @@ def run_stagetune(data: BenchData, seed: int) -> MethodOutcome:
         # The flow divides the torch thread pool between concurrent trials and leaves it divided.
         torch.set_num_threads(threads)
     pipeline_seconds = time.perf_counter() - started
-    compute = pipeline_compute(result, data.config, data.n_search_rows)
+    arrays = data.arrays
+    final_rows = len(arrays.y_train) + (len(arrays.y_val) if data.config.search.resolved_cv_folds > 1 else 0)
+    compute = pipeline_compute(result, data.config, data.n_search_rows, final_rows)
     searched = sum(s.seconds for s in (result.coarse, result.refine) if s is not None)
     outcome = MethodOutcome(
         method=METHOD,
         dataset=data.spec.name,
         seed=seed,
         status="ok" if result.status == "completed" else f"failed: {result.status}",
-        budget_epochs=compute.search,
-        epochs_used=compute.search,
+        budget_epochs=compute.budget,
+        epochs_used=compute.budget,
         trials=compute.trials,
         pruned=compute.pruned,
         search_seconds=searched,
@@ -97,5 +120,8 @@ def run_stagetune(data: BenchData, seed: int) -> MethodOutcome:
             "coarse_epochs": compute.coarse,
             "refine_epochs": compute.refine,
             "sanity_epochs_equivalent": compute.sanity,
+            # The final ensemble's members after the first, in epochs over the search rows: part of B above.
+            "final_extra_epochs": compute.final_extra,
+            "final_members": len(result.final.members) or 1,
         },
     )

@@ -550,6 +550,14 @@ class FinalConfig(StrictModel):
     early_stopping_patience: int = Field(default=5, ge=1)
     lr_plateau_factor: float = Field(default=0.5, gt=0, lt=1)
     lr_plateau_patience: int = Field(default=2, ge=0)
+    ensemble: int = Field(
+        default=5,
+        ge=1,
+        le=50,
+        description="Networks trained with the chosen hyperparameters from different seeds (seed, seed + 1, ...); "
+        "the registered model predicts their mean (class probabilities, or regression outputs). 1: a single "
+        "network. Each member costs one more final training.",
+    )
 
 
 class TrackingConfig(StrictModel):

@@ -192,8 +192,23 @@ class ChampionDecision(StrictModel):
     metric_value: float
 
 
+class EnsembleMember(StrictModel):
+    """One network of the final ensemble: its seed and how its training ended."""
+
+    model_config = _NAN_SAFE
+
+    seed: int
+    epochs_run: int = Field(ge=0)
+    best_epoch: int | None = None
+    stopped: Literal["completed", "early_stopped", "diverged", "stopped"]
+    best_val_loss: float | None = None
+
+
 class FinalResult(StrictModel):
-    """Stage 5 output: the final training run, its test metrics, diagnosis, checkpoint and registry decision."""
+    """Stage 5 output: the final training run, its test metrics, diagnosis, checkpoint and registry decision.
+
+    With `final.ensemble` > 1 the curve, epochs and diagnosis are the first member's (the seed of a single
+    network), `members` lists every member, and the test metrics are the ensemble's."""
 
     model_config = _NAN_SAFE
 
@@ -208,3 +223,9 @@ class FinalResult(StrictModel):
     checkpoint_artifact: str = Field(description="Artifact path of the checkpoint in the final run.")
     registry: ChampionDecision | None = None
     mlflow_run_id: str | None = None
+    members: list[EnsembleMember] = Field(default_factory=list)
+
+    @property
+    def epochs_all_members(self) -> int:
+        """Training epochs of every member together (the final stage's compute)."""
+        return sum(member.epochs_run for member in self.members) if self.members else self.epochs_run

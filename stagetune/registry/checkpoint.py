@@ -20,6 +20,7 @@ from schemas.final import TestMetrics
 from schemas.hyperparams import HyperParams
 from stagetune.atomic_file import atomic_binary_file
 from stagetune.models import build_model
+from stagetune.models.ensemble import ensemble_of
 
 CHECKPOINT_FORMAT = 1
 """Bump when the layout of the checkpoint dictionary changes."""
@@ -58,6 +59,7 @@ def save_checkpoint(
     data_fingerprint: str,
     metrics: TestMetrics | None,
     task_args: dict[str, Any] | None = None,
+    ensemble_members: int = 1,
 ) -> None:
     """Write the model's weights and the arguments that rebuild it to `path`, atomically.
 
@@ -66,6 +68,7 @@ def save_checkpoint(
     `task_args` (plain values) join the model arguments: for regression the task, the target names and
     the mean/std that turn the standardised outputs back into the targets' units.
     For a regressor `num_classes` is the number of outputs and `class_names` the target names.
+    `ensemble_members` > 1: `model` is a `MeanEnsemble` of that many networks built from the same arguments.
     """
     if len(class_names) != num_classes:
         raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
@@ -80,6 +83,7 @@ def save_checkpoint(
             "import_path": import_path,
             "data_fingerprint": data_fingerprint,
             "stagetune_version": _stagetune_version(),
+            "ensemble_members": int(ensemble_members),
             **(task_args or {}),
         },
         "metrics": None if metrics is None else metrics.model_dump(mode="python"),
@@ -104,7 +108,11 @@ def load_checkpoint(path: Path) -> LoadedModel:
     payload = _read(path)
     args = payload["model_args"]
     hp = HyperParams(**args["hyperparams"])
-    model = build_model(args["family"], hp, args["input_shape"], args["num_classes"], args["import_path"])
+    members = [
+        build_model(args["family"], hp, args["input_shape"], args["num_classes"], args["import_path"])
+        for _ in range(int(args.get("ensemble_members", 1)))  # checkpoints from before ensembles hold one network
+    ]
+    model = ensemble_of(members, classifier=args.get("task", "classification") == "classification")
     model.load_state_dict(payload["state_dict"])
     model.eval()
     metrics = payload.get("metrics")

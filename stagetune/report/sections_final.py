@@ -46,6 +46,8 @@ def final_section(final: FinalResult | None, numbers: Numbers) -> Section:
     rows = key_value_rows(numbers, "final", facts)
     if final.stop_reason:
         rows.insert(2, [esc("stop reason"), esc(final.stop_reason)])
+    if len(final.members) > 1:
+        rows.insert(0, [esc("ensemble (final.ensemble)"), esc(_members_text(final))])
     hp_rows = [[esc(k), numbers.span(f"final.hp.{k}", v)] for k, v in flat_hyperparams(final.hyperparams).items()]
     body = (
         '<div class="plots">'
@@ -63,10 +65,21 @@ def final_section(final: FinalResult | None, numbers: Numbers) -> Section:
             [[o.name, f"{o.r2:.4f}", f"{o.rmse:.4g}", f"{o.mae:.4g}"] for o in test.per_output],
         )
     markdown += f"\n\n{final.epochs_run} epochs ({final.stopped}), kept epoch {final.best_epoch}."
+    if len(final.members) > 1:
+        markdown += f" Ensemble: {_members_text(final)}."
     if final.registry is not None:
         markdown += f" Registry: {final.registry.model_name} v{final.registry.version} -> {final.registry.alias} "
         markdown += f"({final.registry.decision}: {final.registry.reason})."
     return Section("final", "6. Final training", body, markdown)
+
+
+def _members_text(final: FinalResult) -> str:
+    """The ensemble's members in words: the test metrics are their mean prediction's; the curve is the first's."""
+    epochs = ", ".join(f"seed {m.seed}: {m.epochs_run} epochs" for m in final.members)
+    return (
+        f"{len(final.members)} networks from different seeds ({epochs}); the test metrics are of their mean "
+        "prediction, the curve and epochs above are the first network's"
+    )
 
 
 _CLASS_FIELDS = ("precision", "recall", "f1", "support")

@@ -1,36 +1,32 @@
 """Stage 5: the chosen hyperparameters on the full training data, then one test evaluation, then the registry."""
 
 import math
-from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from schemas.config import PipelineConfig
 from schemas.final import ChampionDecision, FinalResult, RegressionTestMetrics, TestMetrics
 from schemas.hyperparams import HyperParams
-from schemas.results import EpochRecord, SampleResult
+from schemas.results import SampleResult
 from schemas.stages import Stage
 from stagetune import progress
-from stagetune.data.augment import build_augmenter, pixels_of
 from stagetune.data.fingerprint import arrays_fingerprint
 from stagetune.data.source import Features, features_fingerprint_parts
-from stagetune.data.stage import StageArrays, load_stage_arrays
+from stagetune.data.stage import load_stage_arrays
 from stagetune.diagnosis import diagnose_curves
 from stagetune.evaluation import evaluate_on_test
-from stagetune.models import build_model
 from stagetune.registry import register_and_promote, save_checkpoint
 from stagetune.report.figures import confusion_matrix_svg
 from stagetune.report.regression_plots import predicted_vs_actual_svg, residual_histogram_svg
 from stagetune.search.space import logged_hyperparams
 from stagetune.serving.final_model import log_final_model, rescore_champion, version_tags
 from stagetune.serving.log_model import check_requirements_early, tracking_uri_set
+from stagetune.stages.final_members import train_final_members
 from stagetune.stages.sanity_stage import epoch_line, skewed
-from stagetune.task import Task, full_task_for
+from stagetune.task import full_task_for
 from stagetune.tracking.run_tree import (
     RunTree,
     epoch_metric_rows,
@@ -43,10 +39,7 @@ from stagetune.tracking.run_tree import (
 from stagetune.tracking.svg_curves import learning_curve_svg
 from stagetune.tracking.system_metrics import monitored_run
 from stagetune.training.device import resolve_device
-from stagetune.training.loaders import TrainFeed, load_options, make_eval_loader, make_train_loader
-from stagetune.training.loop import FitResult, fit
-from stagetune.training.reproducibility import seed_global_generator
-from stagetune.training.small_data import FitOptions, final_fit_from_folds, joined
+from stagetune.training.loaders import load_options
 
 CHECKPOINT_ARTIFACT = "checkpoint/checkpoint.pt"
 FACTORY_CHECKPOINT_NOTE = (
@@ -76,33 +69,22 @@ def final_stage(
             {**logged_hyperparams(hp, config.model), **{f"final.{k}": v for k, v in final.model_dump().items()}},
         )
         task = full_task_for(sample, config.training.loss)
-        model = build_model(
-            config.model.family, hp, sample.input_shape, task.output_size, config.model.import_path, seed=config.seed
-        )
-        feed = make_train_loader(arrays.X_train, arrays.y_train, hp, task, config.seed, config.sample.oversample_ratio)
-        augment = build_augmenter(config, hp, feed.task, sample.input_shape, config.seed, pixels_of(sample))
-        feed = replace(feed, augment=augment)
-        # Weights, data order, dropout and augmentation have streams seeded with config.seed (build_model);
-        # the global generator is seeded for randomness in a custom model's own forward only.
-        seed_global_generator(config.seed)
+        members = config.final.ensemble
         reporter.stage_started(
-            Stage.FINAL, f"up to {final.max_epochs} epochs on {len(arrays.y_train)} rows", total=final.max_epochs
+            Stage.FINAL,
+            f"up to {final.max_epochs} epochs on {len(arrays.y_train)} rows"
+            + (f", {members} networks (final.ensemble)" if members > 1 else ""),
+            total=final.max_epochs * members,
         )
-        folds, rule = config.search.resolved_cv_folds, None
-        if folds > 1:  # small data: epochs from the folds, then train+val without early stopping
-            build = partial(build_model, config.model.family, hp, sample.input_shape, task.output_size,
-                            config.model.import_path, seed=config.seed)  # fmt: skip
-            x, y = joined(arrays.X_train, arrays.y_train, arrays.X_val, arrays.y_val)
-            model, outcome, rule = final_fit_from_folds(
-                build, x, y, hp, task,
-                final.max_epochs, device, folds=folds, seed=config.seed, patience=final.early_stopping_patience,
-                options=FitOptions.of(config), on_epoch=lambda r: reporter.stage_advanced(Stage.FINAL, epoch_line(r)),
-            )  # fmt: skip
-        else:
-            progress_line = partial(epoch_line, balanced=skewed(sample))
-            outcome = _fit_on_validation(config, model, feed, arrays, hp, task, device, progress_line)
+        line = partial(epoch_line, balanced=skewed(sample))
+        trained = train_final_members(
+            config, sample, arrays, hp, task, device,
+            lambda index, record: reporter.stage_advanced(Stage.FINAL, _member_line(index, members, line(record))),
+        )  # fmt: skip
+        folds, rule, outcome = config.search.resolved_cv_folds, trained.rule, trained.first.fit
         if outcome.best_epoch is None:
             raise FinalTrainingError(f"final training produced no finite epoch: {outcome.reason}")
+        model = trained.model(classifier=sample.task == "classification")
         # The model now holds the best validation epoch's weights; the test split is used once, here.
         test = evaluate_on_test(model, arrays.X_test, arrays.y_test, task, device)
         test_fingerprint = arrays_fingerprint(
@@ -120,6 +102,7 @@ def final_stage(
             class_names=sample.class_names if sample.task == "classification" else sample.target_names,
             import_path=config.model.import_path,
             data_fingerprint=test_fingerprint,
+            ensemble_members=len(trained.members),
             metrics=test if isinstance(test, TestMetrics) else None,
             task_args=None
             if sample.task == "classification"
@@ -140,18 +123,19 @@ def final_stage(
             diagnosis=diagnose_curves(
                 outcome.history,
                 outcome.status,
-                reference_loss=feed.task.expected_initial_loss(arrays.y_train),
+                reference_loss=task.with_loss(hp.loss).expected_initial_loss(arrays.y_train),  # the trained loss
                 n_val=None if folds > 1 else len(arrays.y_val),
                 kept_best=folds <= 1,
             ),
             checkpoint_artifact=CHECKPOINT_ARTIFACT,
             registry=decision,
             mlflow_run_id=run_id,
+            members=[member.summary() for member in trained.members],
         )
         _record(tree, run_id, result)
     reporter.stage_finished(
         Stage.FINAL,
-        f"{result.epochs_run} epochs ({result.stopped}); test {test_line(test)}; {decision.model_name} "
+        f"{_epochs_line(result, len(trained.left_out))}; test {test_line(test)}; {decision.model_name} "
         f"v{decision.version} -> {decision.alias}",
     )
     return result
@@ -216,34 +200,18 @@ def _register_model(
     return decision.model_copy(update={"reason": f"{rescored}; {decision.reason}"})
 
 
-def _fit_on_validation(
-    config: PipelineConfig,
-    model: torch.nn.Module,
-    feed: TrainFeed,
-    arrays: StageArrays,
-    hp: HyperParams,
-    task: Task,
-    device: torch.device,
-    line: Callable[[EpochRecord], str],
-) -> FitResult:
-    """The training split, early stopping and LR decay on the validation split, best epoch kept."""
-    final = config.final
-    return fit(
-        model,
-        feed,
-        make_eval_loader(arrays.X_val, arrays.y_val, batch_size=1024, task=task),
-        hp,
-        final.max_epochs,
-        device,
-        on_epoch=lambda r: progress.current().stage_advanced(Stage.FINAL, line(r)),
-        grad_clip_norm=config.training.grad_clip_norm,
-        amp_bf16=config.execution.amp_bf16,
-        lr_plateau_patience=final.lr_plateau_patience,
-        lr_plateau_factor=final.lr_plateau_factor,
-        early_stopping_patience=final.early_stopping_patience,
-        max_batches_per_epoch=config.training.max_batches_per_epoch,
-        keep_best_state=True,
-    )
+def _member_line(index: int, members: int, line: str) -> str:
+    """The progress line of one member's epoch (prefixed with the member when there are several)."""
+    return line if members == 1 else f"network {index + 1}/{members}: {line}"
+
+
+def _epochs_line(result: FinalResult, left_out: int) -> str:
+    """How the final training ended, in a few words: one network's epochs, or every member's."""
+    if len(result.members) <= 1:
+        return f"{result.epochs_run} epochs ({result.stopped})"
+    epochs = ", ".join(str(member.epochs_run) for member in result.members)
+    dropped = f", {left_out} diverged and left out" if left_out else ""
+    return f"ensemble of {len(result.members)} networks ({epochs} epochs{dropped})"
 
 
 def _record(tree: RunTree, run_id: str, result: FinalResult) -> None:

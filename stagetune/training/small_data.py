@@ -168,6 +168,62 @@ def mean_history(histories: list[list[EpochRecord]]) -> list[EpochRecord]:
     return merged
 
 
+def epochs_from_folds(
+    build: ModelFactory,
+    x: Features,
+    y: np.ndarray,
+    hp: HyperParams,
+    task: Task,
+    max_epochs: int,
+    device: torch.device,
+    *,
+    folds: int,
+    seed: int,
+    patience: int,
+    options: FitOptions,
+) -> tuple[int | None, FoldsResult, str]:
+    """The epoch count for training on all of `x`: the median of the folds' early-stopped best epochs (None when
+    a fold diverged), the folds' result, and the rule in words."""
+    chosen = cross_validate(
+        build, x, y, hp, task, max_epochs, device,
+        folds=folds, seed=seed, options=options, early_stopping_patience=patience,
+    )  # fmt: skip
+    if chosen.fit.status == "diverged":
+        return None, chosen, f"a fold diverged while choosing the epoch count: {chosen.fit.reason}"
+    epochs = max(1, round(statistics.median(chosen.best_epochs)) + 1)
+    rule = (
+        f"small data: {epochs} epochs on the {len(y)} training and validation rows together, the median of the "
+        f"best epochs of {folds} folds ({', '.join(str(e + 1) for e in chosen.best_epochs)}; early stopping "
+        f"patience {patience}), no early stopping on the final model"
+    )
+    return epochs, chosen, rule
+
+
+def fit_all_rows(
+    model: nn.Module,
+    x: Features,
+    y: np.ndarray,
+    hp: HyperParams,
+    task: Task,
+    epochs: int,
+    device: torch.device,
+    *,
+    seed: int,
+    options: FitOptions,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+) -> FitResult:
+    """Train `model` on all of `x` for exactly `epochs` epochs (no validation rows left to stop on); its last
+    epoch counts as the best. The caller seeds the global generator before building `model`."""
+    feed = make_train_loader(x, y, hp, task, seed, options.oversample_ratio)
+    result = fit(
+        model, feed, None, hp, epochs, device, on_epoch=on_epoch, grad_clip_norm=options.grad_clip_norm,
+        amp_bf16=options.amp_bf16, max_batches_per_epoch=options.max_batches_per_epoch,
+    )  # fmt: skip
+    if result.status != "diverged" and result.history:
+        result.best_epoch = len(result.history) - 1
+    return result
+
+
 def final_fit_from_folds(
     build: ModelFactory,
     x: Features,
@@ -185,25 +241,15 @@ def final_fit_from_folds(
 ) -> tuple[nn.Module, FitResult, str]:
     """Choose the epoch count as the median of the folds' early-stopped best epochs, then train one model on
     all of `x` for that many epochs. Returns the model, its fit (best_epoch: the last) and the rule in words."""
-    chosen = cross_validate(
-        build, x, y, hp, task, max_epochs, device,
-        folds=folds, seed=seed, options=options, early_stopping_patience=patience,
-    )  # fmt: skip
-    if chosen.fit.status == "diverged":
-        return build(), chosen.fit, f"a fold diverged while choosing the epoch count: {chosen.fit.reason}"
-    epochs = max(1, round(statistics.median(chosen.best_epochs)) + 1)
+    epochs, chosen, rule = epochs_from_folds(
+        build, x, y, hp, task, max_epochs, device, folds=folds, seed=seed, patience=patience, options=options
+    )
+    if epochs is None:
+        return build(), chosen.fit, rule
     seed_global_generator(seed)  # only for randomness in a custom model's forward: `build` seeds the rest
     model = build()
-    feed = make_train_loader(x, y, hp, task, seed, options.oversample_ratio)
-    result = fit(
-        model, feed, None, hp, epochs, device, on_epoch=on_epoch, grad_clip_norm=options.grad_clip_norm,
-        amp_bf16=options.amp_bf16, max_batches_per_epoch=options.max_batches_per_epoch,
-    )  # fmt: skip
-    if result.status != "diverged" and result.history:
-        result.best_epoch = len(result.history) - 1
-    rule = (
-        f"small data: {epochs} epochs on the {len(y)} training and validation rows together, the median of the "
-        f"best epochs of {folds} folds ({', '.join(str(e + 1) for e in chosen.best_epochs)}; early stopping "
-        f"patience {patience}), no early stopping on the final model"
+    return (
+        model,
+        fit_all_rows(model, x, y, hp, task, epochs, device, seed=seed, options=options, on_epoch=on_epoch),
+        rule,
     )
-    return model, result, rule
