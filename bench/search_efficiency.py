@@ -8,9 +8,10 @@ regression, or ridge for regression, and HistGradientBoosting, each with a small
 Each data set of `bench.suite_data.SUITE` is written once as a CSV file and run as a newcomer would: the
 embedded defaults with only `data.source` and `data.target` set. For each data set and seed, stagetune runs
 first; the epochs its coarse and refinement stages actually ran (pruned ones included, a coarse epoch on half
-the rows counted as half) are the budget B every peer gets ("random 2B" gets twice that). stagetune's row is
-its own final model's test score; every peer retrains its best point with stagetune's final-stage rule. All
-rows of one seed share one split, so differences are paired.
+the rows counted as half), plus the epochs its final ensemble trained beyond one network (in the same units),
+are the budget B every peer gets ("random 2B" gets twice that). stagetune's row is its own final model's test
+score; every peer retrains one network of its best point with stagetune's final-stage rule. All rows of one
+seed share one split, so differences are paired.
 """
 
 import argparse

@@ -83,8 +83,10 @@ class FinalOutcome:
 
 
 def final_retrain(data: BenchData, hp: HyperParams) -> FinalOutcome:
-    """stagetune's final-stage rule for every method: the full training split, early stopping on validation
-    loss, LR x factor on plateau, gradient clipping, the best epoch's weights; then one test evaluation."""
+    """stagetune's final-stage rule for one network, for every peer: the full training split, early stopping on
+    validation loss, LR x factor on plateau, gradient clipping, the best epoch's weights; then one test evaluation.
+    (stagetune's own final stage trains `final.ensemble` such networks; the epochs of its extra members are
+    added to the peers' search budget instead, see bench/stagetune_runner.py.)"""
     config, arrays, final = data.config, data.arrays, data.config.final
     device = resolve_device(config.execution.device)
     # Dropout masks come from the global generator: seed it, so a point retrains the same for every method.
