@@ -22,6 +22,7 @@ from stagetune.data.defaults import with_data_defaults
 from stagetune.errors import InputError
 from stagetune.interruption import is_interruption, set_resume_hint
 from stagetune.run_store import PipelineRun
+from stagetune.stages.final_members import search_row_epochs
 from stagetune.stages.final_stage import test_line
 from stagetune.store_check import check_stores_writable
 from stagetune.tracking.run_tree import RunTree, end_run, now_ms
@@ -149,7 +150,13 @@ def _stages(config: PipelineConfig, sample: SampleResult, tree: RunTree, run: Pi
         message = "No coarse or refinement trial completed: see the trials' fail reasons and diagnoses in MLflow."
         return PipelineResult(**common, status="search_failed", message=message, stages_completed=stages)
 
-    final = _stage(run, Stage.FINAL, FinalResult, lambda: train_final(config, sample, best.hyperparams, tree, run.dir))
+    search_compute = search_row_epochs([coarse, refine], config.search.resolved_cv_folds)
+    final = _stage(
+        run,
+        Stage.FINAL,
+        FinalResult,
+        lambda: train_final(config, sample, best.hyperparams, tree, run.dir, search_compute),
+    )
     stages.append(Stage.FINAL)
     decision = final.registry
     registered = None

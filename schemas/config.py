@@ -554,9 +554,17 @@ class FinalConfig(StrictModel):
         default=5,
         ge=1,
         le=50,
-        description="Networks trained with the chosen hyperparameters from different seeds (seed, seed + 1, ...); "
-        "the registered model predicts their mean (class probabilities, or regression outputs). 1: a single "
-        "network. Each member costs one more final training.",
+        description="At most this many networks trained with the chosen hyperparameters from different seeds "
+        "(seed, seed + 1, ...); the registered model predicts their mean (class probabilities, or regression "
+        "outputs). 1: a single network. Members after the first are trained only within ensemble_budget.",
+    )
+    ensemble_budget: float = Field(
+        default=0.5,
+        ge=0,
+        le=100,
+        description="Compute the members after the first may take, as a share of the coarse and refinement "
+        "stages' training (epochs x rows, each fold counted on small data): each costs what the first member "
+        "took, so an ensemble never costs more than this share of the search beyond one network. 0: one network.",
     )
 
 

@@ -224,6 +224,7 @@ class FinalResult(StrictModel):
     registry: ChampionDecision | None = None
     mlflow_run_id: str | None = None
     members: list[EnsembleMember] = Field(default_factory=list)
+    ensemble_rule: str | None = Field(default=None, description="Why the ensemble has as many members as it has.")
 
     @property
     def epochs_all_members(self) -> int:

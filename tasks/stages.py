@@ -53,7 +53,8 @@ def open_refine(
 
 @task(name="final-training", cache_policy=NO_CACHE)
 def train_final(
-    config: PipelineConfig, sample: SampleResult, hp: HyperParams, tree: RunTree, run_dir: Path
+    config: PipelineConfig, sample: SampleResult, hp: HyperParams, tree: RunTree, run_dir: Path, search_compute: float
 ) -> FinalResult:
-    """Full-data training, one test evaluation, registry and champion decision."""
-    return final_stage(config, sample, hp, tree, run_dir)
+    """Full-data training (an ensemble within its share of `search_compute`), one test evaluation, registry and
+    champion decision."""
+    return final_stage(config, sample, hp, tree, run_dir, search_compute)

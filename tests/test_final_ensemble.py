@@ -2,6 +2,7 @@
 `final.ensemble: 1`, the ensemble predicts its members' mean, and its checkpoint rebuilds every member."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,7 +14,13 @@ from stagetune.data.stage import load_stage_arrays, run_sample_stage
 from stagetune.models import build_model
 from stagetune.models.ensemble import MeanEnsemble, ensemble_of
 from stagetune.registry import load_checkpoint, save_checkpoint
-from stagetune.stages.final_members import member_seeds, train_final_members
+from stagetune.stages.final_members import (
+    ensemble_size,
+    member_seeds,
+    search_row_epochs,
+    size_rule,
+    train_final_members,
+)
 from stagetune.task import full_task_for
 from tests.conftest import tiny_config
 
@@ -67,6 +74,41 @@ def test_member_seeds_start_at_the_config_seed() -> None:
     assert member_seeds(7, 3) == [7, 8, 9]
 
 
+@pytest.mark.parametrize(
+    ("requested", "share", "search", "member", "size"),
+    [
+        (5, 0.5, 1000.0, 50.0, 5),  # a cheap final network next to the search: every member fits
+        (5, 0.5, 1000.0, 200.0, 3),  # 500 row-epochs pay for two more networks of 200
+        (5, 0.5, 1000.0, 600.0, 1),  # one final network costs more than half the search: no second one
+        (5, 0.0, 1000.0, 1.0, 1),  # no budget: one network
+        (1, 10.0, 1000.0, 1.0, 1),  # one asked for
+        (5, 0.5, 1000.0, 0.0, 1),  # a first network that trained no epoch is not multiplied
+    ],
+)
+def test_the_ensemble_grows_only_within_its_share_of_the_search(
+    requested: int, share: float, search: float, member: float, size: int
+) -> None:
+    assert ensemble_size(requested, share, search, member) == size
+
+
+def test_the_search_s_compute_counts_every_trial_epoch_over_its_stage_s_rows_and_each_fold() -> None:
+    def stage(rows: int, *epochs: int) -> SimpleNamespace:
+        return SimpleNamespace(n_train_rows=rows, trials=[SimpleNamespace(epochs_run=e) for e in epochs])
+
+    coarse, refine = stage(50, 3, 3, 1), stage(100, 10, 4)  # coarse on half the rows; a pruned trial's 1 epoch
+    assert search_row_epochs([coarse, refine], folds=1) == 7 * 50 + 14 * 100
+    assert search_row_epochs([coarse, refine], folds=5) == 5 * (7 * 50 + 14 * 100)
+
+
+def test_the_size_rule_says_why_in_words() -> None:
+    assert size_rule(1, 1, 0.5, 1000.0, 10.0) == "final.ensemble is 1: one network"
+    assert "5 networks (final.ensemble)" in size_rule(5, 5, 0.5, 1000.0, 10.0)
+    limited = size_rule(5, 3, 0.5, 1000.0, 200.0)
+    assert limited.startswith("3 of up to 5 networks")
+    assert "one network took 200 row-epochs; the search 1,000" in limited
+    assert "final.ensemble_budget 0.5 pays for 2 more" in limited
+
+
 @pytest.mark.parametrize("classifier", [True, False])
 def test_an_ensemble_checkpoint_rebuilds_every_member(tmp_path: Path, classifier: bool) -> None:
     outputs = 3 if classifier else 2
@@ -112,7 +154,8 @@ def test_the_first_member_is_the_single_network_and_the_others_differ_by_seed(tm
         config = with_data_defaults(config, sample)
         arrays = load_stage_arrays(sample)
         task = full_task_for(sample, config.training.loss)
-        trained = train_final_members(config, sample, arrays, HP, task, CPU, lambda index, record: None)
+        # A search of 1e9 row-epochs: the budget pays for every member asked for.
+        trained = train_final_members(config, sample, arrays, HP, task, CPU, 1e9, lambda index, record: None)
         assert trained.rule is None if folds == 1 else trained.rule.startswith("small data")
         return [
             (m.seed, [r.train_loss for r in m.fit.history], {k: v.clone() for k, v in m.model.state_dict().items()})

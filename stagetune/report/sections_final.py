@@ -46,7 +46,7 @@ def final_section(final: FinalResult | None, numbers: Numbers) -> Section:
     rows = key_value_rows(numbers, "final", facts)
     if final.stop_reason:
         rows.insert(2, [esc("stop reason"), esc(final.stop_reason)])
-    if len(final.members) > 1:
+    if final.ensemble_rule is not None:
         rows.insert(0, [esc("ensemble (final.ensemble)"), esc(_members_text(final))])
     hp_rows = [[esc(k), numbers.span(f"final.hp.{k}", v)] for k, v in flat_hyperparams(final.hyperparams).items()]
     body = (
@@ -65,7 +65,7 @@ def final_section(final: FinalResult | None, numbers: Numbers) -> Section:
             [[o.name, f"{o.r2:.4f}", f"{o.rmse:.4g}", f"{o.mae:.4g}"] for o in test.per_output],
         )
     markdown += f"\n\n{final.epochs_run} epochs ({final.stopped}), kept epoch {final.best_epoch}."
-    if len(final.members) > 1:
+    if final.ensemble_rule is not None:
         markdown += f" Ensemble: {_members_text(final)}."
     if final.registry is not None:
         markdown += f" Registry: {final.registry.model_name} v{final.registry.version} -> {final.registry.alias} "
@@ -74,11 +74,14 @@ def final_section(final: FinalResult | None, numbers: Numbers) -> Section:
 
 
 def _members_text(final: FinalResult) -> str:
-    """The ensemble's members in words: the test metrics are their mean prediction's; the curve is the first's."""
+    """The ensemble's members in words, and why there are as many: the test metrics are their mean prediction's;
+    the curve is the first's."""
+    if len(final.members) <= 1:
+        return final.ensemble_rule or "one network"
     epochs = ", ".join(f"seed {m.seed}: {m.epochs_run} epochs" for m in final.members)
     return (
-        f"{len(final.members)} networks from different seeds ({epochs}); the test metrics are of their mean "
-        "prediction, the curve and epochs above are the first network's"
+        f"{final.ensemble_rule}. Seeds and epochs: {epochs}. The test metrics are of their mean prediction; the "
+        "curve and epochs above are the first network's"
     )
 
 

@@ -54,9 +54,17 @@ class FinalTrainingError(RuntimeError):
 
 
 def final_stage(
-    config: PipelineConfig, sample: SampleResult, hp: HyperParams, tree: RunTree, run_dir: Path
+    config: PipelineConfig,
+    sample: SampleResult,
+    hp: HyperParams,
+    tree: RunTree,
+    run_dir: Path,
+    search_compute: float = 0.0,
 ) -> FinalResult:
-    """Train `hp` on the full training split with early stopping and LR decay; evaluate once on test; register."""
+    """Train `hp` on the full training split with early stopping and LR decay; evaluate once on test; register.
+
+    `search_compute`: the search's training in row-epochs (`final_members.search_row_epochs`), which bounds
+    the ensemble's members after the first (`final.ensemble_budget`); 0: one network."""
     arrays = load_stage_arrays(sample, load_options(config.execution))
     device = resolve_device(config.execution.device)
     final = config.final
@@ -73,12 +81,12 @@ def final_stage(
         reporter.stage_started(
             Stage.FINAL,
             f"up to {final.max_epochs} epochs on {len(arrays.y_train)} rows"
-            + (f", {members} networks (final.ensemble)" if members > 1 else ""),
+            + (f", up to {members} networks (final.ensemble)" if members > 1 else ""),
             total=final.max_epochs * members,
         )
         line = partial(epoch_line, balanced=skewed(sample))
         trained = train_final_members(
-            config, sample, arrays, hp, task, device,
+            config, sample, arrays, hp, task, device, search_compute,
             lambda index, record: reporter.stage_advanced(Stage.FINAL, _member_line(index, members, line(record))),
         )  # fmt: skip
         folds, rule, outcome = config.search.resolved_cv_folds, trained.rule, trained.first.fit
@@ -131,12 +139,13 @@ def final_stage(
             registry=decision,
             mlflow_run_id=run_id,
             members=[member.summary() for member in trained.members],
+            ensemble_rule=trained.size_rule,
         )
         _record(tree, run_id, result)
     reporter.stage_finished(
         Stage.FINAL,
-        f"{_epochs_line(result, len(trained.left_out))}; test {test_line(test)}; {decision.model_name} "
-        f"v{decision.version} -> {decision.alias}",
+        f"{_epochs_line(result, len(trained.left_out), config.final.ensemble)}; test {test_line(test)}; "
+        f"{decision.model_name} v{decision.version} -> {decision.alias}",
     )
     return result
 
@@ -205,13 +214,15 @@ def _member_line(index: int, members: int, line: str) -> str:
     return line if members == 1 else f"network {index + 1}/{members}: {line}"
 
 
-def _epochs_line(result: FinalResult, left_out: int) -> str:
+def _epochs_line(result: FinalResult, left_out: int, requested: int) -> str:
     """How the final training ended, in a few words: one network's epochs, or every member's."""
-    if len(result.members) <= 1:
-        return f"{result.epochs_run} epochs ({result.stopped})"
+    trained = len(result.members) + left_out
+    limited = f", {trained} of up to {requested} within final.ensemble_budget" if trained < requested else ""
+    if len(result.members) <= 1 and not left_out:
+        return f"{result.epochs_run} epochs ({result.stopped}{limited})"
     epochs = ", ".join(str(member.epochs_run) for member in result.members)
     dropped = f", {left_out} diverged and left out" if left_out else ""
-    return f"ensemble of {len(result.members)} networks ({epochs} epochs{dropped})"
+    return f"ensemble of {len(result.members)} networks ({epochs} epochs{dropped}{limited})"
 
 
 def _record(tree: RunTree, run_id: str, result: FinalResult) -> None:
