@@ -10,6 +10,7 @@ from torch import nn
 
 from examples.custom_model.model import ResidualBlock
 from flows.tune_pipeline import tune_pipeline
+from stagetune.models.ensemble import MeanEnsemble
 from stagetune.registry.checkpoint import load_checkpoint
 from stagetune.search.space import hyperparams_from_params
 from tests.conftest import tiny_config
@@ -66,9 +67,13 @@ def test_the_models_own_hyperparameters_are_tuned_end_to_end(tmp_path: Path) -> 
     local = client.download_artifacts(result.final.mlflow_run_id or "", result.final.checkpoint_artifact, str(tmp_path))
     loaded = load_checkpoint(Path(local))
     assert loaded.hyperparams == best
-    blocks = [m for m in loaded.model.modules() if isinstance(m, ResidualBlock)]
-    assert len(blocks) == best.params["blocks"]
-    stem = next(m for m in loaded.model.modules() if isinstance(m, nn.Linear))
-    assert stem.out_features == best.params["hidden_size"]
-    norms = {type(m) for m in loaded.model.modules() if isinstance(m, nn.LayerNorm | nn.BatchNorm1d)}
-    assert norms == {"layer": {nn.LayerNorm}, "batch": {nn.BatchNorm1d}, "none": set()}[str(best.params["norm"])]
+    # Each network of the final ensemble (final.ensemble) is the user's model with those hyperparameters.
+    networks = list(loaded.model.members) if isinstance(loaded.model, MeanEnsemble) else [loaded.model]
+    assert len(networks) == len(result.final.members)
+    for network in networks:
+        blocks = [m for m in network.modules() if isinstance(m, ResidualBlock)]
+        assert len(blocks) == best.params["blocks"]
+        stem = next(m for m in network.modules() if isinstance(m, nn.Linear))
+        assert stem.out_features == best.params["hidden_size"]
+        norms = {type(m) for m in network.modules() if isinstance(m, nn.LayerNorm | nn.BatchNorm1d)}
+        assert norms == {"layer": {nn.LayerNorm}, "batch": {nn.BatchNorm1d}, "none": set()}[str(best.params["norm"])]
