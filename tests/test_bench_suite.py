@@ -12,6 +12,7 @@ import pytest
 from bench.references import LINEAR
 from bench.search_efficiency import merge, parse_args, seeds_of, stagetune_budgets
 from bench.search_report import suite_summary, summarise, table, verdicts
+from bench.suite_before_after import main as before_after
 from bench.suite_data import QUICK_SUITE, SUITE, suite_spec, write_csv
 from bench.suite_stats import (
     Pair,
@@ -306,3 +307,23 @@ def test_a_set_rerun_after_a_change_replaces_its_cells_on_merge(tmp_path: Path) 
     assert sorted((o["dataset"], o["test_metric"]) for o in merged["outcomes"]) == [("cls", 0.8), ("other", 0.9)]
     with pytest.raises(SystemExit):  # without --replace the shared cell is refused
         merge([before, rerun], tmp_path / "refused.json")
+
+
+def test_before_after_pairs_the_after_file_s_cells_with_the_before_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def cell(method: str, seed: int, score: float) -> dict[str, object]:
+        return {"method": method, "dataset": "d", "seed": seed, "status": "ok", "test_metric": score}
+
+    before = [cell("stagetune", s, 0.5) for s in range(3)] + [cell("optuna-tpe", s, 0.6) for s in range(3)]
+    after = [cell("stagetune", s, 0.7) for s in range(2)] + [cell("optuna-tpe", s, 0.6) for s in range(2)]
+    paths = []
+    for name, rows in (("before", before), ("after", after)):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps({"outcomes": rows}))
+    before_after([str(paths[0]), str(paths[1]), "--peers", "optuna-tpe"])
+    out = capsys.readouterr().out
+    assert "2 cells" in out  # seed 2 is only in the before file
+    assert "stagetune after - before: +0.2000 [+0.2000, +0.2000], 2-0-0 (2 pairs)" in out
+    assert "before: stagetune - optuna-tpe: -0.1000" in out
+    assert "after: stagetune - optuna-tpe: +0.1000" in out
