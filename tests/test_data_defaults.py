@@ -19,7 +19,7 @@ from stagetune.report.advice import concrete_overrides
 from stagetune.task.classification import ClassificationTask
 from stagetune.training.loaders import make_eval_loader, make_train_loader
 from stagetune.training.loop import evaluate, fit
-from stagetune.training.small_data import FitOptions, cross_validate, final_fit_from_folds, fold_indices
+from stagetune.training.small_data import FitOptions, cross_validate, epochs_from_folds, fit_all_rows, fold_indices
 from tests.conftest import tiny_config
 
 CPU = torch.device("cpu")
@@ -205,10 +205,13 @@ def test_final_epochs_come_from_the_folds_and_the_model_trains_on_every_row() ->
     x, y = _blobs(60)
     hp = HyperParams(depth=1, width=16, batch_size=32, learning_rate=1e-2)
     task = ClassificationTask(["a", "b", "c"])
-    _model, result, rule = final_fit_from_folds(
+    epochs, _folds, rule = epochs_from_folds(
         lambda: build_model("mlp", hp, [4], 3, seed=0), x, y, hp, task, 12, CPU,
         folds=3, seed=0, patience=2, options=FitOptions(),
     )  # fmt: skip
+    assert epochs is not None
+    model = build_model("mlp", hp, [4], 3, seed=0)
+    result = fit_all_rows(model, x, y, hp, task, epochs, CPU, seed=0, options=FitOptions())
     assert result.status == "completed"
     assert result.best_epoch == len(result.history) - 1  # no early stopping: the last epoch is kept
     assert f"small data: {len(result.history)} epochs on the 60 training and validation rows" in rule

@@ -222,34 +222,3 @@ def fit_all_rows(
     if result.status != "diverged" and result.history:
         result.best_epoch = len(result.history) - 1
     return result
-
-
-def final_fit_from_folds(
-    build: ModelFactory,
-    x: Features,
-    y: np.ndarray,
-    hp: HyperParams,
-    task: Task,
-    max_epochs: int,
-    device: torch.device,
-    *,
-    folds: int,
-    seed: int,
-    patience: int,
-    options: FitOptions,
-    on_epoch: Callable[[EpochRecord], None] | None = None,
-) -> tuple[nn.Module, FitResult, str]:
-    """Choose the epoch count as the median of the folds' early-stopped best epochs, then train one model on
-    all of `x` for that many epochs. Returns the model, its fit (best_epoch: the last) and the rule in words."""
-    epochs, chosen, rule = epochs_from_folds(
-        build, x, y, hp, task, max_epochs, device, folds=folds, seed=seed, patience=patience, options=options
-    )
-    if epochs is None:
-        return build(), chosen.fit, rule
-    seed_global_generator(seed)  # only for randomness in a custom model's forward: `build` seeds the rest
-    model = build()
-    return (
-        model,
-        fit_all_rows(model, x, y, hp, task, epochs, device, seed=seed, options=options, on_epoch=on_epoch),
-        rule,
-    )
