@@ -225,8 +225,3 @@ class FinalResult(StrictModel):
     mlflow_run_id: str | None = None
     members: list[EnsembleMember] = Field(default_factory=list)
     ensemble_rule: str | None = Field(default=None, description="Why the ensemble has as many members as it has.")
-
-    @property
-    def epochs_all_members(self) -> int:
-        """Training epochs of every member together (the final stage's compute)."""
-        return sum(member.epochs_run for member in self.members) if self.members else self.epochs_run
