@@ -345,7 +345,10 @@ def bad_command_lines(draw: st.DrawFn, root: Path) -> tuple[tuple[str, ...], str
         assume(name not in known_keys(section))
         if kind == "unknown":
             return ("--set", f"{section}.{name}={draw(st.integers())}"), f"{section}.{name}", None
-        setting = draw(st.sampled_from(sorted(known_keys(section) - {"narrowing"})))
+        # A plain setting: below a nested section (refine.narrowing, refine.diagnosis_shift) a new name is an
+        # unknown key, the case above.
+        plain = sorted(key for key in known_keys(section) if not known_keys(f"{section}.{key}"))
+        setting = draw(st.sampled_from(plain))
         return ("--set", f"{section}.{setting}.{name}=1"), "--set", None
     if kind == "summary":
         return ("--summary", str(root / draw(identifier) / draw(identifier) / "summary.json")), "--summary", None
