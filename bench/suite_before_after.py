@@ -12,7 +12,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python bench/suite_before_after.py`: make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.suite_stats import bootstrap_mean, scores_by_cell
+from bench.suite_stats import STAGETUNE, Pair, bootstrap_mean, scores_by_cell, wins_ties_losses
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -22,21 +22,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("after", type=Path)
     parser.add_argument("--peers", nargs="+", default=["optuna-tpe", "optuna-random-2B"])
     args = parser.parse_args(argv)
-    before, after = (scores_by_cell(json.loads(p.read_text())["outcomes"]) for p in (args.before, args.after))
-    cells = sorted(c for c in after if "stagetune" in after[c] and "stagetune" in before.get(c, {}))
+    before, after = (_cells(parser, path) for path in (args.before, args.after))
+    cells = sorted(c for c in after if STAGETUNE in after[c] and STAGETUNE in before.get(c, {}))
     print(f"{len(cells)} cells")
-    rows = [("stagetune after - before", [after[c]["stagetune"] - before[c]["stagetune"] for c in cells])]
+    rows = [("stagetune after - before", [Pair(*c, after[c][STAGETUNE], before[c][STAGETUNE]) for c in cells])]
     for peer in args.peers:
         for label, scores in (("before", before), ("after", after)):
-            diffs = [scores[c]["stagetune"] - scores[c][peer] for c in cells if peer in scores[c]]
-            rows.append((f"{label}: stagetune - {peer}", diffs))
-    for label, diffs in rows:
-        interval = bootstrap_mean(diffs)
-        wins, losses = sum(d > 1e-9 for d in diffs), sum(d < -1e-9 for d in diffs)
+            pairs = [Pair(*c, scores[c][STAGETUNE], scores[c][peer]) for c in cells if peer in scores[c]]
+            rows.append((f"{label}: stagetune - {peer}", pairs))
+    for label, pairs in rows:
+        interval = bootstrap_mean([p.difference for p in pairs])
+        wins, ties, losses = wins_ties_losses(pairs)
         print(
             f"{label}: {interval.mean:+.4f} [{interval.low:+.4f}, {interval.high:+.4f}], "
-            f"{wins}-{len(diffs) - wins - losses}-{losses} ({len(diffs)} pairs)"
+            f"{wins}-{ties}-{losses} ({len(pairs)} pairs)"
         )
+
+
+def _cells(parser: argparse.ArgumentParser, path: Path) -> dict[tuple[str, int], dict[str, float]]:
+    """(data set, seed) -> method -> score of a suite result file; a clear usage error if it is not one."""
+    try:
+        return scores_by_cell(json.loads(path.read_text(encoding="utf-8"))["outcomes"])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        parser.error(f"{path}: not a suite result file with 'outcomes' ({error!r}); give a bench/results/*.json")
 
 
 if __name__ == "__main__":

@@ -327,3 +327,14 @@ def test_before_after_pairs_the_after_file_s_cells_with_the_before_file(
     assert "stagetune after - before: +0.2000 [+0.2000, +0.2000], 2-0-0 (2 pairs)" in out
     assert "before: stagetune - optuna-tpe: -0.1000" in out
     assert "after: stagetune - optuna-tpe: +0.1000" in out
+
+
+def test_before_after_refuses_a_file_that_is_not_a_suite_result(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"rows": []}))
+    with pytest.raises(SystemExit) as stopped:
+        before_after([str(other), str(tmp_path / "missing.json")])
+    assert stopped.value.code == 2
+    assert "other.json: not a suite result file with 'outcomes'" in capsys.readouterr().err
